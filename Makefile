@@ -1,0 +1,35 @@
+# Two entry points, each of which sets everything up from a clean clone (only Python 3.11 needed):
+#   make demo   generate an image from a prompt with the shipped checkpoint
+#   make test   run the unit tests, then every notebook under nbval
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PROMPT ?= two red circles
+
+.PHONY: demo test unit notebooks setup clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/minimuse generate "$(PROMPT)" --out out.png
+
+unit: setup
+	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m pytest -q tests
+
+# Notebooks run one at a time with the seconds-long `ci` preset; stored outputs come from `laptop`.
+notebooks: setup
+	MINIMUSE_PRESET=ci HF_HUB_OFFLINE=1 TQDM_DISABLE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q \
+	  --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600 \
+	  -p no:cacheprovider notebooks
+
+test: unit notebooks
+
+clean:
+	rm -rf $(VENV) *.egg-info

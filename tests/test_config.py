@@ -1,0 +1,124 @@
+"""Config: presets, overrides, validation and the JSON round trip."""
+import dataclasses
+
+import pytest
+
+from minimuse.config import PRESETS, Config, ConfigError, apply_override, get_config
+
+PAPER_PRESETS = ["ci", "laptop", "gpu-small", "muse-632m", "muse-3b", "muse-superres-268m"]
+
+
+def test_all_presets_exist_and_build():
+    assert list(PRESETS) == PAPER_PRESETS
+    for name in PAPER_PRESETS:
+        cfg = get_config(name)
+        assert cfg.name == name
+        h, w = cfg.grid
+        assert h * cfg.tokenizer.downsample == cfg.data.image_size
+
+
+def test_grids_match_design():
+    assert get_config("ci").grid == (4, 4) and get_config("ci").tokenizer.codebook_size == 32
+    assert get_config("laptop").grid == (8, 8) and get_config("laptop").tokenizer.codebook_size == 256
+    sr = get_config("laptop").superres
+    assert sr.image_size // sr.tokenizer.downsample == 16
+    assert get_config("gpu-small").grid == (16, 16) and get_config("gpu-small").tokenizer.codebook_size == 1024
+    for name in ("muse-632m", "muse-3b"):
+        cfg = get_config(name)
+        assert cfg.grid == (16, 16) and cfg.tokenizer.codebook_size == 8192 and cfg.tokenizer.downsample == 16
+    sr = get_config("muse-superres-268m").superres
+    assert sr.image_size // sr.tokenizer.downsample == 64 and sr.tokenizer.downsample == 8
+
+
+def test_muse_3b_matches_paper_table():
+    t = get_config("muse-3b").transformer
+    assert (t.depth, t.width, int(t.width * t.mlp_ratio)) == (48, 2048, 8192)
+
+
+def test_env_var_selects_preset(monkeypatch):
+    monkeypatch.setenv("MINIMUSE_PRESET", "ci")
+    assert get_config().name == "ci"
+    monkeypatch.delenv("MINIMUSE_PRESET")
+    assert get_config().name == "laptop"
+
+
+def test_unknown_preset_lists_valid_names():
+    with pytest.raises(ConfigError) as e:
+        get_config("lapto")
+    msg = str(e.value)
+    assert "lapto" in msg and all(n in msg for n in PAPER_PRESETS) and "\n" not in msg
+
+
+def test_unknown_field_lists_valid_fields():
+    with pytest.raises(ConfigError, match="widht.*transformer.width"):
+        get_config("ci", widht=3)
+    with pytest.raises(ConfigError, match="unknown config field 'transformer.widht'"):
+        get_config("ci", **{"transformer.widht": 3})
+
+
+def test_bare_and_dotted_overrides():
+    cfg = get_config("laptop", width=256, depth=6)
+    assert (cfg.transformer.width, cfg.transformer.depth) == (256, 6)
+    cfg = get_config("laptop", **{"tokenizer.lr": 1e-4, "train.lr": 5e-4})
+    assert cfg.tokenizer.lr == 1e-4 and cfg.train.lr == 5e-4
+    assert PRESETS["laptop"].transformer.width != 256  # overrides never mutate the presets
+
+
+def test_ambiguous_bare_name_is_an_error():
+    with pytest.raises(ConfigError, match="ambiguous.*tokenizer.lr.*train.lr"):
+        get_config("laptop", lr=1e-3)
+
+
+def test_cli_strings_are_coerced():
+    cfg = get_config("laptop")
+    cfg = apply_override(cfg, "width", "256")
+    cfg = apply_override(cfg, "qk_norm", "true")
+    cfg = apply_override(cfg, "train.lr", "1e-4")
+    cfg = apply_override(cfg, "tokenizer.channel_mult", "1,2,2")
+    assert cfg.transformer.width == 256 and cfg.transformer.qk_norm is True
+    assert cfg.train.lr == 1e-4 and cfg.tokenizer.channel_mult == (1, 2, 2)
+    with pytest.raises(ConfigError, match="cannot read 'wide' as int"):
+        apply_override(cfg, "width", "wide")
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"width": 130}, "transformer.width"),                                              # not divisible by heads
+    ({"data.image_size": 36}, "data.image_size"),                                       # not a multiple of 8
+    ({"tokenizer.channel_mult": (1, 1, 2, 2, 4), "data.image_size": 40}, "data.image_size"),  # 40 px with f=16
+])
+def test_invalid_combinations_name_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=f"'{field}'"):
+        get_config("laptop", **overrides)
+
+
+def test_fsq_levels_must_multiply_to_codebook_size():
+    with pytest.raises(ConfigError, match="tokenizer.fsq_levels"):
+        get_config("laptop", **{"tokenizer.quantizer": "fsq", "tokenizer.fsq_levels": (8, 8, 8)})
+    cfg = get_config("laptop", **{"tokenizer.quantizer": "fsq", "tokenizer.fsq_levels": (4, 4, 4, 4)})
+    assert cfg.tokenizer.codebook_size == 256
+
+
+def test_unknown_sampler_and_schedule():
+    with pytest.raises(ConfigError, match="unknown sampler 'greedy'"):
+        get_config("ci", sampler="greedy")
+    with pytest.raises(ConfigError, match="unknown schedule 'sine'"):
+        get_config("ci", schedule="sine")
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_dict_round_trip(name):
+    cfg = get_config(name)
+    assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_from_dict_rejects_unknown_field():
+    d = get_config("ci").to_dict()
+    d["transformer"]["widht"] = 3
+    with pytest.raises(ConfigError, match="transformer.widht"):
+        Config.from_dict(d)
+
+
+def test_configs_are_frozen():
+    cfg = get_config("ci")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.transformer.width = 3
