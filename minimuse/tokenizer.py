@@ -1,0 +1,359 @@
+"""The image tokenizer: a fully convolutional VQ-VAE / VQGAN that turns images into a grid of integer ids.
+
+Muse §3.1 (following VQGAN): a conv encoder downsamples by f, a quantizer snaps every latent vector to one of K
+codes, and a conv decoder maps codes back to pixels; there is no attention, so any resolution divisible by f works.
+Two quantizers: VQ with l2-normalized codes, a straight-through estimator, EMA updates and dead-code restarts
+(so the codebook does not collapse), and FSQ (Mentzer et al. 2023: round a few bounded dims, no codebook at all).
+An optional patch discriminator adds VQGAN's hinge loss on GPU presets. Taught in notebooks/02_tokenizer.ipynb.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checkpoint import CheckpointError, check_config, load_checkpoint, load_state_strict, save_checkpoint
+from .config import Config, TokenizerConfig
+
+# Fields that change the weights or the meaning of an id; the rest (lr, steps, ...) may differ when loading.
+ARCH_FIELDS = ("quantizer", "channels", "channel_mult", "num_res_blocks", "codebook_size")
+ARCH_FIELDS_BY_QUANTIZER = {"vq": ("code_dim",), "fsq": ("fsq_levels",)}
+
+
+class Tokenizer(nn.Module):
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        self.config = cfg
+        self.codebook_size = cfg.codebook_size  # K
+        self.downsample = cfg.downsample  # f
+        if cfg.quantizer == "vq":
+            self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.code_dim, cfg.commitment, cfg.ema_decay, cfg.dead_code_threshold)
+        else:
+            self.quantizer = FSQuantizer(cfg.fsq_levels)
+        self.encoder = Encoder(cfg, self.quantizer.dim)
+        self.decoder = Decoder(cfg, self.quantizer.dim)
+        self.full_config: Config | None = None  # the whole Config this model was trained under, saved with it
+        self.stage = "base"
+
+    def forward(self, images: torch.Tensor):
+        """Training pass: (recon, aux). recon is unclamped, so the loss still has a gradient where it overshoots."""
+        z = self.encoder(self._check_images(images) * 2 - 1)  # (B, C, h, w)
+        zq, ids, quant_loss = self.quantizer(z)
+        recon = (self.decoder(zq) + 1) / 2  # (B, 3, H, W)
+        err = recon - images
+        recon_loss = err.abs().mean() if self.config.recon_loss == "l1" else err.pow(2).mean()
+        aux = {"loss": recon_loss + quant_loss, "recon_loss": recon_loss, "quant_loss": quant_loss, "ids": ids,
+               "usage": codebook_usage(ids, self.codebook_size), "perplexity": perplexity(ids, self.codebook_size)}
+        return recon, aux
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """float (B, 3, H, W) in [0, 1] -> ids long (B, h, w), with h = H / f."""
+        z = self.encoder(self._check_images(images) * 2 - 1)  # (B, C, h, w)
+        return self.quantizer.quantize(z)[1]
+
+    @torch.no_grad()
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids long (B, h, w) in [0, K) -> images float (B, 3, H, W) in [0, 1]."""
+        if ids.dim() != 3 or ids.dtype != torch.long:
+            raise ValueError(f"decode expects long ids of shape (B, h, w), got {ids.dtype} {tuple(ids.shape)}")
+        if ids.numel() and (ids.min() < 0 or ids.max() >= self.codebook_size):
+            raise ValueError(f"token ids must lie in [0, {self.codebook_size}); got range [{ids.min()}, {ids.max()}] "
+                             "(the mask id cannot be decoded: finish sampling first)")
+        zq = self.quantizer.lookup(ids)  # (B, C, h, w)
+        return ((self.decoder(zq) + 1) / 2).clamp(0, 1)
+
+    def _check_images(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        if images.shape[2] % self.downsample or images.shape[3] % self.downsample:
+            raise ValueError(f"image side {tuple(images.shape[2:])} must be divisible by the downsampling factor {self.downsample}")
+        return images.float()
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    def save_pretrained(self, out_dir, config: Config | None = None, stage: str | None = None):
+        """Write config.json (the full Config) and model.safetensors atomically. EMA buffers are included."""
+        config = config or self.full_config or Config(name="custom", tokenizer=self.config)
+        stage = stage or self.stage
+        if stage not in ("base", "superres"):
+            raise ValueError(f"stage must be 'base' or 'superres', got {stage!r}")
+        return save_checkpoint(out_dir, "tokenizer", config.to_dict(), self.state_dict(), extra={"stage": stage})
+
+    @classmethod
+    def from_pretrained(cls, ckpt_dir, config: Config | TokenizerConfig | None = None) -> "Tokenizer":
+        """Rebuild from the saved config and load strictly. A given config must match the saved architecture."""
+        meta, state = load_checkpoint(ckpt_dir, "tokenizer")
+        saved = Config.from_dict(meta["config"])
+        stage = meta.get("stage", "base")
+        tok_cfg, size = (saved.tokenizer, saved.data.image_size) if stage == "base" else (saved.superres.tokenizer, saved.superres.image_size)
+        if config is not None:
+            # A bare TokenizerConfig says nothing about the image size, so only the tokenizer fields are compared.
+            saved_size = size if isinstance(config, Config) else None
+            check_config(_arch_view(tok_cfg, saved_size, stage), _arch_view(config, None, stage), ckpt_dir)
+        model = cls(tok_cfg)
+        load_state_strict(model, state, ckpt_dir)
+        model.full_config, model.stage = saved, stage
+        return model.eval()
+
+
+def _arch_view(cfg, image_size, stage: str) -> dict:
+    """The architecture part of a config, nested under the names config.json uses, so errors name the real field."""
+    if isinstance(cfg, Config):
+        if stage == "superres" and cfg.superres is None:
+            raise CheckpointError(f"this is a super-res tokenizer, but config '{cfg.name}' has no superres section")
+        tok, image_size = (cfg.tokenizer, cfg.data.image_size) if stage == "base" else (cfg.superres.tokenizer, cfg.superres.image_size)
+    elif isinstance(cfg, TokenizerConfig):
+        tok = cfg
+    else:
+        raise TypeError(f"config must be a Config or TokenizerConfig, got {type(cfg).__name__}")
+    fields = ARCH_FIELDS + ARCH_FIELDS_BY_QUANTIZER[tok.quantizer]
+    tok_d = {k: v for k, v in dataclasses.asdict(tok).items() if k in fields}
+    if stage == "base":
+        return {"tokenizer": tok_d, **({"data": {"image_size": image_size}} if image_size else {})}
+    return {"superres": {"tokenizer": tok_d, **({"image_size": image_size} if image_size else {})}}
+
+
+# ---------------------------------------------------------------------------------------------------- conv nets
+def _norm(ch: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, ch), ch, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.norm1, self.conv1 = _norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2, self.conv2 = _norm(cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class Encoder(nn.Module):
+    """Stages of ResBlocks; every stage but the last ends with a stride-2 conv, so f = 2**(stages - 1)."""
+
+    def __init__(self, cfg: TokenizerConfig, out_dim: int):
+        super().__init__()
+        ch = [cfg.channels * m for m in cfg.channel_mult]
+        layers, cin = [nn.Conv2d(3, ch[0], 3, padding=1)], ch[0]
+        for i, c in enumerate(ch):
+            for _ in range(cfg.num_res_blocks):
+                layers.append(ResBlock(cin, c))
+                cin = c
+            if i < len(ch) - 1:
+                layers.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+        layers += [ResBlock(cin, cin), _norm(cin), nn.SiLU(), nn.Conv2d(cin, out_dim, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)  # (B, C, h, w)
+
+
+class Upsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # nearest + conv: no checkerboard
+
+
+class Decoder(nn.Module):
+    """The encoder mirrored: code vectors (B, C, h, w) -> pixels in [-1, 1] (B, 3, H, W), before clamping."""
+
+    def __init__(self, cfg: TokenizerConfig, in_dim: int):
+        super().__init__()
+        ch = [cfg.channels * m for m in cfg.channel_mult]
+        cin = ch[-1]
+        layers = [nn.Conv2d(in_dim, cin, 3, padding=1), ResBlock(cin, cin)]
+        for i in reversed(range(len(ch))):
+            for _ in range(cfg.num_res_blocks):
+                layers.append(ResBlock(cin, ch[i]))
+                cin = ch[i]
+            if i > 0:
+                layers.append(Upsample(cin))
+        layers += [_norm(cin), nn.SiLU(), nn.Conv2d(cin, 3, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.net(z)
+
+
+# --------------------------------------------------------------------------------------------------- quantizers
+class VectorQuantizer(nn.Module):
+    """VQ with l2-normalized codes (ViT-VQGAN): nearest code by cosine, straight-through gradient.
+
+    ema_decay > 0: the codebook is a running mean of the vectors assigned to it (no codebook loss).
+    ema_decay = 0: the codebook is a Parameter learned by the codebook loss. Either way, a code whose running
+    usage falls below dead_threshold assignments per step is restarted at a random encoder output of the batch.
+    """
+
+    def __init__(self, K: int, dim: int, beta: float, ema_decay: float, dead_threshold: float):
+        super().__init__()
+        self.K, self.dim, self.beta, self.decay, self.dead_threshold = K, dim, beta, ema_decay, dead_threshold
+        init = F.normalize(torch.randn(K, dim), dim=-1)
+        if ema_decay > 0:
+            self.register_buffer("embed", init)
+            self.register_buffer("embed_sum", init.clone())
+        else:
+            self.embed = nn.Parameter(init)
+        # Starts at 0, so every code counts as dead on the first step and is seeded from real encoder outputs.
+        self.register_buffer("cluster_size", torch.zeros(K))
+
+    def codebook(self) -> torch.Tensor:
+        return F.normalize(self.embed, dim=-1)  # (K, C)
+
+    def quantize(self, z: torch.Tensor):
+        """(B, C, h, w) -> (unit latents (N, C), ids (B, h, w))."""
+        B, C, h, w = z.shape
+        flat = F.normalize(z.float().permute(0, 2, 3, 1).reshape(-1, C), dim=-1)  # (N, C), N = B*h*w
+        return flat, nearest_code(flat, self.codebook()).view(B, h, w)  # (B, h, w)
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.codebook()[ids].permute(0, 3, 1, 2).contiguous()  # (B, C, h, w)
+
+    def forward(self, z: torch.Tensor):
+        B, C, h, w = z.shape
+        flat, ids = self.quantize(z)
+        zq = self.codebook()[ids.view(-1)]  # (N, C)
+        loss = self.beta * F.mse_loss(flat, zq.detach())  # commitment: pull the encoder towards its code
+        if self.decay == 0:
+            loss = loss + F.mse_loss(zq, flat.detach())  # codebook loss: pull the code towards the encoder
+        if self.training:
+            self._update(flat.detach(), ids.view(-1))
+        zq = straight_through(flat, zq)  # forward: the code; backward: the identity into the encoder
+        return zq.view(B, h, w, C).permute(0, 3, 1, 2), ids, loss  # (B, C, h, w)
+
+    @torch.no_grad()
+    def _update(self, flat: torch.Tensor, ids: torch.Tensor):
+        counts = torch.bincount(ids, minlength=self.K).float()  # (K,)
+        sums = flat.new_zeros(self.K, self.dim).index_add_(0, ids, flat) if self.decay > 0 else None  # (K, C)
+        _all_reduce(counts, sums)
+        decay = self.decay if self.decay > 0 else 0.99  # usage is tracked even when the codebook learns by gradient
+        self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
+        if self.decay > 0:
+            self.embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
+            self.embed.copy_(self.embed_sum / self.cluster_size.clamp(min=1e-6)[:, None])
+        dead = self.cluster_size < self.dead_threshold
+        n_dead = int(dead.sum())
+        if n_dead:
+            # Restart at real encoder outputs: a dead code sits where no latent goes, so it never wins again alone.
+            pick = flat[torch.randint(len(flat), (n_dead,))]  # (n_dead, C)
+            _broadcast(pick)  # every process must restart to the same vectors
+            self.embed.data[dead] = pick
+            self.cluster_size[dead] = self.dead_threshold
+            if self.decay > 0:
+                self.embed_sum[dead] = pick * self.dead_threshold
+
+
+class FSQuantizer(nn.Module):
+    """FSQ: each of d dims is bounded with tanh and rounded to one of L_i levels; id = mixed-radix number."""
+
+    def __init__(self, levels: tuple):
+        super().__init__()
+        self.dim = len(levels)
+        # Non-persistent: derived from the config, so the state dict holds only learned weights.
+        self.register_buffer("levels", torch.tensor(levels), persistent=False)
+
+    def quantize(self, z: torch.Tensor):
+        digits, codes = fsq_round(z.float().permute(0, 2, 3, 1), self.levels)  # (B, h, w, d)
+        return codes, fsq_ids(digits, self.levels)  # ids (B, h, w)
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        return fsq_codes(fsq_digits(ids, self.levels), self.levels).permute(0, 3, 1, 2).contiguous()  # (B, d, h, w)
+
+    def forward(self, z: torch.Tensor):
+        codes, ids = self.quantize(z)
+        return codes.permute(0, 3, 1, 2), ids, z.new_zeros(())  # no codebook, no commitment loss
+
+
+# ---------------------------------------------------------------------------------------- the maths, as functions
+def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Unit vectors (N, C), unit codes (K, C) -> ids (N,). For unit vectors, max cosine = min l2 distance."""
+    return (z @ codebook.t()).argmax(dim=-1)  # (N, K) -> (N,)
+
+
+def straight_through(z: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
+    """Value of zq, gradient of z: quantization has zero gradient almost everywhere, so copy it across."""
+    return z + (zq - z).detach()
+
+
+def fsq_round(z: torch.Tensor, levels: torch.Tensor):
+    """(..., d) -> (digits long in [0, L_i), codes in [-1, 1] with a straight-through gradient).
+
+    tanh squeezes each dim into (-0.5, L - 0.5), so rounding gives L bins of equal width.
+    """
+    x = (torch.tanh(z) + 1) / 2 * levels - 0.5
+    rounded = x.round().clamp(min=0).minimum(levels - 1)  # tanh can saturate to exactly L - 0.5, which rounds to L
+    q = straight_through(x, rounded)
+    return rounded.long(), fsq_codes(q, levels)
+
+
+def fsq_codes(digits: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    return digits / (levels - 1) * 2 - 1  # [0, L-1] -> [-1, 1]
+
+
+def fsq_ids(digits: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Mixed radix: id = d0 + L0 * (d1 + L1 * (d2 + ...)), one-to-one onto [0, prod(L))."""
+    basis = torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0)
+    return (digits * basis).sum(-1)
+
+
+def fsq_digits(ids: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    basis = torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0)
+    return (ids.unsqueeze(-1) // basis) % levels  # (..., d)
+
+
+def codebook_usage(ids: torch.Tensor, K: int) -> float:
+    """Fraction of the K codes that appear at least once in ids."""
+    return float((torch.bincount(ids.reshape(-1), minlength=K) > 0).sum()) / K
+
+
+def perplexity(ids: torch.Tensor, K: int) -> float:
+    """exp(entropy of the code histogram): K when all codes are used equally, 1 when one code takes all."""
+    p = torch.bincount(ids.reshape(-1), minlength=K).double()
+    p = p / p.sum()
+    return float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
+
+
+# ------------------------------------------------------------------------------------------------ discriminator
+class PatchDiscriminator(nn.Module):
+    """A small PatchGAN (VQGAN): one real/fake logit per overlapping patch, (B, 3, H, W) -> (B, 1, H/8, W/8)."""
+
+    def __init__(self, channels: int = 64, layers: int = 3):
+        super().__init__()
+        mods, cin = [], 3
+        for i in range(layers):
+            cout = channels * 2 ** i
+            mods += [nn.Conv2d(cin, cout, 4, stride=2, padding=1), *( [_norm(cout)] if i else []), nn.LeakyReLU(0.2)]
+            cin = cout
+        mods.append(nn.Conv2d(cin, 1, 3, padding=1))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, images):
+        return self.net(images * 2 - 1)
+
+
+def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+
+
+def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    return -fake_logits.mean()
+
+
+def _all_reduce(*tensors):
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        for t in tensors:
+            if t is not None:
+                torch.distributed.all_reduce(t)
+
+
+def _broadcast(t):
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.broadcast(t, src=0)
