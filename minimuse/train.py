@@ -1,0 +1,413 @@
+"""Training loops: explicit `for step in range(...)` on Hugging Face Accelerate, with checkpointing and exact resume.
+
+The shared pieces (Accelerator setup, warmup + cosine learning rate, a JSONL logger, an atomic training-state file
+holding model, optimizer, RNG states and step) are small functions that every loop reuses. The tokenizer loop
+follows Muse §2.2 (VQGAN: reconstruction + commitment, optional hinge GAN); the transformer loops follow §2.3 and §2.6.
+Data is addressed by (seed, index), and step s always reads indices [s*B, (s+1)*B), so the data position is the step.
+Taught in notebooks/02_tokenizer.ipynb (tokenizer) and notebooks/04_training.ipynb (transformer).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from .config import Config
+
+STATE_NAME = "training_state.pt"
+LOG_NAME = "log.jsonl"
+
+
+# ------------------------------------------------------------------------------------------ shared infrastructure
+def make_accelerator(cfg: Config) -> Accelerator:
+    """One Accelerator per run; mixed precision comes from the config ("no" on CPU presets)."""
+    return Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available())
+
+
+def cosine_lr(step: int, peak: float, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """Linear warmup to `peak` over `warmup` steps, then cosine decay to peak * min_ratio at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_states() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_training_state(path, state: dict) -> None:
+    """torch.save to a temp file, then rename: a kill mid-write leaves the previous state intact."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_training_state(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot resume: no {path.name} in {path.parent}; train without --resume first")
+    return torch.load(path, map_location="cpu", weights_only=False)  # our own file: it holds RNG states (numpy objects)
+
+
+class JsonlLogger:
+    """Appends one JSON object per line. On resume, drops lines after the resumed step so the log matches a straight run."""
+
+    def __init__(self, path, resume_step: int | None = None, enabled: bool = True):
+        self.path, self.enabled = Path(path), enabled
+        if not enabled:
+            return
+        kept = []
+        if resume_step is not None and self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= resume_step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def batch_indices(step: int, batch_size: int, rank: int = 0, world: int = 1) -> range:
+    """Dataset indices for one process at one step: disjoint across processes, a pure function of the step."""
+    start = (step * world + rank) * batch_size
+    return range(start, start + batch_size)
+
+
+def load_batch(dataset, indices) -> torch.Tensor:
+    return torch.stack([dataset[i]["image"] for i in indices])  # (B, 3, S, S)
+
+
+def psnr(recon: torch.Tensor, target: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB for images in [0, 1], over the whole batch."""
+    mse = (recon.clamp(0, 1) - target).pow(2).mean().item()
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    return tqdm(total=total, initial=initial, disable=not enabled or bool(os.environ.get("TQDM_DISABLE")), dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------------------------- tokenizer training
+def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "base", on_step=None) -> list[dict]:
+    """Train the base (or super-res) tokenizer of `cfg`; checkpoints and log.jsonl go to out_dir. Returns the log.
+
+    on_step(step, record) is called after every step with the step's loss and PSNR (and, at log steps, the logged
+    record), e.g. for a live plot in a notebook.
+    """
+    from .data import ShapesDataset  # the data module is only needed once training starts
+    from .tokenizer import PatchDiscriminator, Tokenizer, codebook_usage, hinge_d_loss, hinge_g_loss, perplexity
+
+    if stage not in ("base", "superres"):
+        raise ValueError(f"stage must be 'base' or 'superres', got {stage!r}")
+    if stage == "superres" and cfg.superres is None:
+        raise ValueError(f"preset '{cfg.name}' has no super-res stage; choose a preset with a superres section")
+    tcfg = cfg.tokenizer if stage == "base" else cfg.superres.tokenizer
+    size = cfg.data.image_size if stage == "base" else cfg.superres.image_size
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    accelerator = make_accelerator(cfg)
+    seed_everything(cfg.train.seed)
+    model = Tokenizer(tcfg)
+    model.full_config, model.stage = cfg, stage
+    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, betas=tcfg.betas)
+    use_gan = tcfg.disc_weight > 0
+    disc = PatchDiscriminator() if use_gan else None
+    disc_opt = torch.optim.Adam(disc.parameters(), lr=tcfg.lr, betas=tcfg.betas) if use_gan else None
+
+    start, history, elapsed = 0, [], 0.0  # elapsed: wall seconds of earlier runs of this training
+    if resume:
+        state = load_training_state(out_dir / STATE_NAME)
+        if state["config"] != cfg.to_dict() or state["stage"] != stage:
+            raise ValueError(f"cannot resume {out_dir}: it was trained with another config or stage; use a new --out")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if use_gan:
+            disc.load_state_dict(state["disc"])
+            disc_opt.load_state_dict(state["disc_optimizer"])
+        start, history, elapsed = state["step"], state["history"], state["elapsed_s"]
+        set_rng_states(state["rng"])
+
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if use_gan:
+        disc, disc_opt = accelerator.prepare(disc, disc_opt)
+    raw = accelerator.unwrap_model(model)
+
+    train_set = ShapesDataset(size=size, seed=cfg.data.train_seed, length=tcfg.steps * tcfg.batch_size * accelerator.num_processes)
+    # A fixed held-out batch for usage and perplexity: the eval seed is never trained on.
+    monitor = load_batch(ShapesDataset(size=size, seed=cfg.data.eval_seed, length=256), range(256)).to(accelerator.device)
+    logger = JsonlLogger(out_dir / LOG_NAME, resume_step=start if resume else None, enabled=accelerator.is_main_process)
+
+    def checkpoint(step: int):
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            return
+        save_training_state(out_dir / STATE_NAME, {
+            "step": step, "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_states(),
+            "history": history, "config": cfg.to_dict(), "stage": stage, "elapsed_s": elapsed + time.time() - t0,
+            **({"disc": accelerator.unwrap_model(disc).state_dict(), "disc_optimizer": disc_opt.state_dict()} if use_gan else {})})
+        raw.save_pretrained(out_dir)  # the user-facing checkpoint, written after the state so both describe `step`
+
+    t0, last_ckpt = time.time(), start
+    bar = _progress(tcfg.steps, start, accelerator.is_main_process)
+    for step in range(start, tcfg.steps):
+        lr = cosine_lr(step, tcfg.lr, tcfg.warmup_steps, tcfg.steps, cfg.train.min_lr_ratio)
+        set_lr(optimizer, lr)
+        images = load_batch(train_set, batch_indices(step, tcfg.batch_size, accelerator.process_index,
+                                                     accelerator.num_processes)).to(accelerator.device)
+        model.train()
+        with accelerator.autocast():
+            recon, aux = model(images)
+            loss = aux["loss"]
+            gan_on = use_gan and step >= tcfg.disc_start
+            if gan_on:
+                loss = loss + tcfg.disc_weight * hinge_g_loss(disc(recon))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"tokenizer loss became {loss.item()} at step {step}; the last good checkpoint "
+                                     f"(step {last_ckpt}) is in {out_dir}. Lower tokenizer.lr and retrain, or --resume.")
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        if gan_on:  # the discriminator sees detached reconstructions, so its loss never reaches the tokenizer
+            set_lr(disc_opt, lr)
+            with accelerator.autocast():
+                d_loss = hinge_d_loss(disc(images), disc(recon.detach()))
+            disc_opt.zero_grad(set_to_none=True)
+            accelerator.backward(d_loss)
+            disc_opt.step()
+
+        record = {"step": step + 1, "loss": loss.item(), "psnr": psnr(recon.detach().float(), images)}
+        if (step + 1) % tcfg.log_every == 0 or step + 1 == tcfg.steps:
+            model.eval()
+            with torch.no_grad():
+                ids = raw.encode(monitor)
+            record.update(recon_loss=aux["recon_loss"].item(), quant_loss=aux["quant_loss"].item(), lr=lr,
+                          usage=codebook_usage(ids, raw.codebook_size), perplexity=perplexity(ids, raw.codebook_size),
+                          elapsed_s=round(elapsed + time.time() - t0, 1), **({"d_loss": d_loss.item()} if gan_on else {}))
+            history.append(record)
+            logger.log(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", psnr=f"{record['psnr']:.1f}", usage=f"{record['usage']:.2f}")
+        bar.update(1)
+        if (step + 1) % tcfg.ckpt_every == 0 or step + 1 == tcfg.steps:
+            checkpoint(step + 1)
+            last_ckpt = step + 1
+        if on_step is not None:
+            on_step(step + 1, record)
+    bar.close()
+    return history
+
+
+# ------------------------------------------------------------------------------------------- transformer training
+def build_token_pool(cfg: Config, tokenizer, n: int, cache_dir=None, batch_size: int = 256) -> dict:
+    """Tokenize `n` training images once: on 2 cores the tokenizer costs more than a transformer step, so the
+    transformer trains on a fixed pool of (ids, caption) pairs. Cached as pool.pt, keyed by config and tokenizer."""
+    from .data import make_sample, to_tensor
+    key = {"n": n, "size": cfg.data.image_size, "seed": cfg.data.train_seed, "kinds": list(cfg.data.kinds),
+           "paraphrase_prob": cfg.data.paraphrase_prob,
+           "tokenizer": float(sum(p.double().sum() for p in tokenizer.state_dict().values() if p.is_floating_point()))}
+    path = Path(cache_dir) / "pool.pt" if cache_dir else None
+    if path is not None and path.is_file():
+        pool = torch.load(path, weights_only=False)
+        if pool.get("key") == key:
+            return pool
+    h, w = cfg.grid
+    ids = torch.empty(n, h, w, dtype=torch.int16)
+    captions, kinds = [], []
+    tokenizer.eval()
+    for start in range(0, n, batch_size):
+        samples = [make_sample(cfg.data.train_seed, i, cfg.data.image_size, cfg.data.kinds, cfg.data.paraphrase_prob)
+                   for i in range(start, min(n, start + batch_size))]
+        with torch.inference_mode():
+            ids[start:start + len(samples)] = tokenizer.encode(torch.stack([to_tensor(s["image"]) for s in samples])).short()
+        captions += [s["caption"] for s in samples]
+        kinds += [s["kind"] for s in samples]
+    vocab = [""] + sorted(set(captions))  # index 0 is the unconditional prompt
+    index = {c: i for i, c in enumerate(vocab)}
+    pool = {"key": key, "ids": ids, "caption_idx": torch.tensor([index[c] for c in captions]), "vocab": vocab, "kinds": kinds}
+    if path is not None:
+        save_training_state(path, pool)
+    return pool
+
+
+def text_table(text_encoder, vocab: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every distinct caption encoded once by the frozen LM: (U, T, E) states and (U, T) padding mask."""
+    return text_encoder(vocab)
+
+
+def train_step_inputs(pool: dict, table, cfg: Config, step: int, batch_size: int, mask_id: int, rank: int = 0, world: int = 1):
+    """The batch of one step, a pure function of (seed, step): sampled pool rows, text dropped to "" with prob
+    cond_drop_prob (Muse §2.7, for guidance), and a fresh random mask. Returns inputs, labels, text, text_mask."""
+    from .scheduler import add_noise, make_labels, random_mask
+    g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
+    rows = torch.randint(0, len(pool["ids"]), (batch_size * world,), generator=g)
+    drop = torch.rand(batch_size * world, generator=g) < cfg.train.cond_drop_prob
+    mask = random_mask(batch_size * world, cfg.grid, g, cfg.train.min_mask_rate, cfg.train.rect_mask_prob)  # (B, L)
+    sl = slice(rank * batch_size, (rank + 1) * batch_size)  # each process takes its own slice of the global batch
+    rows, drop, mask = rows[sl], drop[sl], mask[sl]
+    ids = pool["ids"][rows].long().flatten(1)  # (B, h, w) -> (B, L)
+    cap = torch.where(drop, 0, pool["caption_idx"][rows])
+    text, text_mask = table[0][cap], table[1][cap]  # (B, T, E), (B, T)
+    T = int(text_mask.sum(1).max())  # trim shared padding: attention cost follows the longest caption in the batch
+    return add_noise(ids, mask, mask_id), make_labels(ids, mask), text[:, :T], text_mask[:, :T]
+
+
+def _resolve_tokenizer_dir(out_dir: Path, tokenizer_dir) -> Path:
+    from .pipeline import DEFAULT_CHECKPOINT
+    for cand in (tokenizer_dir, out_dir / "tokenizer", DEFAULT_CHECKPOINT / "tokenizer"):
+        if cand is not None and (Path(cand) / "model.safetensors").is_file():
+            return Path(cand)
+    raise FileNotFoundError(f"no trained tokenizer: pass --tokenizer DIR, or run `minimuse train-tokenizer --out {out_dir / 'tokenizer'}` first")
+
+
+def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=None, on_step=None) -> list[dict]:
+    """Train the masked transformer of `cfg` on a trained tokenizer. out_dir ends as a pipeline checkpoint:
+    out_dir/tokenizer, out_dir/transformer (safetensors + config), log.jsonl and the training state. Returns the log.
+
+    Muse §2.6: mask r = cos(pi u / 2) of the tokens, predict them from the rest and the text, cross-entropy on the
+    masked positions only. Every train.eval_every steps a quick sample-and-score of train.eval_prompts held-out
+    prompts (eval.quick_eval_fn) joins the log, so a learner sees faithfulness, not just loss, go up.
+    on_step(step, record, model), if given, is called after every step (notebooks draw live curves with it).
+    """
+    from .scheduler import masked_ce
+    from .text_encoder import TextEncoder
+    from .tokenizer import Tokenizer
+    from .transformer import MaskedTransformer
+
+    tc, out_dir = cfg.train, Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = make_accelerator(cfg)
+    seed_everything(tc.seed)
+    tok_src = _resolve_tokenizer_dir(out_dir, tokenizer_dir)
+    tokenizer = Tokenizer.from_pretrained(tok_src, cfg)
+    if tok_src.resolve() != (out_dir / "tokenizer").resolve() and accelerator.is_main_process:
+        tokenizer.save_pretrained(out_dir / "tokenizer")  # out_dir becomes a complete pipeline checkpoint
+
+    pool = build_token_pool(cfg, tokenizer, cfg.data.pool_size, out_dir if accelerator.is_main_process else None)
+    text_encoder = TextEncoder(cfg.text)
+    table = text_table(text_encoder, pool["vocab"])
+
+    model = MaskedTransformer.from_config(cfg)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if tc.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+        optimizer = Adafactor(groups, lr=tc.lr, relative_step=False, scale_parameter=False, warmup_init=False)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas)
+    ema = [p.detach().clone() for p in model.parameters()] if tc.ema_decay > 0 else None
+
+    start, history = 0, []
+    if resume:
+        state = load_training_state(out_dir / "transformer_state.pt")
+        if state["config"] != cfg.to_dict():
+            raise ValueError(f"cannot resume {out_dir}: it was trained with another config; use a new --out")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            for e, s in zip(ema, state["ema"]):
+                e.copy_(s)
+        start, history = state["step"], state["history"]
+        set_rng_states(state["rng"])
+
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw = accelerator.unwrap_model(model)
+    logger = JsonlLogger(out_dir / LOG_NAME, resume_step=start if resume else None, enabled=accelerator.is_main_process)
+    b = tc.batch_size // accelerator.num_processes
+    if b * accelerator.num_processes != tc.batch_size:
+        raise ValueError(f"train.batch_size {tc.batch_size} is not divisible by {accelerator.num_processes} processes")
+
+    def export(step: int):
+        """Save what a user loads (EMA weights if enabled) and, beside it, everything needed to resume."""
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            return
+        save_training_state(out_dir / "transformer_state.pt", {
+            "step": step, "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_states(),
+            "history": history, "config": cfg.to_dict(), "ema": ema})
+        if ema is None:
+            raw.save_pretrained(out_dir / "transformer", cfg)
+        else:
+            shadow = MaskedTransformer.from_config(cfg)
+            for p, e in zip(shadow.parameters(), ema):
+                p.data.copy_(e)
+            shadow.save_pretrained(out_dir / "transformer", cfg)
+
+    eval_fn = None
+    if tc.eval_every and accelerator.is_main_process:
+        from .eval import quick_eval_fn
+        eval_fn = quick_eval_fn(cfg, tokenizer, text_encoder, tc.eval_prompts)
+    t0, window = time.time(), []
+    bar = _progress(tc.steps, start, accelerator.is_main_process)
+    for step in range(start, tc.steps):
+        lr = cosine_lr(step, tc.lr, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
+        set_lr(optimizer, lr)
+        inputs, labels, text, text_mask = (x.to(accelerator.device) for x in train_step_inputs(
+            pool, table, cfg, step, b, raw.mask_id, accelerator.process_index, accelerator.num_processes))
+        model.train()
+        with accelerator.autocast():
+            logits = model(inputs, text, text_mask)  # (B, L, K)
+            loss = masked_ce(logits, labels, tc.label_smoothing)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"transformer loss became {loss.item()} at step {step}; the last checkpoint is in "
+                                     f"{out_dir}. Lower train.lr (now {tc.lr}) and --resume, or retrain.")
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        if tc.grad_clip > 0:
+            accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            with torch.no_grad():
+                for e, p in zip(ema, raw.parameters()):
+                    e.lerp_(p.detach(), 1 - tc.ema_decay)
+        masked = labels != -100
+        acc = (logits.detach().argmax(-1)[masked] == labels[masked]).float().mean().item()
+        window.append((loss.item(), acc))
+        record = {"step": step + 1, "loss": loss.item(), "masked_acc": acc}
+        if (step + 1) % tc.log_every == 0 or step + 1 == tc.steps:
+            losses, accs = zip(*window)
+            record = {"step": step + 1, "loss": sum(losses) / len(losses), "masked_acc": sum(accs) / len(accs),
+                      "lr": lr, "elapsed_s": round(time.time() - t0, 1)}
+            window = []
+            if eval_fn is not None and tc.eval_every and ((step + 1) % tc.eval_every == 0 or step + 1 == tc.steps):
+                record.update(eval_fn(raw, step + 1))
+            history.append(record)
+            logger.log(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['masked_acc']:.3f}")
+        if on_step is not None:
+            on_step(step + 1, record, raw)
+        bar.update(1)
+        if (step + 1) % tc.ckpt_every == 0 or step + 1 == tc.steps:
+            export(step + 1)
+    bar.close()
+    return history
