@@ -1,0 +1,107 @@
+"""Evaluation: how well the tokenizer reconstructs held-out images (and, later, prompt faithfulness and FID).
+
+Tokenizer quality is measured the way the VQGAN/Muse papers report it, on images never seen in training:
+PSNR of decode(encode(x)) against x, the share of the K codes in use, and the perplexity of the code histogram
+(Muse §2.2 picks its tokenizer by reconstruction quality; FSQ's paper compares usage). Held-out images come from
+shapes stream `cfg.data.eval_seed`, which training never reads. Taught in notebooks/02_tokenizer.ipynb.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from .checkpoint import read_config
+
+
+@torch.no_grad()
+def eval_tokenizer(ckpt_dir, n: int = 1000, seed: int | None = None, batch_size: int = 100) -> dict:
+    """Reconstruct n held-out shapes images -> {psnr, usage, perplexity, n}.
+
+    PSNR is over all n images (10 log10(1 / MSE) for pixels in [0, 1]); usage is the fraction of the K codes used
+    at least once; seed defaults to the checkpoint's data.eval_seed.
+    """
+    from .config import Config
+    from .data import ShapesDataset
+    from .tokenizer import Tokenizer, codebook_usage, perplexity
+
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    meta = read_config(ckpt_dir, "tokenizer")
+    cfg = Config.from_dict(meta["config"])
+    size = cfg.data.image_size if meta.get("stage", "base") == "base" else cfg.superres.image_size
+    tok = Tokenizer.from_pretrained(ckpt_dir)
+    data = ShapesDataset(size=size, seed=cfg.data.eval_seed if seed is None else seed, length=n)
+    sq_err, all_ids = 0.0, []
+    for start in range(0, n, batch_size):
+        images = torch.stack([data[i]["image"] for i in range(start, min(n, start + batch_size))])  # (B, 3, S, S)
+        ids = tok.encode(images)  # (B, h, w)
+        sq_err += (tok.decode(ids) - images).pow(2).sum().item()
+        all_ids.append(ids)
+    ids = torch.cat(all_ids)  # (n, h, w)
+    mse = sq_err / (n * 3 * size * size)
+    return {"psnr": 10 * math.log10(1.0 / max(mse, 1e-12)), "usage": codebook_usage(ids, tok.codebook_size),
+            "perplexity": perplexity(ids, tok.codebook_size), "n": n}
+
+
+# ------------------------------------------------------------------------------------------------- faithfulness
+def eval_faithfulness(pipe, n_per_kind: int = 256, seed: int | None = None, kinds=None, batch_size: int = 128,
+                      **sampling) -> dict:
+    """Generate one image per held-out canonical prompt and judge it with data.score (DESIGN §7).
+
+    Returns overall accuracy, accuracy per caption kind, and per count for the `count` kind (with `single` as
+    count 1), plus the sampling settings used. Prompts come from the eval seed, never used in training.
+    """
+    from .data import eval_prompts, score
+    cfg = pipe.config
+    seed = cfg.data.eval_seed if seed is None else seed
+    prompts = eval_prompts(n_per_kind, seed=seed, kinds=kinds or cfg.data.kinds)
+    ok_by_kind, ok_by_count, fails = {}, {}, []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        images = pipe([c for c, _, _ in chunk], seed=seed + start, **sampling)
+        for (caption, spec, kind), image in zip(chunk, images):
+            ok, reason = score(image, spec)
+            ok_by_kind.setdefault(kind, []).append(ok)
+            if kind in ("single", "count"):
+                ok_by_count.setdefault(str(spec.objects[0][0]), []).append(ok)
+            if not ok and len(fails) < 10:
+                fails.append({"caption": caption, "reason": reason})
+    mean = lambda xs: round(sum(xs) / len(xs), 4)
+    everything = [ok for oks in ok_by_kind.values() for ok in oks]
+    return {"overall": mean(everything), "by_kind": {k: mean(v) for k, v in ok_by_kind.items()},
+            "by_count": {k: mean(v) for k, v in sorted(ok_by_count.items())}, "n_per_kind": n_per_kind,
+            "settings": dataclasses.asdict(pipe.settings(**sampling)), "examples_failed": fails}
+
+
+def quick_eval_fn(cfg, tokenizer, text_encoder, n_prompts: int):
+    """The sample-and-score that train_transformer runs every train.eval_every steps: a few held-out prompts per kind."""
+    from .pipeline import MusePipeline
+    per_kind = max(1, n_prompts // len(cfg.data.kinds))
+
+    def run(model, step):
+        pipe = MusePipeline(cfg, tokenizer, text_encoder, model)
+        r = eval_faithfulness(pipe, per_kind)
+        model.train()
+        return {"faithfulness": r["overall"], **{f"faith_{k}": v for k, v in r["by_kind"].items()}}
+    return run
+
+
+def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None = None, **sampling) -> dict:
+    """What `minimuse eval` prints: tokenizer metrics for a tokenizer dir; for a pipeline dir (tokenizer/ and
+    transformer/), the tokenizer metrics plus faithfulness per caption kind and per count under the checkpoint's
+    sampling defaults, or the `sampling` overrides (num_steps, guidance_scale, sampler, ...)."""
+    from pathlib import Path
+    from .checkpoint import CheckpointError
+    root = Path(checkpoint)
+    if (root / "config.json").is_file() and read_config(root).get("kind") == "tokenizer":
+        return {"checkpoint": str(root), "tokenizer": eval_tokenizer(root, tokenizer_n, seed)}
+    if not (root / "transformer").is_dir():
+        raise CheckpointError(f"no checkpoint at {root}: expected a tokenizer dir or a pipeline dir with tokenizer/ and transformer/")
+    from .pipeline import load_pipeline
+    pipe = load_pipeline(root)
+    out = {"checkpoint": str(root), "faithfulness": eval_faithfulness(pipe, n, seed, **sampling)}
+    if tokenizer_n > 0:  # 0 skips the tokenizer metrics, e.g. in a sweep over sampling settings
+        out["tokenizer"] = eval_tokenizer(root / "tokenizer", tokenizer_n)
+    return out

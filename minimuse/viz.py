@@ -1,0 +1,117 @@
+"""Pictures: image grids, partly decoded grids, and per-step mask / confidence / entropy strips.
+
+The sampler's history (DESIGN §4: one dict per step with `ids`, `mask`, `committed`, `confidence`, `entropy`)
+is what makes Muse's parallel decoding watchable (MaskGIT Fig. 2). Plain numpy / PIL / matplotlib, no state;
+`step_panels` is the tested logic behind the notebooks' step slider. Taught in notebooks/06_sampling.ipynb.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float (B, 3, H, W) in [0, 1] -> uint8 (B, H, W, 3)."""
+    x = images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+
+
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upscaling, so 32 px pixels stay crisp on screen."""
+    return image.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def decode_partial(tokenizer, ids: torch.Tensor, mask: torch.Tensor, mask_id: int) -> np.ndarray:
+    """Decode a grid whose masked positions are not drawn yet; their patches show as mid-gray.
+
+    ids, mask: (B, h, w). Returns uint8 (B, H, W, 3). Masked ids are swapped for id 0 only so the decoder
+    has something valid to read; those pixels are then painted over, so the choice does not show.
+    """
+    ids = torch.where(mask, torch.zeros_like(ids), ids).clamp(max=mask_id - 1)
+    images = to_uint8(tokenizer.decode(ids))                                      # (B, H, W, 3)
+    f = images.shape[1] // ids.shape[1]
+    pix = mask.cpu().numpy().repeat(f, axis=1).repeat(f, axis=2)                  # (B, H, W)
+    images[pix] = 96
+    return images
+
+
+def step_panels(history: list[dict], tokenizer, mask_id: int, step: int, index: int = 0) -> dict[str, np.ndarray]:
+    """Everything shown for one sampling step of one image: the logic behind the step slider.
+
+    Returns `image` (H, W, 3) uint8, and (h, w) float arrays `mask`, `committed`, `confidence`, `entropy`.
+    """
+    if not 0 <= step < len(history):
+        raise ValueError(f"step {step} out of range: the history has {len(history)} steps")
+    h = history[step]
+    image = decode_partial(tokenizer, h["ids"][index:index + 1], h["mask"][index:index + 1], mask_id)[0]
+    return {"image": image, **{k: h[k][index].float().cpu().numpy() for k in ("mask", "committed", "confidence", "entropy")}}
+
+
+def history_figure(history: list[dict], tokenizer, mask_id: int, index: int = 0, steps=None):
+    """A matplotlib figure: one row per step with the decoded image, the mask, the newly committed
+    positions, the confidence heatmap and the entropy heatmap."""
+    import matplotlib.pyplot as plt
+    steps = list(range(len(history))) if steps is None else list(steps)
+    cols = [("image", None), ("mask", "gray_r"), ("committed", "Greens"), ("confidence", "viridis"), ("entropy", "magma")]
+    fig, axes = plt.subplots(len(steps), len(cols), figsize=(2.0 * len(cols), 2.0 * len(steps)), squeeze=False)
+    for r, t in enumerate(steps):
+        p = step_panels(history, tokenizer, mask_id, t, index)
+        for c, (key, cmap) in enumerate(cols):
+            ax = axes[r][c]
+            if key == "image":
+                ax.imshow(p["image"])
+            else:
+                vmax = max(float(p["entropy"].max()), 1e-6) if key == "entropy" else 1.0
+                ax.imshow(p[key], cmap=cmap, vmin=0.0, vmax=vmax)
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(key, fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"step {t + 1}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _heat(a: np.ndarray, size: int, vmax: float = 1.0) -> Image.Image:
+    """(h, w) in [0, vmax] -> an RGB heat tile (black -> yellow) of side `size`."""
+    v = np.clip(a / max(vmax, 1e-6), 0, 1)
+    rgb = np.stack([v, v ** 0.5 * 0.9, 0.15 * (1 - v)], axis=-1)
+    tile = Image.fromarray((rgb * 255).astype(np.uint8))
+    return tile.resize((size, size), Image.NEAREST)
+
+
+def history_strip(history: list[dict], tokenizer, mask_id: int, index: int = 0, scale: int = 4) -> Image.Image:
+    """A PIL image for `minimuse generate --history`: columns are steps; rows are the decoded image,
+    the still-masked positions (yellow) and the confidence heatmap (black -> yellow)."""
+    T = len(history)
+    first = step_panels(history, tokenizer, mask_id, 0, index)
+    S = first["image"].shape[0] * scale
+    pad, label = 4, 14
+    sheet = Image.new("RGB", (T * (S + pad) + pad, 3 * (S + pad) + pad + label), "white")
+    draw = ImageDraw.Draw(sheet)
+    for t in range(T):
+        p = step_panels(history, tokenizer, mask_id, t, index)
+        x = pad + t * (S + pad)
+        draw.text((x, 1), f"step {t + 1}", fill="black")
+        sheet.paste(Image.fromarray(upscale(p["image"], scale)), (x, label + pad))
+        sheet.paste(_heat(p["mask"], S), (x, label + 2 * pad + S))
+        sheet.paste(_heat(p["confidence"], S), (x, label + 3 * pad + 2 * S))
+    return sheet
+
+
+def image_grid(images: np.ndarray, captions: list[str] | None = None, ncol: int = 8, scale: int = 3) -> Image.Image:
+    """uint8 (B, H, W, 3) -> one labelled contact sheet."""
+    B, H, W, _ = images.shape
+    ncol = min(ncol, B)
+    nrow = (B + ncol - 1) // ncol
+    cw, chh = W * scale, H * scale + (12 if captions else 0)
+    sheet = Image.new("RGB", (ncol * (cw + 4) + 4, nrow * (chh + 4) + 4), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i in range(B):
+        r, c = divmod(i, ncol)
+        x, y = 4 + c * (cw + 4), 4 + r * (chh + 4)
+        sheet.paste(Image.fromarray(upscale(images[i], scale)), (x, y))
+        if captions:
+            draw.text((x, y + H * scale), captions[i][: cw // 6], fill="black")
+    return sheet

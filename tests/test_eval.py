@@ -1,0 +1,78 @@
+"""Evaluation and benchmark harnesses: they must report what the images show, and count FLOPs exactly."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from minimuse.bench import count_flops, matmul_peak_gflops, run_bench
+from minimuse.config import CAPTION_KINDS, get_config
+from minimuse.data import parse_caption, render
+from minimuse.eval import eval_faithfulness
+
+
+class StubPipe:
+    """Stands in for MusePipeline: draws each prompt perfectly (or not at all), so the harness's arithmetic is checkable."""
+
+    def __init__(self, perfect=True, fail_kind=None):
+        self.config, self.perfect, self.fail_kind, self.calls = get_config("laptop"), perfect, fail_kind, []
+
+    def settings(self, **overrides):
+        return dataclasses.replace(self.config.sample, **overrides)
+
+    def __call__(self, prompts, seed=0, **sampling):
+        self.calls.append((len(prompts), seed, sampling))
+        out = []
+        for i, p in enumerate(prompts):
+            spec = parse_caption(p)
+            bad = not self.perfect or (self.fail_kind == "relation" and spec.relation is not None)
+            out.append(np.zeros((32, 32, 3), np.uint8) if bad else render(spec, 32, np.random.default_rng(seed + i)))
+        return np.stack(out)
+
+
+def test_perfect_images_score_one_and_blank_images_zero():
+    good = eval_faithfulness(StubPipe(perfect=True), n_per_kind=8)
+    assert good["overall"] == 1.0 and set(good["by_kind"]) == set(CAPTION_KINDS)
+    assert all(v == 1.0 for v in good["by_kind"].values())
+    assert set(good["by_count"]) == {"1", "2", "3", "4"} and all(v == 1.0 for v in good["by_count"].values())
+    bad = eval_faithfulness(StubPipe(perfect=False), n_per_kind=8)
+    assert bad["overall"] == 0.0 and len(bad["examples_failed"]) == 10
+
+
+def test_per_kind_accounting():
+    r = eval_faithfulness(StubPipe(fail_kind="relation"), n_per_kind=10)
+    assert r["by_kind"]["relation"] == 0.0
+    assert all(r["by_kind"][k] == 1.0 for k in CAPTION_KINDS if k != "relation")
+    assert r["overall"] == pytest.approx(4 / 5)
+
+
+def test_sampling_overrides_reach_the_pipeline_and_the_report():
+    pipe = StubPipe()
+    r = eval_faithfulness(pipe, n_per_kind=2, guidance_scale=0.0, num_steps=3, batch_size=4)
+    assert all(call[2] == {"guidance_scale": 0.0, "num_steps": 3} for call in pipe.calls)
+    assert [c[0] for c in pipe.calls] == [4, 4, 2]                        # batches of 4 over 10 prompts
+    assert r["settings"]["guidance_scale"] == 0.0 and r["settings"]["num_steps"] == 3
+
+
+def test_flop_counter_is_exact_for_a_matmul():
+    a, b = torch.randn(16, 32), torch.randn(32, 8)
+    assert count_flops(lambda: a @ b) == 2 * 16 * 32 * 8
+
+
+def test_bench_reports_every_setting():
+    cfg = get_config("ci")
+    r = run_bench(cfg, batch_sizes=[2], steps=[2, 3], repeats=1)
+    assert r["machine"]["fp32_matmul_peak_gflops"] > 0
+    runs = [x for x in r["runs"] if not x.get("autoregressive")]
+    assert [(x["steps"], x["guidance"] > 0) for x in runs] == [(2, False), (2, True), (3, False), (3, True)]
+    for x in runs:
+        assert x["ms_per_image"] > 0 and x["gflop_per_image"] > 0 and 0 < x["fraction_of_peak"] < 2
+    by = {(x["steps"], x["guidance"] > 0): x["gflop_per_image"] for x in runs}
+    assert by[(3, False)] > by[(2, False)]        # one more forward pass
+    assert by[(2, True)] > by[(2, False)]         # the unconditional pass costs FLOPs
+    ar = [x for x in r["runs"] if x.get("autoregressive")]
+    assert len(ar) == 1 and ar[0]["steps"] == cfg.num_tokens
+
+
+def test_matmul_peak_is_positive():
+    assert matmul_peak_gflops(n=128, repeats=2) > 0
