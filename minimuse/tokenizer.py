@@ -1,6 +1,6 @@
 """The image tokenizer: a fully convolutional VQ-VAE / VQGAN that turns images into a grid of integer ids.
 
-Muse §3.1 (following VQGAN): a conv encoder downsamples by f, a quantizer snaps every latent vector to one of K
+Muse §2.2 (following VQGAN): a conv encoder downsamples by f, a quantizer snaps every latent vector to one of K
 codes, and a conv decoder maps codes back to pixels; there is no attention, so any resolution divisible by f works.
 Two quantizers: VQ with l2-normalized codes, a straight-through estimator, EMA updates and dead-code restarts
 (so the codebook does not collapse), and FSQ (Mentzer et al. 2023: round a few bounded dims, no codebook at all).
