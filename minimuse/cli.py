@@ -63,7 +63,8 @@ def cmd_eval(args):
     if args.steps is not None and args.steps < 1:
         raise CLIError(f"--steps must be at least 1, got {args.steps}")
     sampling = {k: v for k, v in dict(num_steps=args.steps, guidance_scale=args.guidance, guidance_schedule=args.guidance_schedule,
-                sampler=args.sampler, schedule=args.schedule, choice_temperature=args.choice_temperature).items() if v is not None}
+                sampler=args.sampler, schedule=args.schedule, choice_temperature=args.choice_temperature,
+                precision=args.precision).items() if v is not None}
     result = evaluate(args.checkpoint or DEFAULT_CHECKPOINT, n=args.n, tokenizer_n=args.tokenizer_n, seed=args.seed,
                       **sampling)
     print(json.dumps(result, indent=2))
@@ -96,7 +97,7 @@ def cmd_generate(args):
                  num_steps=args.steps, guidance_scale=args.guidance, guidance_schedule=args.guidance_schedule,
                  seed=args.seed, sampler=args.sampler, schedule=args.schedule, negative_prompt=args.negative_prompt,
                  choice_temperature=args.choice_temperature, history=args.history, batch_size=args.batch_size,
-                 upscale_factor=args.upscale)
+                 upscale_factor=args.upscale, precision=args.precision)
 
 
 def cmd_bench(args):
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--sampler", choices=SAMPLER_NAMES, default=None)
         q.add_argument("--schedule", choices=SCHEDULE_NAMES, default=None)
         q.add_argument("--choice-temperature", type=float, default=None)
+        q.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, faster on CPUs with bf16")
 
     t = sub.add_parser("train-tokenizer", help="train the VQ/FSQ image tokenizer")
     add_preset(t)

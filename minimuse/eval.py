@@ -72,7 +72,8 @@ def eval_faithfulness(pipe, n_per_kind: int = 256, seed: int | None = None, kind
     everything = [ok for oks in ok_by_kind.values() for ok in oks]
     return {"overall": mean(everything), "by_kind": {k: mean(v) for k, v in ok_by_kind.items()},
             "by_count": {k: mean(v) for k, v in sorted(ok_by_count.items())}, "n_per_kind": n_per_kind,
-            "settings": dataclasses.asdict(pipe.settings(**sampling)), "examples_failed": fails}
+            "settings": {**dataclasses.asdict(pipe.settings(**{k: v for k, v in sampling.items() if k != "precision"})),
+                         "precision": sampling.get("precision", "fp32")}, "examples_failed": fails}
 
 
 def quick_eval_fn(cfg, tokenizer, text_encoder, n_prompts: int):

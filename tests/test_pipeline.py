@@ -315,3 +315,27 @@ def test_dataset_command(capsys, tmp_path):
         assert np.array_equal(read_png(out / row["file"]), s["image"])
     code, _, err = run_cli(capsys, "dataset", "--n", 0, "--out-dir", tmp_path / "ds0")
     assert_one_line_error(code, err, "--n must be at least 1")
+
+
+def test_bf16_precision_runs_the_transformer_in_bf16_and_fp32_stays_fp32(pipe):
+    seen = []
+    hook = pipe.transformer.head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    try:
+        fp32 = pipe("a red circle", num_steps=2, seed=0)
+        assert set(seen) == {torch.float32}
+        seen.clear()
+        bf16 = pipe("a red circle", num_steps=2, seed=0, precision="bf16")
+        assert set(seen) == {torch.bfloat16}
+    finally:
+        hook.remove()
+    assert bf16.dtype == fp32.dtype == np.uint8 and bf16.shape == fp32.shape
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        pipe("a red circle", precision="fp8")
+
+
+def test_generate_precision_flag_reaches_the_pipeline(capsys, pipe, ckpt, tmp_path):
+    out = tmp_path / "b.png"
+    code, _, err = run_cli(capsys, "generate", "a red circle", "--checkpoint", ckpt, "--out", out, "--steps", 3,
+                           "--precision", "bf16")
+    assert code == 0, err
+    assert np.array_equal(read_png(out), pipe("a red circle", num_steps=3, seed=0, precision="bf16")[0])
