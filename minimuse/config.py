@@ -272,7 +272,7 @@ PRESETS: dict[str, Config] = {
         transformer=TransformerConfig(width=128, depth=4, heads=4),
         train=TrainConfig(steps=12_000, batch_size=64, lr=2e-3, warmup_steps=300, min_lr_ratio=0.05, label_smoothing=0.1,
                           log_every=50, ckpt_every=500, eval_every=1000, eval_prompts=160),
-        sample=SampleConfig(num_steps=12, guidance_scale=1.5, choice_temperature=1.0),
+        sample=SampleConfig(num_steps=24, guidance_scale=1.0, choice_temperature=1.0),  # best of docs/SAMPLING.md (Muse: 24 steps)
         superres=SuperResConfig(image_size=64,
                                 tokenizer=TokenizerConfig(channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, codebook_size=256,
                                                           code_dim=32, recon_loss="mse", batch_size=8, steps=3000, lr=2e-3,
