@@ -1,4 +1,4 @@
-"""The shapes world (DESIGN.md §3): generator geometry, determinism, caption grammar, the judge, files on disk."""
+"""The shapes world (DESIGN.md §3): generator geometry, determinism, caption grammar, the judge (judge.py), files on disk."""
 import itertools
 import json
 import math
@@ -10,8 +10,9 @@ from PIL import Image
 
 from minimuse.config import CAPTION_KINDS
 from minimuse.data import (PALETTE, RELATIONS, SHAPES, ImageFolderDataset, ShapesDataset, Spec, canonical_caption,
-                           centroid, collate, eval_prompts, judge_agreement, label_components, make_sample,
-                           parse_caption, render, score, specs_of_kind, write_dataset)
+                           centroid, collate, eval_prompts, make_sample, parse_caption, render, specs_of_kind,
+                           write_dataset)
+from minimuse.judge import judge_agreement, label_components, score
 
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 CROSS = {"left of": "above", "right of": "below", "above": "right of", "below": "left of"}

@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 
 import minimuse
 from minimuse import get_config
-from minimuse.data import eval_prompts, score
+from minimuse.data import eval_prompts
+from minimuse.judge import score
 from minimuse.pipeline import DEFAULT_CHECKPOINT
 from minimuse.transformer import MaskedTransformer
 
