@@ -1,20 +1,28 @@
-"""Checkpoints: a directory with `config.json` and `model.safetensors`, written atomically.
+"""Everything minimuse writes to or reads from disk: checkpoints, training states, logs, images.
 
-The Hugging Face convention (`save_pretrained` / `from_pretrained`), kept tiny: every file is written to a
-temporary name and renamed into place, so a kill mid-write never leaves a half checkpoint; loading is
-`strict=True`, and a checkpoint saved under another config fails with the first field that differs.
-Used by the tokenizer, the transformer and the pipeline; taught in notebooks/02_tokenizer.ipynb.
+Checkpoints follow the Hugging Face convention (`save_pretrained` / `from_pretrained`): a directory with
+`config.json` and `model.safetensors`, loaded `strict=True`; a checkpoint saved under another config fails with the
+first field that differs, and one holding a NaN or inf fails naming the tensor. Two rules hold for every file:
+- every write is atomic (a unique temp file in the same directory, fsync, rename, fsync of the directory), so a kill
+  mid-write leaves the old file or the new one, never half of one;
+- nothing read is unpickled: tensors come from safetensors and everything else from JSON. Training states and the
+  token pool are nested dicts, stored as one safetensors file whose metadata holds the JSON skeleton (`save_tree`).
+Used by every trainer, the pipeline and the CLI; taught in notebooks/02_tokenizer.ipynb.
 """
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -24,11 +32,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt, of another kind, or saved under another config."""
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over `path`."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write to a unique temp file in the same directory, fsync, rename over `path`, fsync the directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -39,6 +47,40 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    try:  # the rename itself survives a power cut only once the directory entry is on disk
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # some filesystems refuse to fsync a directory; the rename is still atomic
+        pass
+    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def atomic_save_image(path, image) -> Path:
+    """Save a PIL image (or a uint8 (H, W, 3) array) as PNG through the atomic writer."""
+    if not hasattr(image, "save"):
+        from PIL import Image
+        image = Image.fromarray(np.asarray(image))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def check_finite(state: dict[str, torch.Tensor], source) -> None:
+    """Refuse weights holding NaN or inf, naming the first such tensor: they would draw plausible-looking noise."""
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{source} holds non-finite values (NaN or inf) in tensor '{k}'; retrain or use another checkpoint")
 
 
 def save_checkpoint(out_dir, kind: str, config: dict, state_dict: dict[str, torch.Tensor], extra: dict | None = None) -> Path:
@@ -46,17 +88,8 @@ def save_checkpoint(out_dir, kind: str, config: dict, state_dict: dict[str, torc
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{WEIGHTS_NAME}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"kind": kind})
-        os.replace(tmp, out_dir / WEIGHTS_NAME)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    meta = {"kind": kind, "config": config, **(extra or {})}
-    atomic_write_bytes(out_dir / CONFIG_NAME, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(out_dir / WEIGHTS_NAME, st_save(tensors, metadata={"kind": kind}))
+    atomic_write_json(out_dir / CONFIG_NAME, {"kind": kind, "config": config, **(extra or {})})
     return out_dir
 
 
@@ -64,12 +97,16 @@ def read_config(ckpt_dir, kind: str | None = None) -> dict:
     """Return the full config.json of a checkpoint, checking it exists, parses and is of `kind`."""
     ckpt_dir = Path(ckpt_dir)
     path = ckpt_dir / CONFIG_NAME
+    if ckpt_dir.exists() and not ckpt_dir.is_dir():
+        raise CheckpointError(f"checkpoint {ckpt_dir} is a file; give the directory that holds {CONFIG_NAME} and {WEIGHTS_NAME}")
     if not ckpt_dir.is_dir() or not path.is_file() or not (ckpt_dir / WEIGHTS_NAME).is_file():
         raise CheckpointError(f"no checkpoint at {ckpt_dir}: expected {CONFIG_NAME} and {WEIGHTS_NAME}")
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"corrupt {path}: {e}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
     if not isinstance(meta, dict) or "config" not in meta:
         raise CheckpointError(f"{path} is not a minimuse checkpoint config (no 'config' key)")
     if kind is not None and meta.get("kind") != kind:
@@ -83,7 +120,8 @@ def load_checkpoint(ckpt_dir, kind: str | None = None) -> tuple[dict, dict[str, 
     try:
         state = load_file(Path(ckpt_dir) / WEIGHTS_NAME, device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"corrupt {Path(ckpt_dir) / WEIGHTS_NAME}: {e}") from None
+        raise CheckpointError(f"corrupt {Path(ckpt_dir) / WEIGHTS_NAME}: {_one_line(e)}") from None
+    check_finite(state, Path(ckpt_dir) / WEIGHTS_NAME)
     return meta, state
 
 
@@ -124,3 +162,78 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], c
             parts.append(f"shape of {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
         raise CheckpointError(f"checkpoint {ckpt_dir} does not fit this model: " + "; ".join(parts))
     module.load_state_dict(state, strict=True)
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())[:300]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Nested state (training states, the token pool) without pickle: tensors and arrays go into safetensors under their
+# path in the tree; the rest (ints, floats, strings, lists, tuples, dicts with int keys) is a JSON skeleton stored in
+# the same file's metadata, so one atomic rename writes the whole state.
+
+def _encode(obj, path: str, tensors: dict):
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj.detach().to("cpu").contiguous()
+        return {"__tensor__": path}
+    if isinstance(obj, np.ndarray):  # numpy's RNG key is uint32, which safetensors cannot hold as such
+        tensors[path] = torch.from_numpy(obj.astype(np.int64) if obj.dtype == np.uint32 else obj.copy())
+        return {"__ndarray__": path, "dtype": str(obj.dtype)}
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, f"{path}/{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, f"{path}/{i}", tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _encode(v, f"{path}/{k}", tensors) for k, v in obj.items()}
+        return {"__items__": [[k, _encode(v, f"{path}/{k}", tensors)] for k, v in obj.items()]}  # optimizer: int keys
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else {"__float__": repr(obj)}
+    raise TypeError(f"cannot store {type(obj).__name__} at {path!r} without pickle")
+
+
+def _decode(obj, tensors: dict):
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if "__ndarray__" in obj:
+        return tensors[obj["__ndarray__"]].numpy().astype(obj["dtype"])
+    if "__tuple__" in obj:
+        return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+    if "__items__" in obj:
+        return {k: _decode(v, tensors) for k, v in obj["__items__"]}
+    if "__float__" in obj:
+        return float(obj["__float__"])
+    return {k: _decode(v, tensors) for k, v in obj.items()}
+
+
+def save_tree(path, tree: dict) -> Path:
+    """Store a nested dict of tensors, arrays and JSON values as one safetensors file, atomically."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _encode(tree, "", tensors)
+    return atomic_write_bytes(path, st_save(tensors, metadata={"minimuse_tree": json.dumps(skeleton, allow_nan=False)}))
+
+
+def load_tree(path) -> dict:
+    """Inverse of save_tree. Reads tensors with safetensors and the rest with JSON: no code in the file can run."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, expected a file written by minimuse")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        skeleton = json.loads(meta["minimuse_tree"])
+        return _decode(skeleton, tensors)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is corrupt or not a minimuse state file ({_one_line(e)})") from None

@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 CAPTION_KINDS = ("single", "count", "relation", "pair", "mixed")
 SCHEDULE_NAMES = ("cosine", "linear", "square", "cubic", "log", "exp")  # MaskGIT's mask schedules gamma
 SAMPLER_NAMES = ("confidence", "halton", "random")                    # commit rules of the sampler
+MAX_STEPS = 4096  # decoding steps; the sampler further refuses more steps than the tokens it has to generate
 
 
 class ConfigError(ValueError):
@@ -25,6 +26,45 @@ class ConfigError(ValueError):
 def _check(ok: bool, name: str, msg: str):
     if not ok:
         raise ConfigError(f"invalid config field '{name}': {msg}")
+
+
+# Error messages name a field as section.field; the section of a dataclass is known by its class name.
+_SECTIONS = {"DataConfig": "data.", "TokenizerConfig": "tokenizer.", "TextConfig": "text.", "TransformerConfig": "transformer.",
+             "TrainConfig": "train.", "SampleConfig": "sample.", "SuperResConfig": "superres."}
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_types(obj) -> None:
+    """Every field holds the type of its default (an int where a float is expected is fine): a string or None
+    where a number belongs fails here, naming the field, not deep inside torch."""
+    section = _SECTIONS.get(type(obj).__name__, "")
+    for f in dataclasses.fields(obj):
+        v, default = getattr(obj, f.name), f.default
+        name = f"{section}{f.name}"
+        if isinstance(default, bool):
+            _check(isinstance(v, bool), name, f"must be true or false, got {v!r}")
+        elif isinstance(default, int):
+            _check(isinstance(v, int) and not isinstance(v, bool), name, f"must be an integer, got {v!r}")
+        elif isinstance(default, float):
+            _check(_is_num(v), name, f"must be a finite number, got {v!r}")
+        elif isinstance(default, str):
+            _check(isinstance(v, str), name, f"must be a string, got {v!r}")
+        elif isinstance(default, tuple):
+            _check(isinstance(v, tuple), name, f"must be a list, got {v!r}")
+
+
+def _positive(obj, *names: str) -> None:
+    for n in names:
+        _check(getattr(obj, n) >= 1, f"{_SECTIONS.get(type(obj).__name__, '')}{n}", f"must be at least 1, got {getattr(obj, n)}")
+
+
+def _within(obj, name: str, lo: float, hi: float, hi_open: bool = False) -> None:
+    v = getattr(obj, name)
+    ok = lo <= v < hi if hi_open else lo <= v <= hi
+    _check(ok, f"{_SECTIONS.get(type(obj).__name__, '')}{name}", f"must lie in [{lo}, {hi}{')' if hi_open else ']'}, got {v}")
 
 
 @dataclass(frozen=True)
@@ -38,10 +78,12 @@ class DataConfig:
     pool_size: int = 50_000              # images pre-tokenized once for transformer training (0 = encode on the fly)
 
     def __post_init__(self):
+        _check_types(self)
         _check(self.image_size >= 8 and self.image_size % 8 == 0, "data.image_size", f"must be a positive multiple of 8, got {self.image_size}")
         bad = [k for k in self.kinds if k not in CAPTION_KINDS]
         _check(not bad and len(self.kinds) > 0, "data.kinds", f"unknown kinds {bad}; choose from {', '.join(CAPTION_KINDS)}")
         _check(0.0 <= self.paraphrase_prob <= 1.0, "data.paraphrase_prob", "must lie in [0, 1]")
+        _check(self.pool_size >= 0, "data.pool_size", f"must be 0 or more, got {self.pool_size}")
 
 
 @dataclass(frozen=True)
@@ -74,6 +116,17 @@ class TokenizerConfig:
         return 2 ** (len(self.channel_mult) - 1)
 
     def __post_init__(self):
+        _check_types(self)
+        _positive(self, "channels", "num_res_blocks", "code_dim", "steps", "batch_size", "log_every", "ckpt_every")
+        _check(len(self.channel_mult) >= 1 and all(isinstance(m, int) and m >= 1 for m in self.channel_mult),
+               "tokenizer.channel_mult", f"must be a non-empty list of positive integers, got {self.channel_mult}")
+        _check(self.lr > 0, "tokenizer.lr", f"must be positive, got {self.lr}")
+        _check(len(self.betas) == 2 and all(_is_num(b) and 0 <= b < 1 for b in self.betas), "tokenizer.betas",
+               f"must be two numbers in [0, 1), got {self.betas}")
+        _within(self, "ema_decay", 0.0, 1.0, hi_open=True)
+        for n in ("commitment", "dead_code_threshold", "disc_weight", "perceptual_weight"):
+            _check(getattr(self, n) >= 0, f"tokenizer.{n}", f"must be 0 or more, got {getattr(self, n)}")
+        _check(self.warmup_steps >= 0 and self.disc_start >= 0, "tokenizer.warmup_steps", "warmup_steps and disc_start must be 0 or more")
         _check(self.quantizer in ("vq", "fsq"), "tokenizer.quantizer", f"must be 'vq' or 'fsq', got {self.quantizer!r}")
         _check(self.recon_loss in ("l1", "mse"), "tokenizer.recon_loss", f"must be 'l1' or 'mse', got {self.recon_loss!r}")
         _check(self.codebook_size >= 2, "tokenizer.codebook_size", "must be at least 2")
@@ -89,6 +142,11 @@ class TextConfig:
     max_length: int = 32                 # T: longest prompt in tokens; longer ones are truncated with a warning
     cache_dir: str | None = None         # optional on-disk embedding cache
 
+    def __post_init__(self):
+        _check_types(self)
+        _positive(self, "text_dim", "max_length")
+        _check(self.cache_dir is None or isinstance(self.cache_dir, str), "text.cache_dir", "must be a path or null")
+
 
 @dataclass(frozen=True)
 class TransformerConfig:
@@ -100,6 +158,9 @@ class TransformerConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
+        _check_types(self)
+        _check(self.mlp_ratio > 0, "transformer.mlp_ratio", f"must be positive, got {self.mlp_ratio}")
+        _within(self, "dropout", 0.0, 1.0, hi_open=True)
         _check(self.width > 0 and self.depth > 0 and self.heads > 0, "transformer.width", "width, depth and heads must be positive")
         _check(self.width % self.heads == 0, "transformer.width", f"width {self.width} is not divisible by heads {self.heads}")
 
@@ -128,6 +189,18 @@ class TrainConfig:
     eval_prompts: int = 64
 
     def __post_init__(self):
+        _check_types(self)
+        _positive(self, "steps", "batch_size", "log_every", "ckpt_every", "eval_prompts")
+        _check(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
+        _check(self.warmup_steps >= 0 and self.eval_every >= 0, "train.warmup_steps",
+               "warmup_steps and eval_every must be 0 or more")
+        _check(self.weight_decay >= 0 and self.grad_clip >= 0, "train.weight_decay", "weight_decay and grad_clip must be 0 or more")
+        _check(len(self.betas) == 2 and all(_is_num(b) and 0 <= b < 1 for b in self.betas), "train.betas",
+               f"must be two numbers in [0, 1), got {self.betas}")
+        _within(self, "min_lr_ratio", 0.0, 1.0)
+        _within(self, "ema_decay", 0.0, 1.0, hi_open=True)
+        _within(self, "label_smoothing", 0.0, 1.0, hi_open=True)
+        _within(self, "rect_mask_prob", 0.0, 1.0)
         _check(self.optimizer in ("adamw", "adafactor"), "train.optimizer", f"must be 'adamw' or 'adafactor', got {self.optimizer!r}")
         _check(self.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", "must be 'no', 'bf16' or 'fp16'")
         _check(0.0 <= self.min_mask_rate < 1.0, "train.min_mask_rate", "must lie in [0, 1)")
@@ -146,7 +219,13 @@ class SampleConfig:
     top_k: int = 0                       # 0 = no top-k filter
 
     def __post_init__(self):
+        _check_types(self)
         _check(self.num_steps >= 1, "sample.num_steps", f"must be at least 1, got {self.num_steps}")
+        _check(self.num_steps <= MAX_STEPS, "sample.num_steps", f"must be at most {MAX_STEPS}, got {self.num_steps}")
+        _check(self.guidance_scale >= 0, "sample.guidance_scale", f"must be 0 or more, got {self.guidance_scale}")
+        _check(self.choice_temperature >= 0, "sample.choice_temperature", f"must be 0 or more, got {self.choice_temperature}")
+        _check(self.temperature >= 0, "sample.temperature", f"must be 0 or more (0 = greedy), got {self.temperature}")
+        _check(self.top_k >= 0, "sample.top_k", f"must be 0 (off) or more, got {self.top_k}")
         _check(self.guidance_schedule in ("constant", "linear"), "sample.guidance_schedule", "must be 'constant' or 'linear'")
         _check(self.schedule in SCHEDULE_NAMES, "sample.schedule", f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULE_NAMES)}")
         _check(self.sampler in SAMPLER_NAMES, "sample.sampler", f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLER_NAMES)}")
@@ -159,6 +238,10 @@ class SuperResConfig:
     transformer: TransformerConfig = TransformerConfig()
     lowres_depth: int = 2                # self-attention layers over the low-res tokens (Muse: 16, §2.4)
     num_steps: int = 8                   # Muse §2.8
+
+    def __post_init__(self):
+        _check_types(self)
+        _positive(self, "image_size", "lowres_depth", "num_steps")
 
 
 @dataclass(frozen=True)
@@ -185,6 +268,7 @@ class Config:
         return h * w
 
     def __post_init__(self):
+        _check(isinstance(self.name, str) and self.name != "", "name", f"must be a non-empty string, got {self.name!r}")
         f = self.tokenizer.downsample
         _check(self.data.image_size % f == 0, "data.image_size",
                f"{self.data.image_size} is not divisible by the tokenizer's downsampling factor {f}")
@@ -369,10 +453,15 @@ def _coerce(current, value, key: str):
         if isinstance(current, int):
             return int(value)
         if isinstance(current, float):
-            return float(value)
+            v = float(value)
+            if not math.isfinite(v):
+                raise ConfigError(f"config field '{key}': must be a finite number, got {value!r}")
+            return v
         if isinstance(current, tuple):
             kind = type(current[0]) if current else str
             return tuple(kind(v) for v in value.split(",") if v)
+    except ConfigError:
+        raise
     except ValueError:
         raise ConfigError(f"config field '{key}': cannot read {value!r} as {type(current).__name__}") from None
     return value

@@ -1,17 +1,17 @@
 """Training loops: explicit `for step in range(...)` on Hugging Face Accelerate, with checkpointing and exact resume.
 
-The shared pieces (Accelerator setup, warmup + cosine learning rate, a JSONL logger, an atomic training-state file
-holding model, optimizer, RNG states and step) are small functions that every loop reuses. The tokenizer loop
+The shared pieces (Accelerator setup, warmup + cosine learning rate, a JSONL logger, the run-directory guard, an
+atomic pickle-free training-state file holding model, optimizer, RNG states and step) are small functions every loop
+reuses. The tokenizer loop
 follows Muse §2.2 (VQGAN: reconstruction + commitment, optional hinge GAN); the transformer loops follow §2.3 and §2.6.
 Data is addressed by (seed, index), and step s always reads indices [s*B, (s+1)*B), so the data position is the step.
 Taught in notebooks/02_tokenizer.ipynb (tokenizer) and notebooks/04_training.ipynb (transformer).
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
+import os
 import time
 from pathlib import Path
 
@@ -20,11 +20,10 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from .checkpoint import CheckpointError, load_tree, save_tree
 from .config import Config
-
-STATE_NAME = "training_state.pt"
-LOG_NAME = "log.jsonl"
-
+from .runs import (LOG_NAME, POOL_NAME, STATE_NAME, TRANSFORMER_STATE, JsonlLogger, _last_ckpt,  # noqa: F401
+                   load_training_state, prepare_run_dir, rng_states, save_training_state, set_rng_states)
 
 # ------------------------------------------------------------------------------------------ shared infrastructure
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -51,52 +50,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_states() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def save_training_state(path, state: dict) -> None:
-    """torch.save to a temp file, then rename: a kill mid-write leaves the previous state intact."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_training_state(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"cannot resume: no {path.name} in {path.parent}; train without --resume first")
-    return torch.load(path, map_location="cpu", weights_only=False)  # our own file: it holds RNG states (numpy objects)
-
-
-class JsonlLogger:
-    """Appends one JSON object per line. On resume, drops lines after the resumed step so the log matches a straight run."""
-
-    def __init__(self, path, resume_step: int | None = None, enabled: bool = True):
-        self.path, self.enabled = Path(path), enabled
-        if not enabled:
-            return
-        kept = []
-        if resume_step is not None and self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= resume_step]
-        self.path.write_text("".join(line + "\n" for line in kept))
-
-    def log(self, record: dict) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
 def batch_indices(step: int, batch_size: int, rank: int = 0, world: int = 1) -> range:
     """Dataset indices for one process at one step: disjoint across processes, a pure function of the step."""
     start = (step * world + rank) * batch_size
@@ -118,11 +71,12 @@ def _progress(total: int, initial: int, enabled: bool):
 
 
 # --------------------------------------------------------------------------------------------- tokenizer training
-def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "base", on_step=None) -> list[dict]:
+def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "base", on_step=None,
+                    overwrite: bool = False) -> list[dict]:
     """Train the base (or super-res) tokenizer of `cfg`; checkpoints and log.jsonl go to out_dir. Returns the log.
 
     on_step(step, record) is called after every step with the step's loss and PSNR (and, at log steps, the logged
-    record), e.g. for a live plot in a notebook.
+    record), e.g. for a live plot in a notebook. An out_dir holding a run needs resume=True or overwrite=True.
     """
     from .data import ShapesDataset  # the data module is only needed once training starts
     from .tokenizer import PatchDiscriminator, Tokenizer, codebook_usage, hinge_d_loss, hinge_g_loss, perplexity
@@ -133,8 +87,7 @@ def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "ba
         raise ValueError(f"preset '{cfg.name}' has no super-res stage; choose a preset with a superres section")
     tcfg = cfg.tokenizer if stage == "base" else cfg.superres.tokenizer
     size = cfg.data.image_size if stage == "base" else cfg.superres.image_size
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_run_dir(out_dir, STATE_NAME, ("model.safetensors",), resume, overwrite)
 
     accelerator = make_accelerator(cfg)
     seed_everything(cfg.train.seed)
@@ -178,7 +131,7 @@ def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "ba
             **({"disc": accelerator.unwrap_model(disc).state_dict(), "disc_optimizer": disc_opt.state_dict()} if use_gan else {})})
         raw.save_pretrained(out_dir)  # the user-facing checkpoint, written after the state so both describe `step`
 
-    t0, last_ckpt = time.time(), start
+    t0, last_ckpt = time.time(), start if resume else None
     bar = _progress(tcfg.steps, start, accelerator.is_main_process)
     for step in range(start, tcfg.steps):
         lr = cosine_lr(step, tcfg.lr, tcfg.warmup_steps, tcfg.steps, cfg.train.min_lr_ratio)
@@ -193,8 +146,8 @@ def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "ba
             if gan_on:
                 loss = loss + tcfg.disc_weight * hinge_g_loss(disc(recon))
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"tokenizer loss became {loss.item()} at step {step}; the last good checkpoint "
-                                     f"(step {last_ckpt}) is in {out_dir}. Lower tokenizer.lr and retrain, or --resume.")
+            raise FloatingPointError(f"tokenizer loss became {loss.item()} at step {step}; {_last_ckpt(last_ckpt, out_dir)}. "
+                                     "Lower tokenizer.lr and retrain, or --resume.")
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         optimizer.step()
@@ -230,14 +183,18 @@ def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "ba
 # ------------------------------------------------------------------------------------------- transformer training
 def build_token_pool(cfg: Config, tokenizer, n: int, cache_dir=None, batch_size: int = 256) -> dict:
     """Tokenize `n` training images once: on 2 cores the tokenizer costs more than a transformer step, so the
-    transformer trains on a fixed pool of (ids, caption) pairs. Cached as pool.pt, keyed by config and tokenizer."""
+    transformer trains on a fixed pool of (ids, caption) pairs. Cached as pool.safetensors (ids and caption indices
+    as tensors, vocabulary and key as JSON), keyed by config and tokenizer; a pool of another key is rebuilt."""
     from .data import make_sample, to_tensor
     key = {"n": n, "size": cfg.data.image_size, "seed": cfg.data.train_seed, "kinds": list(cfg.data.kinds),
            "paraphrase_prob": cfg.data.paraphrase_prob,
            "tokenizer": float(sum(p.double().sum() for p in tokenizer.state_dict().values() if p.is_floating_point()))}
-    path = Path(cache_dir) / "pool.pt" if cache_dir else None
+    path = Path(cache_dir) / POOL_NAME if cache_dir else None
     if path is not None and path.is_file():
-        pool = torch.load(path, weights_only=False)
+        try:
+            pool = load_tree(path)
+        except CheckpointError:
+            pool = {}  # a corrupt cache is only a cache: rebuild it
         if pool.get("key") == key:
             return pool
     h, w = cfg.grid
@@ -255,7 +212,7 @@ def build_token_pool(cfg: Config, tokenizer, n: int, cache_dir=None, batch_size:
     index = {c: i for i, c in enumerate(vocab)}
     pool = {"key": key, "ids": ids, "caption_idx": torch.tensor([index[c] for c in captions]), "vocab": vocab, "kinds": kinds}
     if path is not None:
-        save_training_state(path, pool)
+        save_tree(path, pool)
     return pool
 
 
@@ -282,14 +239,20 @@ def train_step_inputs(pool: dict, table, cfg: Config, step: int, batch_size: int
 
 
 def _resolve_tokenizer_dir(out_dir: Path, tokenizer_dir) -> Path:
+    from .checkpoint import WEIGHTS_NAME
     from .pipeline import DEFAULT_CHECKPOINT
-    for cand in (tokenizer_dir, out_dir / "tokenizer", DEFAULT_CHECKPOINT / "tokenizer"):
-        if cand is not None and (Path(cand) / "model.safetensors").is_file():
-            return Path(cand)
+    if tokenizer_dir is not None:  # a path the user typed is used or refused, never silently replaced
+        if not (Path(tokenizer_dir) / WEIGHTS_NAME).is_file():
+            raise CheckpointError(f"--tokenizer {tokenizer_dir} is not a tokenizer checkpoint (no {WEIGHTS_NAME} there)")
+        return Path(tokenizer_dir)
+    for cand in (out_dir / "tokenizer", DEFAULT_CHECKPOINT / "tokenizer"):
+        if (cand / WEIGHTS_NAME).is_file():
+            return cand
     raise FileNotFoundError(f"no trained tokenizer: pass --tokenizer DIR, or run `minimuse train-tokenizer --out {out_dir / 'tokenizer'}` first")
 
 
-def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=None, on_step=None) -> list[dict]:
+def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=None, on_step=None,
+                      overwrite: bool = False) -> list[dict]:
     """Train the masked transformer of `cfg` on a trained tokenizer. out_dir ends as a pipeline checkpoint:
     out_dir/tokenizer, out_dir/transformer (safetensors + config), log.jsonl and the training state. Returns the log.
 
@@ -297,14 +260,15 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     masked positions only. Every train.eval_every steps a quick sample-and-score of train.eval_prompts held-out
     prompts (eval.quick_eval_fn) joins the log, so a learner sees faithfulness, not just loss, go up.
     on_step(step, record, model), if given, is called after every step (notebooks draw live curves with it).
+    An out_dir holding a run needs resume=True or overwrite=True.
     """
     from .scheduler import masked_ce
     from .text_encoder import TextEncoder
     from .tokenizer import Tokenizer
     from .transformer import MaskedTransformer
 
-    tc, out_dir = cfg.train, Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    tc = cfg.train
+    out_dir = prepare_run_dir(out_dir, TRANSFORMER_STATE, ("transformer",), resume, overwrite)
     accelerator = make_accelerator(cfg)
     seed_everything(tc.seed)
     tok_src = _resolve_tokenizer_dir(out_dir, tokenizer_dir)
@@ -329,7 +293,7 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
 
     start, history = 0, []
     if resume:
-        state = load_training_state(out_dir / "transformer_state.pt")
+        state = load_training_state(out_dir / TRANSFORMER_STATE)
         if state["config"] != cfg.to_dict():
             raise ValueError(f"cannot resume {out_dir}: it was trained with another config; use a new --out")
         model.load_state_dict(state["model"])
@@ -352,7 +316,7 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         accelerator.wait_for_everyone()
         if not accelerator.is_main_process:
             return
-        save_training_state(out_dir / "transformer_state.pt", {
+        save_training_state(out_dir / TRANSFORMER_STATE, {
             "step": step, "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_states(),
             "history": history, "config": cfg.to_dict(), "ema": ema})
         if ema is None:
@@ -367,7 +331,7 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     if tc.eval_every and accelerator.is_main_process:
         from .eval import quick_eval_fn
         eval_fn = quick_eval_fn(cfg, tokenizer, text_encoder, tc.eval_prompts)
-    t0, window = time.time(), []
+    t0, window, last_ckpt = time.time(), [], start if resume else None
     bar = _progress(tc.steps, start, accelerator.is_main_process)
     for step in range(start, tc.steps):
         lr = cosine_lr(step, tc.lr, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
@@ -379,8 +343,8 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
             logits = model(inputs, text, text_mask)  # (B, L, K)
             loss = masked_ce(logits, labels, tc.label_smoothing)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"transformer loss became {loss.item()} at step {step}; the last checkpoint is in "
-                                     f"{out_dir}. Lower train.lr (now {tc.lr}) and --resume, or retrain.")
+            raise FloatingPointError(f"transformer loss became {loss.item()} at step {step}; {_last_ckpt(last_ckpt, out_dir)}. "
+                                     f"Lower train.lr (now {tc.lr}) and --resume, or retrain.")
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         if tc.grad_clip > 0:
@@ -409,5 +373,6 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         bar.update(1)
         if (step + 1) % tc.ckpt_every == 0 or step + 1 == tc.steps:
             export(step + 1)
+            last_ckpt = step + 1
     bar.close()
     return history

@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 
 from minimuse.config import get_config
 from minimuse.tokenizer import Tokenizer
+from minimuse.checkpoint import load_tree, save_tree
+from minimuse.runs import TRANSFORMER_STATE
 from minimuse.train import build_token_pool, train_step_inputs, train_transformer
 
 CFG = get_config("ci", **{"train.steps": 6, "train.batch_size": 8, "data.pool_size": 64, "train.ckpt_every": 3,
@@ -57,9 +59,9 @@ def test_resume_equals_uninterrupted_run(tmp_path, tok_dir):
     half = tmp_path / "half"
     train_transformer(get_config("ci", **{**_overrides(), "train.steps": 3}), half, tokenizer_dir=tok_dir)
     # resuming needs the same config as the run it continues; rewrite the state as a 6-step run, as a kill at step 3 would leave it
-    state = torch.load(half / "transformer_state.pt", weights_only=False)
+    state = load_tree(half / TRANSFORMER_STATE)
     state["config"] = CFG.to_dict()
-    torch.save(state, half / "transformer_state.pt")
+    save_tree(half / TRANSFORMER_STATE, state)
     train_transformer(CFG, half, resume=True, tokenizer_dir=tok_dir)
     a = load_file(straight / "transformer" / "model.safetensors")
     b = load_file(half / "transformer" / "model.safetensors")

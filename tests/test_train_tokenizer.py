@@ -9,6 +9,8 @@ from safetensors.torch import load_file
 from minimuse.config import get_config
 from minimuse.eval import eval_tokenizer
 from minimuse.tokenizer import Tokenizer
+from minimuse.checkpoint import load_tree
+from minimuse.runs import STATE_NAME
 from minimuse.train import JsonlLogger, batch_indices, cosine_lr, psnr, train_tokenizer
 
 # The ci preset with a checkpoint every 5 steps; 20 steps keep the whole file to seconds.
@@ -87,7 +89,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     monkeypatch.setattr(Tokenizer, "forward", forward)
     with pytest.raises(FloatingPointError, match=r"step 7.*step 5"):
         train_tokenizer(CFG, tmp_path)
-    state = torch.load(tmp_path / "training_state.pt", weights_only=False)
+    state = load_tree(tmp_path / STATE_NAME)
     assert state["step"] == 5
     tok = Tokenizer.from_pretrained(tmp_path)
     assert all(torch.isfinite(v).all() for v in tok.state_dict().values())
