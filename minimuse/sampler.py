@@ -68,7 +68,10 @@ def _gumbel(shape, generator, device) -> torch.Tensor:
 
 
 def _sample_tokens(logits, temperature, top_k, gumbel):
-    """Sample one token per row of logits (..., K) by Gumbel-max; return (token, log p(token), p, entropy)."""
+    """Sample one token per row of logits (..., K) by Gumbel-max; return (token, log p(token), entropy).
+
+    A NaN or inf anywhere in a row makes its log p(token) non-finite, so one check on the (B, M) result catches a
+    broken model without a pass over the (B, M, K) logits."""
     logits = logits.float()
     if top_k > 0:  # keep the k largest logits, as Muse's editing uses (top-k 3)
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
@@ -76,6 +79,9 @@ def _sample_tokens(logits, temperature, top_k, gumbel):
     logp = F.log_softmax(logits / temperature if temperature > 0 else logits, dim=-1)
     token = (logp + gumbel).argmax(-1) if temperature > 0 else logp.argmax(-1)  # temperature 0 is greedy
     token_logp = logp.gather(-1, token[..., None])[..., 0]
+    if not bool(torch.isfinite(token_logp).all()):
+        raise FloatingPointError("the model's logits became non-finite (NaN or inf) while sampling; the checkpoint or "
+                                 "the inputs are broken (try precision fp32, or another checkpoint)")
     entropy = torch.special.entr(logp.exp()).sum(-1)
     return token, token_logp, entropy
 
@@ -129,15 +135,22 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
     """
     if sampler not in SAMPLER_NAMES:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLER_NAMES)}")
-    if temperature < 0 or top_k < 0:
-        raise ValueError(f"temperature and top_k must be >= 0, got {temperature} and {top_k}")
+    for name, v in (("temperature", temperature), ("choice_temperature", choice_temperature), ("guidance_scale", guidance_scale)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
+    h, w = transformer.grid
+    if not isinstance(num_steps, int) or not 1 <= num_steps <= h * w:
+        # every step commits at least one token, so more steps than tokens only adds passes that commit nothing
+        raise ValueError(f"num_steps {num_steps!r} exceeds the {h * w} tokens of the {h}x{w} grid (or is below 1); "
+                         f"use 1 to {h * w}")
     scheduler = MaskScheduler(schedule)
     scheduler.set_timesteps(num_steps)
     weights = [guidance_weight(t, num_steps, guidance_scale, guidance_schedule) for t in range(num_steps)]
     if negative_emb is not None:  # a negative prompt takes the place of l_u (Muse §2.7)
         uncond_emb, uncond_mask = negative_emb, negative_mask
     B, device = text_emb.shape[0], text_emb.device
-    h, w = transformer.grid
     L, K, mask_id = h * w, transformer.codebook_size, transformer.mask_id
 
     was_training = transformer.training

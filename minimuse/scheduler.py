@@ -164,7 +164,10 @@ def remask_least_confident(confidence: torch.Tensor, n: torch.Tensor) -> torch.T
 
 
 class MaskScheduler:
-    """diffusers-style wrapper (AmusedScheduler's names); step indices count up 0..T-1 where diffusers counts down."""
+    """diffusers-style wrapper (AmusedScheduler's names); step indices count up 0..T-1 where diffusers counts down.
+
+    The count table of each distinct N is computed once after `set_timesteps` (O(T)) and reused by every step, so a
+    whole sampling call costs O(T) in schedule arithmetic, not O(T^2)."""
 
     def __init__(self, schedule: str = "cosine"):
         get_schedule(schedule)  # fail early on a typo
@@ -176,21 +179,27 @@ class MaskScheduler:
             raise ValueError(f"num_steps must be at least 1, got {num_steps}")
         self.num_steps = num_steps
         self.timesteps = torch.arange(num_steps)
+        self._tables: dict[tuple[int, ...], torch.Tensor] = {}  # per-sample N -> (B, T) counts
+
+    def count_table(self, N: torch.Tensor) -> torch.Tensor:
+        """(B, T) positions still masked after each step, for per-sample N (inpainting regions differ in size)."""
+        if self.timesteps is None:
+            raise ValueError("call set_timesteps(num_steps) before step()")
+        key = tuple(N.tolist())
+        if key not in self._tables:
+            rows = {n: mask_counts(n, self.num_steps, self.schedule) for n in set(key)}  # once per distinct N
+            self._tables[key] = torch.tensor([rows[n] for n in key], dtype=torch.long, device=N.device).view(len(key), -1)
+        return self._tables[key]
 
     def num_masked_after(self, t: int, N: torch.Tensor) -> torch.Tensor:
-        """(B,) counts for per-sample N; computed once per distinct N (inpainting regions differ in size)."""
-        values, inverse = N.unique(return_inverse=True)
-        table = torch.tensor([num_masked_after(int(v), t, self.num_steps, self.schedule) for v in values.tolist()],
-                             dtype=torch.long, device=N.device)
-        return table[inverse]
+        """(B,) counts after step t for per-sample N."""
+        return self.count_table(N)[:, t]
 
     def step(self, confidence: torch.Tensor, still_masked: torch.Tensor, t: int, N: torch.Tensor) -> torch.Tensor:
         """New mask (B, L): the num_masked_after(N, t) least confident of the positions masked before step t.
 
         Positions not masked before the step get +inf confidence, so a committed token is never masked again.
         """
-        if self.timesteps is None:
-            raise ValueError("call set_timesteps(num_steps) before step()")
         confidence = torch.where(still_masked, confidence.float(), math.inf)
         n = torch.minimum(self.num_masked_after(t, N), still_masked.sum(1))  # guard: never more than are masked
         return remask_least_confident(confidence, n)

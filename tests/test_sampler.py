@@ -309,3 +309,49 @@ def test_real_transformer_inpainting():
     emb, mask = texts(2)
     ids = sample(model, emb, mask, init_ids=init, init_mask=region, num_steps=4, generator=gen(2))
     assert torch.equal(ids[~region], init[~region]) and int(ids.max()) < K
+
+
+# ---------------------------------------------------------------------------------------------- reliability guards
+class Poisoned(StandIn):
+    """StandIn whose logits turn NaN from the `bad_call`-th forward pass on, as a broken checkpoint's would."""
+
+    def __init__(self, bad_call):
+        super().__init__()
+        self.bad_call = bad_call
+
+    def forward(self, ids, *args, **kw):
+        logits = super().forward(ids, *args, **kw)
+        return logits * float("nan") if len(self.batches) >= self.bad_call else logits
+
+
+@pytest.mark.parametrize("bad_call", [1, 3])
+def test_non_finite_logits_stop_sampling_with_a_clear_error(bad_call):
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        run(Poisoned(bad_call), num_steps=4)
+
+
+def test_more_steps_than_tokens_are_refused():
+    run(num_steps=L)  # one token per step is the most a grid allows
+    for bad in (L + 1, 10_000, 0):
+        with pytest.raises(ValueError, match="exceeds"):
+            run(num_steps=bad)
+
+
+@pytest.mark.parametrize("kw", [{"guidance_scale": math.nan}, {"guidance_scale": math.inf}, {"choice_temperature": -1.0},
+                                {"temperature": math.nan}, {"top_k": -1}])
+def test_non_finite_or_negative_sampling_arguments_are_refused(kw):
+    with pytest.raises(ValueError):
+        run(**kw)
+
+
+def test_schedule_arithmetic_is_linear_in_the_steps(monkeypatch):
+    # The count table is built once per distinct N for the whole call, not once per step (which was O(T^2)).
+    import minimuse.scheduler as sched_mod
+    calls = []
+    real = sched_mod.mask_counts
+    monkeypatch.setattr(sched_mod, "mask_counts", lambda N, T, s="cosine": calls.append(N) or real(N, T, s))
+    ids = torch.full((3, *GRID), K)
+    init_mask = torch.zeros(3, L, dtype=torch.bool)
+    init_mask[0, :8], init_mask[1, :4], init_mask[2, :8] = True, True, True  # regions of 8, 4 and 8 tokens
+    run(B=3, num_steps=4, init_ids=ids, init_mask=init_mask.view(3, *GRID))
+    assert sorted(calls) == [4, 8]
