@@ -1,0 +1,32 @@
+"""Peak resident memory of one `minimuse generate` call, measured inside the process (ru_maxrss), with the stages.
+
+    python docs/peak_rss.py                      # the shipped laptop checkpoint, one prompt
+    python docs/peak_rss.py --checkpoint DIR     # another pipeline checkpoint
+Prints one JSON line: peak RSS in MB after importing torch, after loading the pipeline and after generating.
+"""
+import argparse
+import json
+import resource
+import tempfile
+from pathlib import Path
+
+
+def peak_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--prompt", default="two red circles")
+    args = ap.parse_args()
+    out = {"python": peak_mb()}
+    import torch  # noqa: F401
+    out["import_torch"] = peak_mb()
+    from minimuse.cli import main
+    with tempfile.TemporaryDirectory() as d:
+        argv = ["generate", args.prompt, "--out", str(Path(d) / "out.png")]
+        rc = main(argv + (["--checkpoint", args.checkpoint] if args.checkpoint else []))
+    out["generate"] = peak_mb()
+    out["exit_code"] = rc
+    print(json.dumps(out))
