@@ -3,14 +3,13 @@
 A `Config` holds everything needed to build, train and sample one minimuse model.
 Presets run from `ci` (seconds, for tests and nbval) through `laptop` (the shipped
 CPU checkpoints) to the Muse paper's sizes (Chang et al. 2023, arXiv 2301.00704: §2 Model, §3 and Appendix A for training).
-Select one with `get_config(name, **overrides)` or the MINIMUSE_PRESET variable;
-override fields as `width=256` or `tokenizer.lr=1e-4`. Taught in notebooks/00_overview.ipynb.
+Every field is checked when a dataclass is built, so a bad value fails here with one line naming it. The named
+presets and `get_config(name, **overrides)` are in presets.py. Taught in notebooks/00_overview.ipynb.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
 
 CAPTION_KINDS = ("single", "count", "relation", "pair", "mixed")
@@ -314,161 +313,11 @@ _SUBCONFIGS = {
     (SuperResConfig, "tokenizer"): TokenizerConfig, (SuperResConfig, "transformer"): TransformerConfig,
 }
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Presets. Paper-sized fields cite their source; "derived" marks a value the paper does not state.
 
-_T5XXL = TextConfig(encoder="google/t5-v1_1-xxl", text_dim=4096, max_length=64)  # Muse §2.1: frozen T5-XXL, 4096-d; T derived
-_MUSE_TOK = TokenizerConfig(channels=128, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2,  # f=16 (Muse §2.2); widths derived
-                            codebook_size=8192, code_dim=256, commitment=0.25,           # K=8192 (Muse §2.2); code_dim derived
-                            disc_weight=0.1, perceptual_weight=0.05, disc_start=20_000,   # Muse App. A
-                            lr=1e-4, betas=(0.9, 0.99), batch_size=256, steps=1_000_000, warmup_steps=5000)  # lr, betas: Muse App. A
-_MUSE_TRAIN = TrainConfig(steps=1_500_000, batch_size=512, optimizer="adafactor", lr=1e-4,  # Muse Table 4 (1.5M steps), App. A: Adafactor, lr 1e-4, batch 512
-                          warmup_steps=5000, min_lr_ratio=0.0, label_smoothing=0.1,         # warmup derived; smoothing from MaskGIT
-                          mixed_precision="bf16", log_every=100, ckpt_every=5000, eval_every=20_000)
-_MUSE_SAMPLE = SampleConfig(num_steps=24, guidance_schedule="linear", guidance_scale=3.0,   # 24 steps, linear ramp: Muse §2.7-2.8; scale derived
-                            choice_temperature=4.5)                                          # MaskGIT's tau
-
-_MUSE_SR = SuperResConfig(
-    image_size=512,                                                                     # Muse §2.4: 256 -> 512 px
-    tokenizer=dataclasses.replace(_MUSE_TOK, channel_mult=(1, 1, 2, 4)),                # f=8: 64x64 tokens (Muse §2.2)
-    transformer=TransformerConfig(width=1024, depth=4, heads=16, mlp_ratio=4.0),         # hidden 1024, MLP 4096 (Muse App. A); depth derived: 268M in blocks, docs/MODEL_SIZES.md
-    lowres_depth=16,                                                                    # Muse §2.4: 16-layer low-res encoder
-    num_steps=8)                                                                        # Muse §2.8
-
-PRESETS: dict[str, Config] = {
-    "ci": Config(
-        name="ci",
-        data=DataConfig(image_size=16, pool_size=512),
-        tokenizer=TokenizerConfig(channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, codebook_size=32, code_dim=8,
-                                  fsq_levels=(4, 4, 2), steps=30, batch_size=16, warmup_steps=5, log_every=10, ckpt_every=20),
-        transformer=TransformerConfig(width=64, depth=2, heads=2),
-        train=TrainConfig(steps=30, batch_size=16, warmup_steps=5, log_every=10, ckpt_every=20, eval_every=0, eval_prompts=8),
-        sample=SampleConfig(num_steps=4),
-        superres=SuperResConfig(image_size=32,
-                                tokenizer=TokenizerConfig(channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, codebook_size=32,
-                                                          code_dim=8, fsq_levels=(4, 4, 2), steps=30, batch_size=16, warmup_steps=5),
-                                transformer=TransformerConfig(width=64, depth=2, heads=2), lowres_depth=1, num_steps=4)),
-    "laptop": Config(
-        name="laptop",
-        tokenizer=TokenizerConfig(channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, codebook_size=256, code_dim=32,
-                                  recon_loss="mse", batch_size=16, steps=3500, lr=2e-3, log_every=50, ckpt_every=500),  # ~12 min on a 2-core CPU (docs/TOKENIZER.md)
-        # ~1.2M parameters: at ~0.35 s per step on 2 cores, small and fast beats big and slow (docs/TRAINING.md)
-        transformer=TransformerConfig(width=128, depth=4, heads=4),
-        train=TrainConfig(steps=12_000, batch_size=64, lr=2e-3, warmup_steps=300, min_lr_ratio=0.05, label_smoothing=0.1,
-                          log_every=50, ckpt_every=500, eval_every=1000, eval_prompts=160),
-        sample=SampleConfig(num_steps=24, guidance_scale=1.0, choice_temperature=1.0),  # best of docs/SAMPLING.md (Muse: 24 steps)
-        superres=SuperResConfig(image_size=64,
-                                tokenizer=TokenizerConfig(channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, codebook_size=256,
-                                                          code_dim=32, recon_loss="mse", batch_size=8, steps=3000, lr=2e-3,
-                                                          log_every=50, ckpt_every=500),  # f=4: 64 px -> 16x16 tokens
-                                transformer=TransformerConfig(width=128, depth=4, heads=4), lowres_depth=2, num_steps=8)),
-    "gpu-small": Config(
-        name="gpu-small",
-        data=DataConfig(image_size=128, pool_size=200_000),
-        tokenizer=TokenizerConfig(channels=128, channel_mult=(1, 2, 2, 4), num_res_blocks=2, codebook_size=1024, code_dim=64,
-                                  fsq_levels=(8, 8, 4, 4), disc_weight=0.1, disc_start=10_000, lr=2e-4, steps=50_000,
-                                  batch_size=64, ckpt_every=2000),
-        transformer=TransformerConfig(width=768, depth=12, heads=12, qk_norm=True),  # about 100M parameters (DESIGN §5)
-        train=TrainConfig(steps=100_000, batch_size=256, lr=3e-4, warmup_steps=2000, mixed_precision="bf16",
-                          ema_decay=0.9999, ckpt_every=2000, eval_every=5000, eval_prompts=256),
-        sample=SampleConfig(num_steps=12, guidance_scale=2.0)),
-    "muse-632m": Config(
-        name="muse-632m",
-        data=DataConfig(image_size=256, pool_size=0),                                    # Muse §2.3: 256 px base
-        tokenizer=_MUSE_TOK, text=_T5XXL,
-        transformer=TransformerConfig(width=1280, depth=24, heads=20, mlp_ratio=4.0, qk_norm=True),  # derived: 656M total, 630M in blocks; docs/MODEL_SIZES.md
-        train=_MUSE_TRAIN, sample=_MUSE_SAMPLE),
-    "muse-3b": Config(
-        name="muse-3b",
-        data=DataConfig(image_size=256, pool_size=0),
-        tokenizer=_MUSE_TOK, text=_T5XXL,
-        transformer=TransformerConfig(width=2048, depth=48, heads=32, mlp_ratio=4.0, qk_norm=True),  # Muse App. A: 48 layers, 2048, MLP 8192; heads derived
-        train=_MUSE_TRAIN, sample=_MUSE_SAMPLE),
-    "muse-superres-268m": Config(
-        name="muse-superres-268m",
-        data=DataConfig(image_size=256, pool_size=0),
-        tokenizer=_MUSE_TOK, text=_T5XXL,
-        transformer=TransformerConfig(width=1280, depth=24, heads=20, qk_norm=True),      # the 632M base it upsamples
-        train=_MUSE_TRAIN, sample=_MUSE_SAMPLE, superres=_MUSE_SR),
-}
-
-
-def get_config(name: str | None = None, **overrides) -> Config:
-    """Return the preset `name` (default: $MINIMUSE_PRESET, else 'laptop') with overrides applied.
-
-    Overrides name a field as `section.field` (`tokenizer.lr=1e-4`) or, where unambiguous, by its bare name
-    (`width=256`). Unknown presets and fields raise ConfigError listing the valid names.
-    """
-    name = name or os.environ.get("MINIMUSE_PRESET") or "laptop"
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
-    cfg = PRESETS[name]
-    for key, value in overrides.items():
-        cfg = apply_override(cfg, key, value)
-    return cfg
-
-
-def apply_override(cfg: Config, key: str, value) -> Config:
-    """Set one field, `section.field` or a bare field name that exists in exactly one section."""
-    path = key.split(".") if "." in key else _resolve_bare(cfg, key)
-    return _replace_path(cfg, path, value, key)
-
-
-def _resolve_bare(cfg: Config, key: str) -> list[str]:
-    if key in {f.name for f in dataclasses.fields(Config)} and key != "name":
-        raise ConfigError(f"'{key}' is a section; override one of its fields as '{key}.FIELD'")
-    hits = [s for s in ("data", "tokenizer", "text", "transformer", "train", "sample")
-            if key in {f.name for f in dataclasses.fields(getattr(cfg, s))}]
-    if key == "name":
-        return ["name"]
-    if not hits:
-        raise ConfigError(f"unknown config field '{key}'; valid fields: {', '.join(all_fields())}")
-    if len(hits) > 1:
-        raise ConfigError(f"field '{key}' is ambiguous; write one of: {', '.join(f'{s}.{key}' for s in hits)}")
-    return [hits[0], key]
-
-
-def _replace_path(obj, path: list[str], value, key: str):
-    names = {f.name: f for f in dataclasses.fields(obj)}
-    head = path[0]
-    if head not in names:
-        raise ConfigError(f"unknown config field '{key}'; valid fields here: {', '.join(names)}")
-    if len(path) == 1:
-        return dataclasses.replace(obj, **{head: _coerce(getattr(obj, head), value, key)})
-    child = getattr(obj, head)
-    if child is None or not dataclasses.is_dataclass(child):
-        raise ConfigError(f"config field '{key}': '{head}' has no sub-fields in this preset")
-    return dataclasses.replace(obj, **{head: _replace_path(child, path[1:], value, key)})
-
-
-def _coerce(current, value, key: str):
-    """Turn CLI strings ('256', '1e-4', 'true', '8,8,4') into the type of the current value."""
-    if not isinstance(value, str) or isinstance(current, str) or current is None:
-        return tuple(value) if isinstance(value, list) else value
-    try:
-        if isinstance(current, bool):
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError
-            return value.lower() in ("true", "1")
-        if isinstance(current, int):
-            return int(value)
-        if isinstance(current, float):
-            v = float(value)
-            if not math.isfinite(v):
-                raise ConfigError(f"config field '{key}': must be a finite number, got {value!r}")
-            return v
-        if isinstance(current, tuple):
-            kind = type(current[0]) if current else str
-            return tuple(kind(v) for v in value.split(",") if v)
-    except ConfigError:
-        raise
-    except ValueError:
-        raise ConfigError(f"config field '{key}': cannot read {value!r} as {type(current).__name__}") from None
-    return value
-
-
-def all_fields() -> list[str]:
-    """Every overridable field as section.field."""
-    return [f"{s}.{f.name}" for s, cls in (("data", DataConfig), ("tokenizer", TokenizerConfig), ("text", TextConfig),
-                                          ("transformer", TransformerConfig), ("train", TrainConfig), ("sample", SampleConfig))
-            for f in dataclasses.fields(cls)]
+def __getattr__(name: str):
+    """The named presets and the override helpers live in presets.py; `from minimuse.config import PRESETS`,
+    `get_config`, `apply_override` and `all_fields` keep working (PEP 562)."""
+    if name in ("PRESETS", "get_config", "apply_override", "all_fields"):
+        from . import presets
+        return getattr(presets, name)
+    raise AttributeError(f"module 'minimuse.config' has no attribute {name!r}")

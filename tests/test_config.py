@@ -1,9 +1,11 @@
 """Config: presets, overrides, validation and the JSON round trip."""
 import dataclasses
+import re
 
 import pytest
 
-from minimuse.config import PRESETS, Config, ConfigError, apply_override, get_config
+from minimuse.config import (PRESETS, Config, ConfigError, DataConfig, SampleConfig, TextConfig, TokenizerConfig, TrainConfig,
+                             TransformerConfig, apply_override, get_config)
 
 PAPER_PRESETS = ["ci", "laptop", "gpu-small", "muse-632m", "muse-3b", "muse-superres-268m"]
 
@@ -122,3 +124,40 @@ def test_configs_are_frozen():
     cfg = get_config("ci")
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.transformer.width = 3
+
+
+# --- every field is checked where the dataclass is built: one line naming the field ---------------------------------
+@pytest.mark.parametrize("cls, field, value, needle", [
+    (TrainConfig, "lr", float("inf"), "train.lr"),
+    (TrainConfig, "lr", 0.0, "train.lr"),
+    (TrainConfig, "steps", 0, "train.steps"),
+    (TrainConfig, "batch_size", 0, "train.batch_size"),
+    (TrainConfig, "ckpt_every", 0, "train.ckpt_every"),
+    (TrainConfig, "log_every", "10", "train.log_every"),
+    (TrainConfig, "ema_decay", 1.0, "train.ema_decay"),
+    (TrainConfig, "label_smoothing", float("nan"), "train.label_smoothing"),
+    (TrainConfig, "betas", (0.9, 1.5), "train.betas"),
+    (TokenizerConfig, "lr", -1e-3, "tokenizer.lr"),
+    (TokenizerConfig, "steps", 0, "tokenizer.steps"),
+    (TokenizerConfig, "channel_mult", (), "tokenizer.channel_mult"),
+    (SampleConfig, "guidance_scale", float("nan"), "sample.guidance_scale"),
+    (SampleConfig, "guidance_scale", -1.0, "sample.guidance_scale"),
+    (SampleConfig, "choice_temperature", float("inf"), "sample.choice_temperature"),
+    (SampleConfig, "num_steps", 10**6, "sample.num_steps"),
+    (SampleConfig, "top_k", True, "sample.top_k"),
+    (TransformerConfig, "dropout", 1.0, "transformer.dropout"),
+    (TextConfig, "max_length", 0, "text.max_length"),
+    (DataConfig, "pool_size", -1, "data.pool_size"),
+])
+def test_bad_field_values_fail_at_the_dataclass_naming_the_field(cls, field, value, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        cls(**{field: value})
+
+
+def test_an_int_where_a_float_is_expected_is_accepted():
+    assert TrainConfig(lr=1).lr == 1 and SampleConfig(guidance_scale=0).guidance_scale == 0
+
+
+def test_cli_strings_for_non_finite_floats_are_refused():
+    with pytest.raises(ConfigError, match="finite"):
+        get_config("ci", **{"train.lr": "inf"})
