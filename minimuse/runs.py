@@ -55,10 +55,14 @@ def load_training_state(path) -> dict:
     return load_tree(path)
 
 
-def prepare_run_dir(out_dir, state_name: str, outputs: tuple[str, ...], resume: bool, overwrite: bool) -> Path:
+def prepare_run_dir(out_dir, state_name: str, outputs: tuple[str, ...], resume: bool, overwrite: bool,
+                    accelerator=None) -> Path:
     """Refuse to train over an existing run unless told how: --resume continues it, --overwrite starts over.
 
-    A run is recognised by its training state, its log or its exported model (`outputs`, relative to out_dir)."""
+    A run is recognised by its training state, its log or its exported model (`outputs`, relative to out_dir).
+    Under several processes every one checks, only the main one deletes, and all wait before anyone writes, so no
+    process mistakes another's fresh log for an old run."""
+    main = accelerator is None or accelerator.is_main_process
     out_dir = Path(out_dir)
     if resume and overwrite:
         raise ValueError("give --resume (continue the run) or --overwrite (start over), not both")
@@ -73,9 +77,13 @@ def prepare_run_dir(out_dir, state_name: str, outputs: tuple[str, ...], resume: 
         if found and not overwrite:
             raise RunExistsError(f"{out_dir} already holds a run ({', '.join(found)}); pass --resume to continue it "
                                  "or --overwrite to start over")
-        for n in (state_name, legacy.name, LOG_NAME):
-            (out_dir / n).unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        if main:
+            for n in (state_name, legacy.name, LOG_NAME):
+                (out_dir / n).unlink(missing_ok=True)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     return out_dir
 
 

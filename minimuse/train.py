@@ -87,9 +87,8 @@ def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "ba
         raise ValueError(f"preset '{cfg.name}' has no super-res stage; choose a preset with a superres section")
     tcfg = cfg.tokenizer if stage == "base" else cfg.superres.tokenizer
     size = cfg.data.image_size if stage == "base" else cfg.superres.image_size
-    out_dir = prepare_run_dir(out_dir, STATE_NAME, ("model.safetensors",), resume, overwrite)
-
     accelerator = make_accelerator(cfg)
+    out_dir = prepare_run_dir(out_dir, STATE_NAME, ("model.safetensors",), resume, overwrite, accelerator)
     seed_everything(cfg.train.seed)
     model = Tokenizer(tcfg)
     model.full_config, model.stage = cfg, stage
@@ -268,8 +267,8 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     from .transformer import MaskedTransformer
 
     tc = cfg.train
-    out_dir = prepare_run_dir(out_dir, TRANSFORMER_STATE, ("transformer",), resume, overwrite)
     accelerator = make_accelerator(cfg)
+    out_dir = prepare_run_dir(out_dir, TRANSFORMER_STATE, ("transformer",), resume, overwrite, accelerator)
     seed_everything(tc.seed)
     tok_src = _resolve_tokenizer_dir(out_dir, tokenizer_dir)
     tokenizer = Tokenizer.from_pretrained(tok_src, cfg)

@@ -112,3 +112,33 @@ def test_superres_stage_and_eval_numbers(tmp_path):
     x = torch.stack([data[i]["image"] for i in range(8)])
     mse = (tok.decode(tok.encode(x)) - x).pow(2).mean().item()
     assert m["psnr"] == pytest.approx(10 * math.log10(1 / mse), abs=1e-4)
+
+
+def test_a_run_is_never_trained_over_without_resume_or_overwrite(tmp_path):
+    from minimuse.runs import RunExistsError
+    cfg = get_config("ci", **{"tokenizer.steps": 4, "tokenizer.ckpt_every": 2, "tokenizer.log_every": 2})
+    train_tokenizer(cfg, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(RunExistsError, match="--resume.*--overwrite"):
+        train_tokenizer(cfg, tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before  # nothing touched
+    with pytest.raises(ValueError, match="not both"):
+        train_tokenizer(cfg, tmp_path, resume=True, overwrite=True)
+    # --overwrite starts over: the log holds the new run's steps once, not the old run's followed by the new
+    train_tokenizer(get_config("ci", **{"tokenizer.steps": 2, "tokenizer.ckpt_every": 2, "tokenizer.log_every": 2}),
+                    tmp_path, overwrite=True)
+    assert [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()] == [2]
+    assert load_tree(tmp_path / STATE_NAME)["step"] == 2
+
+
+def test_a_legacy_pickled_state_is_refused_not_loaded(tmp_path):
+    (tmp_path / "training_state.pt").write_bytes(b"\x80\x04not read")
+    with pytest.raises(Exception, match="pickle"):
+        train_tokenizer(CFG, tmp_path, resume=True)
+    with pytest.raises(Exception, match="already holds a run"):
+        train_tokenizer(CFG, tmp_path)
+
+
+def test_no_temp_files_are_left_after_a_run(tmp_path):
+    train_tokenizer(get_config("ci", **{"tokenizer.steps": 4, "tokenizer.ckpt_every": 2}), tmp_path)
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
