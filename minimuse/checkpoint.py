@@ -15,7 +15,7 @@ import io
 import json
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
 CONFIG_NAME = "config.json"
+TMP_SUFFIX = ".tmp"  # atomic writes go through hidden `.NAME.PID.RANDOM.tmp` files in the target's directory
 WEIGHTS_NAME = "model.safetensors"
 
 
@@ -36,7 +37,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write to a unique temp file in the same directory, fsync, rename over `path`, fsync the directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp")
+    # A name unique per process and call; O_EXCL never reuses one. Mode 0o666 minus the umask, like open(): mkstemp's
+    # 0o600 would make every checkpoint unreadable to the user's group on a shared machine.
+    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -74,6 +78,29 @@ def atomic_save_image(path, image) -> Path:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def check_outputs(paths, overwrite: bool = False) -> list[Path]:
+    """Refuse, before any work is done, an output path that would replace a file (unless `overwrite`) or cannot be
+    written: a directory in its place, a file where a parent directory belongs, a read-only directory.
+    One error naming the first bad path, so an hour of sampling never ends in a clobbered or unwritable file."""
+    paths, seen = [Path(p) for p in paths], set()
+    for p in paths:
+        if p.is_dir():
+            raise IsADirectoryError(f"output {p} is a directory; give the path of a file to write")
+        if p.exists() and not overwrite:
+            raise FileExistsError(f"{p} already exists; pass --overwrite to replace it (overwrite=True in Python)")
+        d = p.parent
+        while not d.exists() and d != d.parent:  # the nearest existing ancestor is the one mkdir must write into
+            d = d.parent
+        if d in seen:
+            continue
+        seen.add(d)
+        if not d.is_dir():
+            raise NotADirectoryError(f"cannot write {p}: {d} is a file, not a directory")
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot write {p}: directory {d} is read-only")
+    return paths
 
 
 def check_finite(state: dict[str, torch.Tensor], source) -> None:

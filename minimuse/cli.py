@@ -1,23 +1,38 @@
 """Command line: `minimuse SUBCOMMAND ...` and `python -m minimuse SUBCOMMAND ...`.
 
-Thin wrappers over the package functions (DESIGN §4): each subcommand parses its arguments, calls one
-function, and turns the package's errors into one line on stderr with a non-zero exit. Nothing here
-holds maths. The README and notebooks/00_overview.ipynb list every command.
+Thin wrappers over the package functions (DESIGN §4): each subcommand parses its arguments, checks them once,
+before anything slow, calls one function, and turns the package's errors into one line on stderr with exit code 2
+(MINIMUSE_DEBUG=1 shows the traceback instead). Nothing here holds maths. The README and
+notebooks/00_overview.ipynb list every command.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
-from .config import PRESETS, SAMPLER_NAMES, SCHEDULE_NAMES, ConfigError, apply_override, get_config
+from .config import PRESETS, SAMPLER_NAMES, SCHEDULE_NAMES, ConfigError, SampleConfig, apply_override, get_config
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "laptop"
+MAX_DATASET_N = 1_000_000   # images per `minimuse dataset`; more is a typo, not a plan
+MAX_DATASET_SIZE = 1024     # pixels; shapes are drawn at 4x supersampling, so 1024 px is already 16M sub-pixels
+# SampleConfig field -> the argparse dest of its flag, so an error names what the user typed
+SAMPLING_FLAGS = {"num_steps": "steps", "guidance_scale": "guidance", "guidance_schedule": "guidance_schedule",
+                  "sampler": "sampler", "schedule": "schedule", "choice_temperature": "choice_temperature"}
 
 
 class CLIError(Exception):
     """A user mistake the CLI reports in one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a mistake is one line like every other error here (the usage is one --help away)."""
+
+    def error(self, message):
+        self.exit(2, f"minimuse: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _config(args):
@@ -30,11 +45,50 @@ def _config(args):
     return cfg
 
 
+def _at_least_1(**flags):
+    """Counts the config does not check (batch sizes, repeats): the first one below 1, named as its flag."""
+    for name, values in flags.items():
+        for v in values if isinstance(values, list) else [values]:
+            if v is not None and v < 1:
+                raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+
+
+def _sampling(args) -> dict:
+    """The sampling flags given, checked by SampleConfig now (not after a model is loaded) and named as typed."""
+    given = {field: getattr(args, dest) for field, dest in SAMPLING_FLAGS.items() if getattr(args, dest) is not None}
+    for field, value in given.items():
+        try:
+            dataclasses.replace(SampleConfig(), **{field: value})
+        except ConfigError as e:  # "invalid config field 'sample.guidance_scale': must be ..." -> "--guidance must be ..."
+            raise CLIError(f"--{SAMPLING_FLAGS[field].replace('_', '-')} {str(e).split(': ', 1)[-1]}") from None
+    return given
+
+
+def _read_prompts(path: Path) -> list[str]:
+    """One prompt per non-blank line of a UTF-8 file."""
+    if path.is_dir():
+        raise CLIError(f"prompts file {path} is a directory; give a text file with one prompt per line")
+    if not path.exists():
+        raise CLIError(f"prompts file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM from a Windows editor is not part of the first prompt
+    except UnicodeDecodeError as e:
+        raise CLIError(f"prompts file {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except OSError as e:
+        raise CLIError(f"cannot read prompts file {path}: {e.strerror or e}") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise CLIError(f"prompts file {path} holds no prompts")
+    return prompts
+
+
 def cmd_dataset(args):
+    if not 1 <= args.n <= MAX_DATASET_N:
+        raise CLIError(f"--n must be at least 1 and at most {MAX_DATASET_N}, got {args.n}")
+    if not (8 <= args.size <= MAX_DATASET_SIZE and args.size % 8 == 0):
+        raise CLIError(f"--size must be a positive multiple of 8 up to {MAX_DATASET_SIZE} (16, 32, 64, ...), got {args.size}")
     from .data import write_dataset
-    if args.n < 1:
-        raise CLIError(f"--n must be at least 1, got {args.n}")
-    write_dataset(args.n, args.out_dir, size=args.size, seed=args.seed)
+    write_dataset(args.n, args.out_dir, size=args.size, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote {args.n} images, captions.jsonl and grid.png to {args.out_dir}")
 
 
@@ -42,7 +96,7 @@ def cmd_train_tokenizer(args):
     cfg = _config(args)
     from .train import train_tokenizer
     out = args.out or f"runs/{cfg.name}/{'superres_tokenizer' if args.stage == 'superres' else 'tokenizer'}"
-    train_tokenizer(cfg, out, resume=args.resume, stage=args.stage)
+    train_tokenizer(cfg, out, resume=args.resume, stage=args.stage, overwrite=args.overwrite)
     print(f"tokenizer saved to {out}")
 
 
@@ -50,7 +104,7 @@ def cmd_train(args):
     cfg = _config(args)
     from .train import train_transformer
     out = args.out or f"runs/{cfg.name}"
-    train_transformer(cfg, out, resume=args.resume, tokenizer_dir=args.tokenizer)
+    train_transformer(cfg, out, resume=args.resume, tokenizer_dir=args.tokenizer, overwrite=args.overwrite)
     print(f"model saved to {out}")
 
 
@@ -60,48 +114,37 @@ def cmd_train_superres(args):
 
 def cmd_eval(args):
     from .eval import evaluate
-    if args.steps is not None and args.steps < 1:
-        raise CLIError(f"--steps must be at least 1, got {args.steps}")
-    sampling = {k: v for k, v in dict(num_steps=args.steps, guidance_scale=args.guidance, guidance_schedule=args.guidance_schedule,
-                sampler=args.sampler, schedule=args.schedule, choice_temperature=args.choice_temperature,
-                precision=args.precision).items() if v is not None}
-    result = evaluate(args.checkpoint or DEFAULT_CHECKPOINT, n=args.n, tokenizer_n=args.tokenizer_n, seed=args.seed,
-                      **sampling)
+    _at_least_1(n=args.n, tokenizer_n=args.tokenizer_n)
+    sampling = {**_sampling(args), "precision": args.precision}
+    result = evaluate(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, n=args.n,
+                      tokenizer_n=args.tokenizer_n, seed=args.seed, **sampling)
     print(json.dumps(result, indent=2))
 
 
 def cmd_generate(args):
-    from .pipeline import generate_cli
-    if args.steps is not None and args.steps < 1:
-        raise CLIError(f"--steps must be at least 1, got {args.steps}")
-    if args.batch_size < 1 or args.upscale < 1:
-        raise CLIError(f"--batch-size and --upscale must be at least 1, got {args.batch_size} and {args.upscale}")
-    if args.prompts_file:
+    sampling = _sampling(args)
+    _at_least_1(batch_size=args.batch_size)
+    if args.prompts_file is not None:
         if args.prompt is not None:
             raise CLIError("give either a prompt or --prompts-file, not both")
-        path = Path(args.prompts_file)
-        if not path.is_file():
-            raise CLIError(f"prompts file {path} does not exist")
-        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        if not prompts:
-            raise CLIError(f"prompts file {path} holds no prompts")
-        if not args.out_dir:
+        if args.out_dir is None:
             raise CLIError("--prompts-file needs --out-dir")
+        prompts = _read_prompts(Path(args.prompts_file))
     elif args.prompt is not None:
         prompts = [args.prompt]
     else:
         raise CLIError("give a prompt, or --prompts-file FILE --out-dir DIR")
-    if any(not p.strip() for p in prompts):
-        raise CLIError("empty prompt; write what to draw, e.g. \"two red circles\"")
-    generate_cli(prompts, checkpoint=args.checkpoint or DEFAULT_CHECKPOINT, out=args.out, out_dir=args.out_dir,
-                 num_steps=args.steps, guidance_scale=args.guidance, guidance_schedule=args.guidance_schedule,
-                 seed=args.seed, sampler=args.sampler, schedule=args.schedule, negative_prompt=args.negative_prompt,
-                 choice_temperature=args.choice_temperature, history=args.history, batch_size=args.batch_size,
-                 upscale_factor=args.upscale, precision=args.precision)
+    from .pipeline import generate_cli
+    # `is not None`, not `or`: an empty --checkpoint "" must fail, not quietly load the shipped model
+    generate_cli(prompts, checkpoint=args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT,
+                 out=args.out, out_dir=args.out_dir, seed=args.seed, negative_prompt=args.negative_prompt,
+                 history=args.history, batch_size=args.batch_size, upscale_factor=args.upscale,
+                 precision=args.precision, overwrite=args.overwrite, **sampling)
 
 
 def cmd_bench(args):
     cfg = _config(args)
+    _at_least_1(batch_sizes=args.batch_sizes, steps=args.steps, repeats=args.repeats, threads=args.threads)
     from .bench import run_bench
     result = run_bench(cfg, checkpoint=args.checkpoint, batch_sizes=args.batch_sizes, steps=args.steps,
                        repeats=args.repeats, threads=args.threads)
@@ -109,7 +152,7 @@ def cmd_bench(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="minimuse", description="Muse-style masked generative text-to-image, small enough to read.")
+    p = _Parser(prog="minimuse", description="Muse-style masked generative text-to-image, small enough to read.")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("dataset", help="write shapes-world images, captions.jsonl and a contact sheet")
@@ -117,11 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out-dir", required=True)
     d.add_argument("--size", type=int, default=32)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--overwrite", action="store_true", help="replace files already in --out-dir")
     d.set_defaults(fn=cmd_dataset)
 
     def add_preset(q):
         q.add_argument("--preset", default=None, help=f"one of: {', '.join(PRESETS)} (default: $MINIMUSE_PRESET or laptop)")
         q.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a config field, e.g. --set width=256")
+
+    def add_run(q):  # a directory holding a run is only trained in again when the user says how
+        q.add_argument("--out")
+        q.add_argument("--resume", action="store_true", help="continue the run in --out")
+        q.add_argument("--overwrite", action="store_true", help="start over in an --out that already holds a run")
 
     def add_sampling(q):  # defaults None: the checkpoint's measured best settings
         q.add_argument("--steps", type=int, default=None)
@@ -134,22 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train-tokenizer", help="train the VQ/FSQ image tokenizer")
     add_preset(t)
-    t.add_argument("--out")
-    t.add_argument("--resume", action="store_true")
+    add_run(t)
     t.add_argument("--stage", choices=["base", "superres"], default="base")
     t.set_defaults(fn=cmd_train_tokenizer)
 
     t = sub.add_parser("train", help="train the masked transformer on a trained tokenizer")
     add_preset(t)
-    t.add_argument("--out")
-    t.add_argument("--resume", action="store_true")
+    add_run(t)
     t.add_argument("--tokenizer", help="tokenizer checkpoint dir (default: OUT/tokenizer, else the shipped one)")
     t.set_defaults(fn=cmd_train)
 
     t = sub.add_parser("train-superres", help="train the super-resolution transformer (not implemented yet)")
     add_preset(t)
-    t.add_argument("--out")
-    t.add_argument("--resume", action="store_true")
+    add_run(t)
     t.set_defaults(fn=cmd_train_superres)
 
     e = sub.add_parser("eval", help="print JSON metrics of a checkpoint: faithfulness per kind, PSNR, usage")
@@ -171,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--history", help="write a per-step strip (image, mask, confidence) to this PNG")
     g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--upscale", type=int, default=1, help="nearest-neighbour upscale factor for the written PNGs")
+    g.add_argument("--upscale", type=int, default=1, help="nearest-neighbour upscale factor for the written PNGs (1 to 32)")
+    g.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     g.set_defaults(fn=cmd_generate)
 
     b = sub.add_parser("bench", help="print JSON: ms/image, tokens/s, achieved GFLOP/s against the matmul peak")
@@ -185,14 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fail(e) -> int:
+    if os.environ.get("MINIMUSE_DEBUG"):
+        raise  # the exception being handled, with its traceback
+    print(f"minimuse: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message held
+    return 2
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
     try:
         args.fn(args)
-    except (CLIError, ConfigError, CheckpointError, ValueError, FileNotFoundError, NotImplementedError) as e:
-        print(f"minimuse: error: {e}", file=sys.stderr)
-        return 2
+    except (CLIError, ConfigError, CheckpointError, ValueError, TypeError, FloatingPointError, NotImplementedError) as e:
+        return _fail(e)
+    except OSError as e:  # a full disk, a read-only directory, a vanished file: name the path, not the stack
+        return _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else e)
     except ModuleNotFoundError as e:
         if not (e.name or "").startswith("minimuse."):
             raise

@@ -297,6 +297,8 @@ def _build(cls, d: dict, prefix: str):
     kw = {}
     for k, v in d.items():
         sub = _SUBCONFIGS.get((cls, k))
+        if sub is not None and v is None and not (cls is Config and k == "superres"):  # only superres is optional
+            raise ConfigError(f"config field '{prefix}{k}' must be a mapping, got null")
         if sub is not None and v is not None:
             kw[k] = _build(sub, v, f"{prefix}{k}.")
         elif isinstance(v, list):

@@ -335,19 +335,29 @@ def contact_sheet(images: list[np.ndarray], captions: list[str], cols: int = 8, 
     return sheet
 
 
-def write_dataset(n: int, out_dir, size: int = 32, seed: int = 0, kinds=CAPTION_KINDS, grid_max: int = 64) -> Path:
-    """DIR/000.png ..., DIR/captions.jsonl {"file", "caption", "kind", "spec"} per image, DIR/grid.png (first 64)."""
+def write_dataset(n: int, out_dir, size: int = 32, seed: int = 0, kinds=CAPTION_KINDS, grid_max: int = 64,
+                  overwrite: bool = False) -> Path:
+    """DIR/000.png ..., DIR/captions.jsonl {"file", "caption", "kind", "spec"} per image, DIR/grid.png (first 64).
+
+    Every file is written atomically; an existing one is refused, before anything is drawn, unless `overwrite`."""
+    from .checkpoint import atomic_save_image, atomic_write_text
+    from .checkpoint import check_outputs
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be an integer of at least 1, got {n!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:  # numpy's SeedSequence takes no negatives
+        raise ValueError(f"seed must be an integer of 0 or more, got {seed!r}")
+    _check_size(size)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     digits, rows, shown = max(3, len(str(n - 1))), [], []
-    for i in range(n):
+    names = [f"{i:0{digits}d}.png" for i in range(n)]
+    check_outputs([out / name for name in names + ["captions.jsonl"] + (["grid.png"] if grid_max > 0 else [])], overwrite)
+    for i, name in enumerate(names):
         s = make_sample(seed, i, size, kinds)
-        name = f"{i:0{digits}d}.png"
-        Image.fromarray(s["image"]).save(out / name)
+        atomic_save_image(out / name, s["image"])
         rows.append(json.dumps({"file": name, "caption": s["caption"], "kind": s["kind"], "spec": spec_to_json(s["spec"])}))
         if i < grid_max:
             shown.append((s["image"], s["caption"]))
-    (out / "captions.jsonl").write_text("\n".join(rows) + "\n")
+    atomic_write_text(out / "captions.jsonl", "\n".join(rows) + "\n")
     if shown:
-        contact_sheet(*map(list, zip(*shown))).save(out / "grid.png")
+        atomic_save_image(out / "grid.png", contact_sheet(*map(list, zip(*shown))))
     return out

@@ -2,17 +2,21 @@
 
 Glue only (DESIGN §4): it loads the three trained parts from a checkpoint directory (`tokenizer/`,
 `transformer/`), encodes the prompts, calls the written-out loop in sampler.py, and decodes. Every sampling
-feature is a named argument whose default is the checkpoint's measured best (its SampleConfig).
-Taught in notebooks/06_sampling.ipynb.
+feature is a named argument whose default is the checkpoint's measured best (its SampleConfig). Arguments are
+checked before any work, once: a wrong type is a TypeError, a wrong value a ValueError (ConfigError for sampling
+settings), each naming the argument. Taught in notebooks/06_sampling.ipynb.
 """
 from __future__ import annotations
 
+import dataclasses
+import numbers
+import warnings
 from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, read_config
-from .config import Config, SampleConfig
+from .checkpoint import CheckpointError, atomic_save_image, check_outputs, read_config
+from .config import Config, ConfigError, SampleConfig
 from .sampler import sample
 from .text_encoder import TextEncoder
 from .tokenizer import Tokenizer
@@ -20,6 +24,8 @@ from .transformer import MaskedTransformer
 from .viz import history_strip, to_uint8, upscale
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "laptop"
+MAX_SEED = 2 ** 63   # seeds are non-negative 63-bit integers, as torch and numpy both take them
+MAX_UPSCALE = 32     # a 32 px image becomes a 1024 px PNG; far beyond that is a typo, not a wish
 
 
 class MusePipeline:
@@ -40,20 +46,14 @@ class MusePipeline:
         precision="bf16" runs the transformer under bf16 autocast: 1.3x faster for the laptop model on a CPU with
         AVX-512 bf16, 1.7x at width 256, with faithfulness within noise (docs/BENCHMARKS.md); fp32 is the default
         because it is bit-reproducible across machines."""
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"unknown precision {precision!r}; choose one of: fp32, bf16")
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise ValueError("no prompts given")
-        if any(not isinstance(p, str) or not p.strip() for p in prompts):
-            raise ValueError("empty prompt; write what to draw, e.g. 'two red circles' (the empty string is the model's unconditional input)")
-        s = self.settings(num_steps=num_steps, guidance_scale=guidance_scale, sampler=sampler, schedule=schedule,
-                          guidance_schedule=guidance_schedule, choice_temperature=choice_temperature,
-                          temperature=temperature, top_k=top_k)
+        prompts, s = self.validate(prompts, negative_prompt, seed, return_history, generator, precision,
+                                   num_steps=num_steps, guidance_scale=guidance_scale, sampler=sampler, schedule=schedule,
+                                   guidance_schedule=guidance_schedule, choice_temperature=choice_temperature,
+                                   temperature=temperature, top_k=top_k)
         B = len(prompts)
         text, text_mask = self.text_encoder(prompts)                                       # (B, T, E), (B, T)
         uncond = self.text_encoder([""] * B) if s.guidance_scale != 0 else (None, None)
-        negative = self.text_encoder([negative_prompt] * B) if negative_prompt else (None, None)
+        negative = self.text_encoder([negative_prompt] * B) if negative_prompt is not None else (None, None)
         generator = generator or torch.Generator().manual_seed(seed)
         with torch.autocast(text.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = sample(self.transformer, text, text_mask, uncond[0], uncond[1],
@@ -67,19 +67,81 @@ class MusePipeline:
             images = to_uint8(self.tokenizer.decode(ids))                                  # (B, H, W, 3)
         return (images, history) if return_history else images
 
+    def validate(self, prompts, negative_prompt=None, seed=0, return_history=False, generator=None, precision="fp32",
+                 **overrides) -> tuple[list[str], SampleConfig]:
+        """Everything __call__ checks before drawing: returns (prompts as a list, the sampling settings)."""
+        prompts = self.check_prompts(prompts, negative_prompt)
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+            raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
+        if not 0 <= seed < MAX_SEED:
+            raise ValueError(f"seed must lie in [0, 2**63), got {seed}")
+        if not isinstance(return_history, bool):
+            raise TypeError(f"return_history must be True or False, got {type(return_history).__name__}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"unknown precision {precision!r}; choose one of: fp32, bf16")
+        return prompts, self.settings(**overrides)
+
+    def check_prompts(self, prompts, negative_prompt=None) -> list[str]:
+        """`prompts` as a list, refusing a wrong type (TypeError), no prompt at all, or a prompt the text tokenizer
+        reduces to nothing (ValueError): that one would encode exactly like "", and silently draw an unconditional image."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not isinstance(prompts, (list, tuple)):
+            raise TypeError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
+        bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+        if bad:
+            raise TypeError(f"prompts must be a string or a list of strings, got a {type(prompts).__name__} holding "
+                            f"{type(prompts[bad[0]]).__name__} at index {bad[0]}")
+        if not prompts:
+            raise ValueError("no prompts given")
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            raise TypeError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
+        named = [("prompt", p) for p in prompts] + ([("negative prompt", negative_prompt)] if negative_prompt is not None else [])
+        for what, p in named:
+            try:
+                p.encode()  # the tokenizer needs valid UTF-8; a lone surrogate would give it a baffling TypeError
+            except UnicodeEncodeError:
+                raise ValueError(f"{what} {p[:40]!r} is not valid text: it holds a lone surrogate character") from None
+        for (what, p), n in zip(named, self.text_encoder.content_token_count([p for _, p in named])):
+            if n == 0:
+                hint = "leave it out" if what == "negative prompt" else "write what to draw, e.g. 'two red circles'"
+                raise ValueError(f"empty {what} {p[:40]!r}: the text encoder keeps no token of it (whitespace, control and "
+                                 f"zero-width characters are dropped), so it would act as \"\", the model's unconditional "
+                                 f"input; {hint}")
+        return list(prompts)
+
     def settings(self, **overrides) -> SampleConfig:
-        """The checkpoint's sampling defaults with any non-None override applied (validated by SampleConfig)."""
-        import dataclasses
-        return dataclasses.replace(self.config.sample, **{k: v for k, v in overrides.items() if v is not None})
+        """The checkpoint's sampling defaults with any non-None override applied (validated by SampleConfig), with
+        num_steps at most the tokens of the grid: every step must commit at least one token."""
+        s = dataclasses.replace(self.config.sample, **{k: v for k, v in overrides.items() if v is not None})
+        h, w = self.transformer.grid
+        if s.num_steps > h * w:
+            raise ValueError(f"num_steps={s.num_steps} exceeds the {h * w} tokens of this model's {h}x{w} grid; "
+                             f"use at most {h * w} steps")
+        return s
+
+
+def _saved_config(ckpt_dir: Path, kind: str) -> Config:
+    try:
+        return Config.from_dict(read_config(ckpt_dir, kind)["config"])
+    except ConfigError as e:  # name the file, not just the field
+        raise CheckpointError(f"{ckpt_dir / 'config.json'} holds an invalid config: {e}") from None
 
 
 def load_pipeline(checkpoint=None, config: Config | None = None) -> MusePipeline:
-    """Load `checkpoint` (a directory with tokenizer/ and transformer/), default: the shipped laptop model."""
+    """Load `checkpoint` (a directory with tokenizer/ and transformer/), default: the shipped laptop model.
+    Any missing, corrupt or mismatched part is a CheckpointError naming it: nothing falls back to another model."""
     root = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+    if root.exists() and not root.is_dir():
+        raise CheckpointError(f"no pipeline checkpoint at {root}: it is a file; give the directory that holds "
+                              "tokenizer/ and transformer/")
     if not (root / "transformer").is_dir() or not (root / "tokenizer").is_dir():
         raise CheckpointError(f"no pipeline checkpoint at {root}: expected the folders tokenizer/ and transformer/ "
                               "(train one with `minimuse train --preset laptop`)")
-    saved = Config.from_dict(read_config(root / "transformer", "transformer")["config"])
+    saved = _saved_config(root / "transformer", "transformer")
+    _saved_config(root / "tokenizer", "tokenizer")
     transformer = MaskedTransformer.from_pretrained(root / "transformer", config)
     tokenizer = Tokenizer.from_pretrained(root / "tokenizer", saved)
     if tokenizer.codebook_size != transformer.codebook_size:
@@ -88,35 +150,47 @@ def load_pipeline(checkpoint=None, config: Config | None = None) -> MusePipeline
 
 
 def generate_cli(prompts: list[str], checkpoint, out=None, out_dir=None, history=None, batch_size: int = 64,
-                 upscale_factor: int = 1, **sampling) -> list[Path]:
-    """What `minimuse generate` does: one PNG per prompt, in order, plus an optional per-step strip."""
-    from PIL import Image
+                 upscale_factor: int = 1, overwrite: bool = False, **sampling) -> list[Path]:
+    """What `minimuse generate` does: one PNG per prompt, in order, plus an optional per-step strip.
+
+    Everything is checked before the first image is drawn (output paths, checkpoint, prompts, settings), and each
+    file is written atomically, so a mistake costs no sampling time and a kill leaves no half-written PNG."""
+    if out is not None and out_dir is not None:
+        raise ValueError("give --out (one image) or --out-dir (numbered images), not both")
+    if out_dir is None and len(prompts) > 1:
+        raise ValueError(f"{len(prompts)} prompts need --out-dir: --out names a single image")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    paths = ([Path(out_dir) / f"{i:03d}.png" for i in range(len(prompts))] if out_dir is not None
+             else [Path(out if out is not None else "out.png")])
+    if history is not None and Path(history).resolve() in {p.resolve() for p in paths}:
+        raise ValueError(f"--history {history} is also an image output; give it its own file name")
+    check_outputs(paths + ([Path(history)] if history is not None else []), overwrite)
     pipe = load_pipeline(checkpoint)
-    limit = pipe.config.text.max_length
-    tok = pipe.text_encoder.tokenizer
+    S, seed = pipe.config.data.image_size, sampling.pop("seed", 0)
+    if not isinstance(upscale_factor, int) or upscale_factor < 1:
+        raise ValueError(f"--upscale must be an integer from 1 to {MAX_UPSCALE}, got {upscale_factor}")
+    if upscale_factor > MAX_UPSCALE:
+        raise ValueError(f"--upscale {upscale_factor} would write {upscale_factor * S} px images from this {S} px model; "
+                         f"use at most {MAX_UPSCALE} ({MAX_UPSCALE * S} px)")
+    prompts, _ = pipe.validate(prompts, seed=seed, **sampling)  # every prompt, before the first batch is drawn
+    limit, tok = pipe.config.text.max_length, pipe.text_encoder.tokenizer
     for p in prompts:
         n = len(tok(p)["input_ids"])
         if n > limit:
-            import warnings
             warnings.warn(f"prompt is {n} tokens, longer than the encoder's limit of {limit}; it is truncated", stacklevel=2)
-    paths, seed = [], sampling.pop("seed", 0)
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        want = bool(history) and start == 0
+        want = history is not None and start == 0
         images, hist = pipe(chunk, seed=seed + start, return_history=True, **sampling) if want else (pipe(chunk, seed=seed + start, **sampling), None)
-        for i, img in enumerate(images):
-            path = Path(out_dir) / f"{start + i:03d}.png" if out_dir else Path(out or "out.png")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(upscale(img, upscale_factor)).save(path, format="PNG")
-            paths.append(path)
+        for img, path in zip(images, paths[start:start + len(chunk)]):
+            atomic_save_image(path, upscale(img, upscale_factor))
         if want:
-            Path(history).parent.mkdir(parents=True, exist_ok=True)
-            history_strip(hist, pipe.tokenizer, pipe.mask_id, index=0).save(history, format="PNG")
+            atomic_save_image(history, history_strip(hist, pipe.tokenizer, pipe.mask_id, index=0))
     for p in paths[:3]:
         print(f"wrote {p}")
     if len(paths) > 3:
         print(f"... and {len(paths) - 3} more")
-    if history:
+    if history is not None:
         print(f"wrote {history}")
     return paths
-

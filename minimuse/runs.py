@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, atomic_write_text, load_tree, save_tree
+from .checkpoint import TMP_SUFFIX, CheckpointError, atomic_write_text, load_tree, save_tree
 
 STATE_NAME = "training_state.safetensors"   # the tokenizer's; the transformer's is TRANSFORMER_STATE
 TRANSFORMER_STATE = "transformer_state.safetensors"
@@ -72,6 +72,8 @@ def prepare_run_dir(out_dir, state_name: str, outputs: tuple[str, ...], resume: 
     if resume and legacy.is_file() and not (out_dir / state_name).is_file():
         raise CheckpointError(f"{legacy} was written by an older minimuse as a pickle, which is never loaded (it could run "
                               "code); start over with --overwrite")
+    if resume and not (out_dir / state_name).is_file():  # refuse before anything is written
+        raise CheckpointError(f"cannot resume: no {state_name} in {out_dir}; train without --resume first")
     if not resume:
         found = [n for n in (state_name, legacy.name, LOG_NAME, *outputs) if (out_dir / n).exists()]
         if found and not overwrite:
@@ -80,9 +82,10 @@ def prepare_run_dir(out_dir, state_name: str, outputs: tuple[str, ...], resume: 
         if main:
             for n in (state_name, legacy.name, LOG_NAME):
                 (out_dir / n).unlink(missing_ok=True)
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    if accelerator is not None:
+    if main and out_dir.is_dir():  # temp files of writes a kill cut short: never read, only clutter
+        for tmp in [*out_dir.glob(f".*{TMP_SUFFIX}"), *out_dir.glob(f"*/.*{TMP_SUFFIX}")]:
+            tmp.unlink(missing_ok=True)
+    if accelerator is not None:  # (no mkdir here: the first atomic write creates the directory, a refused run none)
         accelerator.wait_for_everyone()
     return out_dir
 

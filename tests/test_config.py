@@ -161,3 +161,11 @@ def test_an_int_where_a_float_is_expected_is_accepted():
 def test_cli_strings_for_non_finite_floats_are_refused():
     with pytest.raises(ConfigError, match="finite"):
         get_config("ci", **{"train.lr": "inf"})
+
+
+@pytest.mark.parametrize("section", ["data", "train", "sample", "tokenizer"])
+def test_a_null_section_in_a_saved_config_is_a_config_error(section):
+    d = get_config("ci").to_dict()
+    d[section] = None
+    with pytest.raises(ConfigError, match=f"'{section}' must be a mapping"):
+        Config.from_dict(d)

@@ -98,3 +98,20 @@ def test_accelerate_two_processes_hold_identical_weights(tmp_path, tok_dir):
 
 def _overrides():
     return {"train.steps": 6, "train.batch_size": 8, "data.pool_size": 64, "train.ckpt_every": 3, "train.log_every": 1}
+
+
+def test_resume_between_log_steps_logs_the_same_averages(tmp_path, tok_dir):
+    # The loss/accuracy averaged since the last log line is part of the state: a run stopped at a checkpoint that is
+    # not a log step (3, with lines every 2) must log the same step-4 average as a straight run.
+    cfg = get_config("ci", **{**_overrides(), "train.ckpt_every": 3, "train.log_every": 2})
+    straight = train_transformer(cfg, tmp_path / "a", tokenizer_dir=tok_dir)
+
+    def stop_at_3(step, record, model):
+        if step == 3:
+            raise KeyboardInterrupt  # right after the step-3 checkpoint, as a kill there would
+    with pytest.raises(KeyboardInterrupt):
+        train_transformer(cfg, tmp_path / "b", tokenizer_dir=tok_dir, on_step=stop_at_3)
+    resumed = train_transformer(cfg, tmp_path / "b", resume=True, tokenizer_dir=tok_dir)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in h]
+    assert [r["step"] for r in straight] == [2, 4, 6]
+    assert strip(resumed) == strip(straight)
