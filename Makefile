@@ -17,8 +17,9 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 setup: $(BIN)/.installed
 
+# out.png is this target's own output, redrawn on every `make demo`: replacing it is what was asked for.
 demo: setup
-	HF_HUB_OFFLINE=1 $(BIN)/minimuse generate "$(PROMPT)" --out out.png
+	HF_HUB_OFFLINE=1 $(BIN)/minimuse generate "$(PROMPT)" --out out.png --overwrite
 
 unit: setup
 	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m pytest -q tests
