@@ -25,17 +25,6 @@ from minimuse.config import ConfigError, get_config
 from minimuse.data import write_dataset
 from minimuse.pipeline import load_pipeline
 from minimuse.tokenizer import Tokenizer
-from minimuse.transformer import MaskedTransformer
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    cfg = get_config("ci")
-    root = tmp_path_factory.mktemp("pipeline")
-    torch.manual_seed(0)
-    Tokenizer(cfg.tokenizer).save_pretrained(root / "tokenizer", cfg)
-    MaskedTransformer.from_config(cfg).save_pretrained(root / "transformer", cfg)
-    return root
 
 
 class _Payload:

@@ -14,6 +14,7 @@ import pickle
 import shutil
 
 import pytest
+from tiny import make_tiny_pipeline
 import torch
 
 from minimuse.checkpoint import CheckpointError, load_tree
@@ -192,11 +193,7 @@ def kind(request):
 def real(tmp_path_factory):
     """A random-init ci tokenizer and transformer: their config.json files go beside the planted weights, so every
     reader gets past the config and reaches the weights."""
-    root = tmp_path_factory.mktemp("real")
-    torch.manual_seed(0)
-    Tokenizer(CFG.tokenizer).save_pretrained(root / "tokenizer", CFG)
-    MaskedTransformer.from_config(CFG).save_pretrained(root / "transformer", CFG)
-    return root
+    return make_tiny_pipeline(tmp_path_factory.mktemp("real"), CFG)
 
 
 @pytest.fixture(scope="module")

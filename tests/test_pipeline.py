@@ -27,17 +27,6 @@ HISTORY_KEYS = {"ids", "mask", "committed", "confidence", "entropy"}
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """A pipeline checkpoint folder (tokenizer/ + transformer/) of random-initialised ci models."""
-    cfg = get_config("ci")
-    root = tmp_path_factory.mktemp("pipeline")
-    torch.manual_seed(0)
-    Tokenizer(cfg.tokenizer).save_pretrained(root / "tokenizer", cfg)
-    MaskedTransformer.from_config(cfg).save_pretrained(root / "transformer", cfg)
-    return root
-
-
-@pytest.fixture(scope="module")
 def pipe(ckpt):
     return load_pipeline(ckpt)
 

@@ -14,30 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from minimuse.cli import main
-from minimuse.config import get_config
 from minimuse.pipeline import load_pipeline
-from minimuse.tokenizer import Tokenizer
-from minimuse.transformer import MaskedTransformer
 
 S, L = 16, 16  # the ci preset: 16 px images, a 4x4 token grid
 PROPS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                          HealthCheck.too_slow])
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    cfg = get_config("ci")
-    root = tmp_path_factory.mktemp("pipeline")
-    torch.manual_seed(0)
-    Tokenizer(cfg.tokenizer).save_pretrained(root / "tokenizer", cfg)
-    MaskedTransformer.from_config(cfg).save_pretrained(root / "transformer", cfg)
-    return root
 
 
 @pytest.fixture(scope="module")
