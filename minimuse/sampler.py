@@ -146,7 +146,6 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
         raise ValueError(f"num_steps {num_steps!r} exceeds the {h * w} tokens of the {h}x{w} grid (or is below 1); "
                          f"use 1 to {h * w}")
     scheduler = MaskScheduler(schedule)
-    scheduler.set_timesteps(num_steps)
     weights = [guidance_weight(t, num_steps, guidance_scale, guidance_schedule) for t in range(num_steps)]
     if negative_emb is not None:  # a negative prompt takes the place of l_u (Muse §2.7)
         uncond_emb, uncond_mask = negative_emb, negative_mask
@@ -170,6 +169,7 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
             mask = ids == mask_id if init_mask is None else init_mask.reshape(B, L).to(device).bool()  # (B, L)
             ids = scheduler.add_noise(ids, mask, mask_id)
             N = mask.sum(1)  # (B,) positions to generate: the whole grid, or the inpainting region
+            scheduler.set_timesteps(num_steps, N)  # every per-step count, computed once here
 
             if sampler == "halton":  # earlier in the order = more "confident" = committed sooner
                 rank = torch.empty(L, device=device)

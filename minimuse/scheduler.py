@@ -174,12 +174,15 @@ class MaskScheduler:
         self.schedule = schedule
         self.timesteps = None
 
-    def set_timesteps(self, num_steps: int):
+    def set_timesteps(self, num_steps: int, N: torch.Tensor | None = None):
+        """Fix the number of steps; with N (B,), the positions each sample generates, build its count table now."""
         if num_steps < 1:
             raise ValueError(f"num_steps must be at least 1, got {num_steps}")
         self.num_steps = num_steps
         self.timesteps = torch.arange(num_steps)
         self._tables: dict[tuple[int, ...], torch.Tensor] = {}  # per-sample N -> (B, T) counts
+        if N is not None:
+            self.count_table(N)
 
     def count_table(self, N: torch.Tensor) -> torch.Tensor:
         """(B, T) positions still masked after each step, for per-sample N (inpainting regions differ in size)."""

@@ -228,3 +228,13 @@ def test_masked_ce_ignores_unmasked_positions(smoothing):
     changed_masked = logits.clone()
     changed_masked[mask] += torch.randn(int(mask.sum()), K, generator=g)
     assert not torch.equal(masked_ce(changed_masked, make_labels(ids, mask), smoothing), loss)
+
+
+def test_set_timesteps_with_N_builds_the_count_table_once():
+    sched = MaskScheduler("cosine")
+    N = torch.tensor([16, 8, 16])
+    sched.set_timesteps(5, N)
+    table = sched.count_table(N)
+    assert table.tolist() == [mask_counts(n, 5, "cosine") for n in (16, 8, 16)]
+    assert sched.count_table(N) is table  # reused by every step, not rebuilt
+    assert sched.num_masked_after(2, N).tolist() == [mask_counts(n, 5, "cosine")[2] for n in (16, 8, 16)]
