@@ -2,7 +2,7 @@
 
     python docs/peak_rss.py                      # the shipped laptop checkpoint, one prompt
     python docs/peak_rss.py --checkpoint DIR     # another pipeline checkpoint
-Prints one JSON line: peak RSS in MB after importing torch, after loading the pipeline and after generating.
+Prints one JSON line: peak RSS in MiB (ru_maxrss is in KiB on Linux) at start, after importing torch and after generating.
 """
 import argparse
 import json
@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 
-def peak_mb() -> float:
+def peak_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
@@ -20,13 +20,13 @@ if __name__ == "__main__":
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--prompt", default="two red circles")
     args = ap.parse_args()
-    out = {"python": peak_mb()}
+    out = {"python": peak_mib()}
     import torch  # noqa: F401
-    out["import_torch"] = peak_mb()
+    out["import_torch"] = peak_mib()
     from minimuse.cli import main
     with tempfile.TemporaryDirectory() as d:
         argv = ["generate", args.prompt, "--out", str(Path(d) / "out.png")]
         rc = main(argv + (["--checkpoint", args.checkpoint] if args.checkpoint else []))
-    out["generate"] = peak_mb()
+    out["generate"] = peak_mib()
     out["exit_code"] = rc
     print(json.dumps(out))
