@@ -225,7 +225,8 @@ class SampleConfig:
         _check(self.choice_temperature >= 0, "sample.choice_temperature", f"must be 0 or more, got {self.choice_temperature}")
         _check(self.temperature >= 0, "sample.temperature", f"must be 0 or more (0 = greedy), got {self.temperature}")
         _check(self.top_k >= 0, "sample.top_k", f"must be 0 (off) or more, got {self.top_k}")
-        _check(self.guidance_schedule in ("constant", "linear"), "sample.guidance_schedule", "must be 'constant' or 'linear'")
+        _check(self.guidance_schedule in ("constant", "linear"), "sample.guidance_schedule",
+               f"unknown guidance_schedule {self.guidance_schedule!r}; choose one of: constant, linear")
         _check(self.schedule in SCHEDULE_NAMES, "sample.schedule", f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULE_NAMES)}")
         _check(self.sampler in SAMPLER_NAMES, "sample.sampler", f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLER_NAMES)}")
 

@@ -15,7 +15,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .config import SAMPLER_NAMES
+from .config import SampleConfig
 from .scheduler import MaskScheduler
 
 
@@ -133,18 +133,14 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
     drawn at each position (positions committed earlier keep the value from their last draw; given tokens 1.0) and
     `entropy` of the distribution sampled from (given tokens 0.0). Same generator seed, same tokens.
     """
-    if sampler not in SAMPLER_NAMES:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLER_NAMES)}")
-    for name, v in (("temperature", temperature), ("choice_temperature", choice_temperature), ("guidance_scale", guidance_scale)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-    if not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
+    # the same checks as the config and the CLI (finite, in range, known names): one mechanism, one message style
+    SampleConfig(num_steps=num_steps, schedule=schedule, sampler=sampler, guidance_scale=guidance_scale,
+                 guidance_schedule=guidance_schedule, choice_temperature=choice_temperature, temperature=temperature,
+                 top_k=top_k)
     h, w = transformer.grid
-    if not isinstance(num_steps, int) or not 1 <= num_steps <= h * w:
+    if num_steps > h * w:
         # every step commits at least one token, so more steps than tokens only adds passes that commit nothing
-        raise ValueError(f"num_steps {num_steps!r} exceeds the {h * w} tokens of the {h}x{w} grid (or is below 1); "
-                         f"use 1 to {h * w}")
+        raise ValueError(f"num_steps {num_steps} exceeds the {h * w} tokens of the {h}x{w} grid; use 1 to {h * w}")
     scheduler = MaskScheduler(schedule)
     weights = [guidance_weight(t, num_steps, guidance_scale, guidance_schedule) for t in range(num_steps)]
     if negative_emb is not None:  # a negative prompt takes the place of l_u (Muse §2.7)

@@ -181,6 +181,7 @@ class MaskScheduler:
         self.num_steps = num_steps
         self.timesteps = torch.arange(num_steps)
         self._tables: dict[tuple[int, ...], torch.Tensor] = {}  # per-sample N -> (B, T) counts
+        self._last_N = self._last_table = None
         if N is not None:
             self.count_table(N)
 
@@ -188,11 +189,14 @@ class MaskScheduler:
         """(B, T) positions still masked after each step, for per-sample N (inpainting regions differ in size)."""
         if self.timesteps is None:
             raise ValueError("call set_timesteps(num_steps) before step()")
+        if N is self._last_N:  # the sampler passes the same N every step: no host transfer in the loop
+            return self._last_table
         key = tuple(N.tolist())
         if key not in self._tables:
             rows = {n: mask_counts(n, self.num_steps, self.schedule) for n in set(key)}  # once per distinct N
             self._tables[key] = torch.tensor([rows[n] for n in key], dtype=torch.long, device=N.device).view(len(key), -1)
-        return self._tables[key]
+        self._last_N, self._last_table = N, self._tables[key]
+        return self._last_table
 
     def num_masked_after(self, t: int, N: torch.Tensor) -> torch.Tensor:
         """(B,) counts after step t for per-sample N."""

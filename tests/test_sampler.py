@@ -332,8 +332,8 @@ def test_non_finite_logits_stop_sampling_with_a_clear_error(bad_call):
 
 def test_more_steps_than_tokens_are_refused():
     run(num_steps=L)  # one token per step is the most a grid allows
-    for bad in (L + 1, 10_000, 0):
-        with pytest.raises(ValueError, match="exceeds"):
+    for bad, why in ((L + 1, "exceeds the 16 tokens"), (10_000, "at most 4096"), (0, "at least 1")):
+        with pytest.raises(ValueError, match=why):
             run(num_steps=bad)
 
 
