@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PROMPT ?= two red circles
 
-.PHONY: demo test unit notebooks setup clean
+.PHONY: demo test unit notebooks setup clean peers
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +34,15 @@ test: unit notebooks
 
 clean:
 	rm -rf $(VENV) *.egg-info
+
+# Not part of `make test`: the side-by-side timing of minimuse against muse-maskgit-pytorch and diffusers' aMUSEd,
+# whose packages go into their own virtualenv. Run it on an idle machine.
+PEERS := benchmarks/.venv
+$(PEERS)/.installed: benchmarks/requirements-peers.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install -q --upgrade pip
+	$(PEERS)/bin/pip install -q -c constraints.txt -e . -r benchmarks/requirements-peers.txt
+	touch $@
+
+peers: $(PEERS)/.installed
+	$(PEERS)/bin/python benchmarks/peers.py --precision both

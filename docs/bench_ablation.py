@@ -1,73 +1,184 @@
-"""What each sampler speed-up pays: time sample() with one of them undone at a time.
+"""What each sampler speed-up pays: time sample() with one of them undone at a time, interleaved.
 
-    python docs/bench_ablation.py [--set width=256 --set depth=6] > docs/results/bench_ablation.json
+    python docs/bench_ablation.py --set width=256 --set depth=6 > docs/results/bench_ablation.json
+    python docs/bench_ablation.py --checkpoint data/checkpoints/laptop --batch 1 --steps 24 --guidance 1.0 \
+        > docs/results/bench_ablation_laptop_b1.json
 
-Batch 16, 12 steps, guidance 1.5, random-initialised transformer of the laptop preset (plus overrides), random
-16-token text. Undoing is done from outside, so sampler.py stays the one fast version:
+Random 16-token text and the 2-token unconditional text of the empty prompt; a random-initialised transformer of the
+preset (plus --set overrides) or a trained one. Undoing is done from outside, so sampler.py and transformer.py stay the
+one fast version. The variants are timed in rounds, each round one call of every variant in a shuffled order, so that
+the machine's drift hits all of them alike; the JSON gives each variant's median, range and ratio to the shipped one.
+- "MKL GEMMs": transformer.USE_ONEDNN off, so every linear layer is F.linear, torch's default fp32 CPU path;
+- "GELU as its own pass": oneDNN GEMMs, but the MLP's GELU applied in a separate pass over (B, L, 4D);
+- "unconditional text padded": the "" text expanded to B rows and padded to the prompt's length, one context of 2B;
 - "full head": the output head runs at all L positions, not only the still-masked ones;
-- "text K/V every step": the text projection and every layer's cross-attention K/V are recomputed at each step;
-- "bf16 autocast": the whole call under torch.autocast("cpu", dtype=torch.bfloat16);
-- "Muse ramp": guidance ramped from 0, so the first step skips the unconditional half.
+- "text K/V every step": the text projection and every layer's cross-attention K/V recomputed at each step;
+- "per-step work of the previous release": the Gumbel logs at all L x K draws and the entropy at every step;
+- "Muse ramp": guidance ramped from 0, so the first step skips the unconditional half (less work, other images);
+- "bf16 autocast": the whole call under torch.autocast("cpu", dtype=torch.bfloat16) (other images);
+- "torch.compile": inductor on the blocks (`run_blocks`); its first call, compilation included, is reported apart.
 """
 import argparse
 import json
+import random
+import statistics
+import time
+from contextlib import ExitStack, contextmanager
 from unittest import mock
 
 import torch
+import torch.nn.functional as F
 
-from minimuse import sampler
-from minimuse.bench import _timed, matmul_peak_gflops
+from minimuse import sampler, transformer as transformer_mod
+from minimuse.bench import count_flops, honest_peak
 from minimuse.cli import _config
 from minimuse.transformer import MaskedTransformer
+
+
+class _PaddedUncond(sampler._Guided):
+    """_Guided as it was: the unconditional text expanded to B rows, padded to the prompt's length, one 2B context."""
+
+    def __init__(self, transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights):
+        super().__init__(transformer, text_emb, text_mask, None, None, [0.0])
+        if any(w != 0 for w in weights):
+            B = text_emb.shape[0]
+            u = uncond_emb.expand(B, -1, -1)
+            um = torch.ones(u.shape[:2], dtype=torch.bool) if uncond_mask is None else uncond_mask.expand(B, -1)
+            T = max(text_emb.shape[1], u.shape[1])
+            emb = torch.cat([F.pad(text_emb, (0, 0, 0, T - text_emb.shape[1])), F.pad(u, (0, 0, 0, T - u.shape[1]))])
+            mask = torch.cat([F.pad(text_mask, (0, T - text_mask.shape[1])), F.pad(um, (0, T - um.shape[1]))])
+            self.ctx_both = transformer.encode_text(emb, mask)  # (2B, T, E) in, cond rows first
 
 
 class _RecomputeText(sampler._Guided):
     """_Guided, but paying for the text K/V at every call, as a loop without the cache would."""
 
-    def __init__(self, transformer, text_emb, text_mask, *args):
-        super().__init__(transformer, text_emb, text_mask, *args)
-        self.raw = (text_emb, text_mask)
+    def __init__(self, transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights):
+        super().__init__(transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights)
+        self.raw = (text_emb, text_mask, uncond_emb, uncond_mask)
 
     def __call__(self, ids, w, head_index=None):
-        emb, mask = self.raw
-        if w != 0:
-            emb, mask = emb.repeat(2, 1, 1), mask.repeat(2, 1)  # (2B, T, E): cond and uncond rows
+        emb, mask, u, um = self.raw
         self.model.encode_text(emb, mask)
+        if w != 0:
+            self.model.encode_text(u, torch.ones(u.shape[:2], dtype=torch.bool) if um is None else um)
         return super().__call__(ids, w, head_index)
+
+
+def _gelu_apart(self, x):
+    y = transformer_mod._ONEDNN_LINEAR(x, self.weight, self.bias, "none", [], "")
+    return F.gelu(y) if self.act == "gelu" else y
+
+
+def _old_uniform(shape, generator, device):
+    u = torch.rand(shape, generator=generator)
+    if len(shape) == 3:
+        sampler._gumbel_from(u)  # the logs the previous release took at every position, before gathering
+    return u
+
+
+_orig_sample_tokens = sampler._sample_tokens
+
+
+def _entropy_always(logits, temperature, top_k, gumbel, entropy=True):
+    return _orig_sample_tokens(logits, temperature, top_k, gumbel, True)
+
+
+@contextmanager
+def patched(*patches):
+    with ExitStack() as stack:
+        for p in patches:
+            stack.enter_context(p)
+        yield
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     ap.add_argument("--preset", default="laptop")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--checkpoint", help="a trained pipeline directory instead of a random-initialised model")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--guidance", type=float, default=1.5)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variant")
     args = ap.parse_args()
     cfg = _config(args)  # the preset plus --set overrides, exactly as `minimuse bench` reads them
     torch.manual_seed(0)
-    model = MaskedTransformer.from_config(cfg).eval()
-    B, T, E = 16, 16, model.text_dim
+    model = (MaskedTransformer.from_pretrained(f"{args.checkpoint}/transformer") if args.checkpoint
+             else MaskedTransformer.from_config(cfg)).eval()
+    B, T, E = args.batch, 16, model.text_dim
     text, mask = torch.randn(B, T, E), torch.ones(B, T, dtype=torch.bool)
-    uncond = torch.randn(1, T, E)
+    uncond = torch.randn(1, 2, E)  # "" is [CLS][SEP]
 
     def call(schedule="constant"):
-        return sampler.sample(model, text, mask, uncond, None, num_steps=12, guidance_scale=1.5,
+        return sampler.sample(model, text, mask, uncond, None, num_steps=args.steps, guidance_scale=args.guidance,
                               guidance_schedule=schedule, generator=torch.Generator().manual_seed(0))
+
+    def under(*patches, fn=call):
+        def run():
+            with patched(*patches):
+                return fn()
+        return run
 
     def bf16():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return call()
 
-    runs = {"all speed-ups (sampler.py as shipped)": call,
-            "full head": lambda: (mock.patch.object(sampler, "_head_positions", lambda m: None).start(), call(), mock.patch.stopall())[1],
-            "text K/V every step": lambda: (mock.patch.object(sampler, "_Guided", _RecomputeText).start(), call(), mock.patch.stopall())[1],
-            "bf16 autocast": bf16,
-            "Muse ramp (step 0 skips the unconditional pass)": lambda: call("linear")}
-    peak = matmul_peak_gflops()
-    out = {"model": {"width": cfg.transformer.width, "depth": cfg.transformer.depth, "params": model.num_params()},
-           "batch": B, "steps": 12, "guidance": 1.5, "threads": torch.get_num_threads(),
-           "fp32_matmul_peak_gflops": round(peak, 1), "ms_per_image": {}}
-    for name, fn in runs.items():
-        out["ms_per_image"][name] = round(1000 * _timed(fn, args.repeats) / B, 2)
+    variants = {
+        "all speed-ups (shipped, fp32)": call,
+        "MKL GEMMs (torch's default fp32 path)": under(mock.patch.object(transformer_mod, "USE_ONEDNN", False)),
+        "GELU as its own pass": under(mock.patch.object(transformer_mod.Linear, "forward", _gelu_apart)),
+        "unconditional text padded to the prompt's, 2B rows": under(mock.patch.object(sampler, "_Guided", _PaddedUncond)),
+        "full head": under(mock.patch.object(sampler, "_head_positions", lambda m, same: None)),
+        "text K/V every step": under(mock.patch.object(sampler, "_Guided", _RecomputeText)),
+        "per-step work of the previous release": under(mock.patch.object(sampler, "_uniform", _old_uniform),
+                                                       mock.patch.object(sampler, "_sample_tokens", _entropy_always)),
+        "Muse ramp (step 0 skips the unconditional pass)": lambda: call("linear"),
+        "bf16 autocast": bf16,
+    }
+    reference = call()
+    same = {name: bool(torch.equal(fn(), reference)) for name, fn in variants.items()}  # also the warm-up
+    compile_s = None
+    if not args.no_compile:
+        eager_blocks = model.run_blocks
+        compiled = torch.compile(eager_blocks, dynamic=False)
+
+        def with_compile():
+            model.run_blocks = compiled  # forward calls self.run_blocks: the instance attribute shadows the method
+            try:
+                return call()
+            finally:
+                del model.run_blocks
+        t = time.perf_counter()
+        same["torch.compile (inductor, blocks)"] = bool(torch.equal(with_compile(), reference))
+        compile_s = round(time.perf_counter() - t, 2)
+        variants["torch.compile (inductor, blocks)"] = with_compile
+
+    times = {name: [] for name in variants}
+    rng = random.Random(0)
+    for _ in range(args.rounds):
+        order = list(variants)
+        rng.shuffle(order)
+        for name in order:
+            t = time.perf_counter()
+            variants[name]()
+            times[name].append(1000 * (time.perf_counter() - t) / B)
+    base = statistics.median(times["all speed-ups (shipped, fp32)"])
+    flops = count_flops(call)
+    peak = honest_peak(model, 2 * B * model.grid[0] * model.grid[1])
+    out = {"model": {"width": model.cfg.width, "depth": model.cfg.depth, "params": model.num_params(),
+                     "checkpoint": args.checkpoint},
+           "batch": B, "steps": args.steps, "guidance": args.guidance, "threads": torch.get_num_threads(),
+           "rounds": args.rounds, "fp32_peak": peak,
+           "shipped": {"gflop_per_image": round(flops / B / 1e9, 4),
+                       "achieved_gflops": round(flops / B / base / 1e6, 1),
+                       "fraction_of_peak": round(flops / B / base / 1e6 / peak["gflops"], 3)},
+           "torch_compile_first_call_s": compile_s, "variants": {}}
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        out["variants"][name] = {"ms_per_image": round(med, 2), "min": round(min(ts), 2), "max": round(max(ts), 2),
+                                 "vs_shipped": round(med / base, 3), "same_tokens_as_shipped": same[name]}
     print(json.dumps(out, indent=2))
 
 

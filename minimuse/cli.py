@@ -147,7 +147,7 @@ def cmd_bench(args):
     _at_least_1(batch_sizes=args.batch_sizes, steps=args.steps, repeats=args.repeats, threads=args.threads)
     from .bench import run_bench
     result = run_bench(cfg, checkpoint=args.checkpoint, batch_sizes=args.batch_sizes, steps=args.steps,
-                       repeats=args.repeats, threads=args.threads)
+                       repeats=args.repeats, threads=args.threads, precision=args.precision)
     print(json.dumps(result, indent=2))
 
 
@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, nargs="+", default=[8, 12, 24])
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: the sampler under bf16 autocast, measured against the bf16 peak")
     b.set_defaults(fn=cmd_bench)
     return p
 

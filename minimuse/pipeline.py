@@ -50,10 +50,10 @@ class MusePipeline:
                                    num_steps=num_steps, guidance_scale=guidance_scale, sampler=sampler, schedule=schedule,
                                    guidance_schedule=guidance_schedule, choice_temperature=choice_temperature,
                                    temperature=temperature, top_k=top_k)
-        B = len(prompts)
         text, text_mask = self.text_encoder(prompts)                                       # (B, T, E), (B, T)
-        uncond = self.text_encoder([""] * B) if s.guidance_scale != 0 else (None, None)
-        negative = self.text_encoder([negative_prompt] * B) if negative_prompt is not None else (None, None)
+        # one row each: the sampler shares a batch-1 unconditional (or negative) text across the batch
+        uncond = self.text_encoder([""]) if s.guidance_scale != 0 else (None, None)            # (1, 2, E)
+        negative = self.text_encoder([negative_prompt]) if negative_prompt is not None else (None, None)
         generator = generator or torch.Generator().manual_seed(seed)
         with torch.autocast(text.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = sample(self.transformer, text, text_mask, uncond[0], uncond[1],

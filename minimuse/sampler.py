@@ -63,12 +63,16 @@ def _uniform(shape, generator, device) -> torch.Tensor:
     return torch.rand(shape, generator=generator, device=gen_device).to(device)
 
 
+def _gumbel_from(u: torch.Tensor) -> torch.Tensor:
+    return -torch.log(-torch.log(u.clamp_min(1e-20)))
+
+
 def _gumbel(shape, generator, device) -> torch.Tensor:
-    return -torch.log(-torch.log(_uniform(shape, generator, device).clamp_min(1e-20)))
+    return _gumbel_from(_uniform(shape, generator, device))
 
 
-def _sample_tokens(logits, temperature, top_k, gumbel):
-    """Sample one token per row of logits (..., K) by Gumbel-max; return (token, log p(token), entropy).
+def _sample_tokens(logits, temperature, top_k, gumbel, entropy: bool = True):
+    """Sample one token per row of logits (..., K) by Gumbel-max; return (token, log p(token), entropy or None).
 
     A NaN or inf anywhere in a row makes its log p(token) non-finite, so one check on the (B, M) result catches a
     broken model without a pass over the (B, M, K) logits."""
@@ -82,27 +86,28 @@ def _sample_tokens(logits, temperature, top_k, gumbel):
     if not bool(torch.isfinite(token_logp).all()):
         raise FloatingPointError("the model's logits became non-finite (NaN or inf) while sampling; the checkpoint or "
                                  "the inputs are broken (try precision fp32, or another checkpoint)")
-    entropy = torch.special.entr(logp.exp()).sum(-1)
-    return token, token_logp, entropy
+    return token, token_logp, torch.special.entr(logp.exp()).sum(-1) if entropy else None
 
 
 class _Guided:
-    """The model with its text K/V computed once per call, plus the unconditional (or negative) pass when w > 0."""
+    """The model with its text K/V computed once per call, plus the unconditional (or negative) pass when w > 0.
+
+    The unconditional text keeps its own length (the empty prompt is 2 tokens) and, when it is one row, its batch of 1:
+    the forward of 2B rows attends the cond half to the prompt and the uncond half to the shared "" text."""
 
     def __init__(self, transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights):
-        self.model, B = transformer, text_emb.shape[0]
-        self.ctx_cond = transformer.encode_text(text_emb, text_mask) if any(w == 0 for w in weights) else None
+        self.model = transformer
+        self.ctx_cond = transformer.encode_text(text_emb, text_mask)
         self.ctx_both = None
         if any(w != 0 for w in weights):
             if uncond_emb is None:
                 raise ValueError("guidance_scale > 0 needs uncond_emb: the text encoding of the empty prompt \"\"")
-            u = uncond_emb.expand(B, -1, -1)  # (B, T', E); one unconditional row serves the whole batch
-            um = (torch.ones(uncond_emb.shape[:2], dtype=torch.bool, device=u.device) if uncond_mask is None
-                  else uncond_mask).expand(B, -1)
-            T = max(text_emb.shape[1], u.shape[1])  # pad both to the longer text; padding is masked out anyway
-            emb = torch.cat([F.pad(text_emb, (0, 0, 0, T - text_emb.shape[1])), F.pad(u, (0, 0, 0, T - u.shape[1]))])
-            mask = torch.cat([F.pad(text_mask, (0, T - text_mask.shape[1])), F.pad(um, (0, T - um.shape[1]))])
-            self.ctx_both = transformer.encode_text(emb, mask)  # (2B, T, E) in, cond rows first
+            if uncond_emb.shape[0] not in (1, text_emb.shape[0]):
+                raise ValueError(f"uncond_emb holds {uncond_emb.shape[0]} texts for {text_emb.shape[0]} prompts; "
+                                 "pass one, or one per prompt")
+            um = (torch.ones(uncond_emb.shape[:2], dtype=torch.bool, device=uncond_emb.device) if uncond_mask is None
+                  else uncond_mask)
+            self.ctx_both = (self.ctx_cond, transformer.encode_text(uncond_emb, um))  # cond rows first
 
     def __call__(self, ids, w, head_index=None):
         if w == 0:  # Muse's ramp starts at 0: skip the unconditional half entirely
@@ -112,12 +117,12 @@ class _Guided:
         return guided_logits(cond.float(), uncond.float(), w)
 
 
-def _head_positions(mask: torch.Tensor) -> torch.Tensor | None:
-    """(B, M) indices of the masked positions when every row has M of them, so the head runs at M < L positions."""
-    M = mask.sum(1)
-    if not bool((M == M[0]).all()):
-        return None
-    return mask.nonzero()[:, 1].view(mask.shape[0], -1)  # nonzero lists rows in order: (B*M,) -> (B, M)
+def _head_positions(mask: torch.Tensor, same_count: bool) -> torch.Tensor | None:
+    """(B, M) indices of the masked positions when every row has M of them, so the head runs at M < L positions.
+
+    Rows that start with the same number N of masked positions keep equal counts at every step (the count table is a
+    function of N), so the caller decides `same_count` once per call rather than checking at every step."""
+    return mask.nonzero()[:, 1].view(mask.shape[0], -1) if same_count else None  # rows in order: (B*M,) -> (B, M)
 
 
 def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, *, num_steps=12, schedule="cosine",
@@ -177,17 +182,19 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
             ent_map = torch.zeros(B, L, device=device)
             history = []
 
+            same_count = bool((N == N[0]).all())  # else inpainting regions differ in size: the full head
             for t in range(num_steps):
-                head_index = _head_positions(mask)  # None when regions differ in size: then the full head
+                head_index = _head_positions(mask, same_count)
                 logits = model(ids, weights[t], head_index)  # (B, M, K) or (B, L, K)
-                gumbel = _gumbel((B, L, K), generator, device)  # drawn at every position, so both paths agree
-                if head_index is not None:
-                    gumbel = gumbel.gather(1, head_index[..., None].expand(-1, -1, K))  # (B, M, K)
-                token, token_logp, entropy = _sample_tokens(logits, temperature, top_k, gumbel)
+                u = _uniform((B, L, K), generator, device)  # drawn at every position, so both paths agree
+                if head_index is not None:  # the logs only where the head ran
+                    u = u.gather(1, head_index[..., None].expand(-1, -1, K))  # (B, M, K)
+                token, token_logp, entropy = _sample_tokens(logits, temperature, top_k, _gumbel_from(u), return_history)
                 if head_index is not None:  # back to the full grid: (B, M) -> (B, L)
                     token = torch.zeros(B, L, dtype=torch.long, device=device).scatter(1, head_index, token)
                     token_logp = torch.zeros(B, L, device=device).scatter(1, head_index, token_logp)
-                    entropy = torch.zeros(B, L, device=device).scatter(1, head_index, entropy)
+                    if return_history:
+                        entropy = torch.zeros(B, L, device=device).scatter(1, head_index, entropy)
 
                 if sampler == "confidence":  # log p under the distribution drawn from (MaskGIT's at temperature 1)
                     tau = choice_temperature * (1.0 - (t + 1) / num_steps)  # noise annealed to 0 (MaskGIT)
@@ -229,7 +236,7 @@ def edit(transformer, ids, text_emb, text_mask, uncond_emb=None, uncond_mask=Non
                 pos = _uniform((B, L), generator, ids.device).argsort(1)[:, :n].sort(1).values  # (B, n) positions
                 noisy = ids.scatter(1, pos, transformer.mask_id)
                 logits = model(noisy, guidance_scale, pos)  # (B, n, K)
-                token, _, _ = _sample_tokens(logits, temperature, top_k, _gumbel((B, n, K), generator, ids.device))
+                token, _, _ = _sample_tokens(logits, temperature, top_k, _gumbel((B, n, K), generator, ids.device), False)
                 ids = ids.scatter(1, pos, token)
     finally:
         transformer.train(was_training)

@@ -23,7 +23,30 @@ from .config import Config, TransformerConfig
 class TextContext(NamedTuple):
     """What cross-attention needs from the text, computed once per sampling call by `encode_text`."""
     kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (k, v), each (B, H, T, Dh)
-    attn_mask: torch.Tensor                       # (B, 1, 1, T) bool, True at real text tokens
+    attn_mask: torch.Tensor | None                # (B, 1, 1, T) bool, True at real text tokens; None: all are real
+
+
+# torch's fp32 GEMM on CPU is MKL's, which on AMD CPUs takes its AVX2 path; oneDNN's fused linear runs AVX-512, 2.2x
+# faster on this project's AMD EPYC (docs/BENCHMARKS.md), and applies the bias and GELU in the same pass over the
+# output. It has no autograd formula, so it serves inference only; training and autocast keep F.linear.
+_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+USE_ONEDNN = True  # docs/bench_ablation.py switches it off to measure what it pays
+
+
+class Linear(nn.Linear):
+    """nn.Linear (the same weights and state-dict keys) with an optional fused GELU and the oneDNN inference path."""
+
+    def __init__(self, d_in: int, d_out: int, act: str | None = None):
+        super().__init__(d_in, d_out)
+        self.act = act  # None or "gelu" (exact, erf-based, as nn.GELU)
+
+    def forward(self, x):
+        if (USE_ONEDNN and _ONEDNN_LINEAR is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
+                and not torch.compiler.is_compiling()  # under compile, inductor makes its own oneDNN fusions
+                and x.dtype == self.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")):
+            return _ONEDNN_LINEAR(x, self.weight, self.bias, self.act or "none", [], "none" if self.act else "")
+        y = F.linear(x, self.weight, self.bias)
+        return F.gelu(y) if self.act == "gelu" else y
 
 
 class MaskedTransformer(nn.Module):
@@ -38,11 +61,11 @@ class MaskedTransformer(nn.Module):
         self.row_emb = nn.Parameter(torch.zeros(h, D))
         self.col_emb = nn.Parameter(torch.zeros(w, D))
         # One shared projection E -> D (Muse §2.3); the LayerNorm puts T5, CLIP and MiniLM states on one scale.
-        self.text_proj = nn.Linear(text_dim, D)
+        self.text_proj = Linear(text_dim, D)
         self.text_norm = nn.LayerNorm(D)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.ln_f = nn.LayerNorm(D)
-        self.head = nn.Linear(D, codebook_size)
+        self.head = Linear(D, codebook_size)
         self.apply(self._init)
         # GPT-2 init: N(0, 0.02) everywhere, and the three residual output projections per block scaled by
         # 1/sqrt(3 * depth) so the residual stream keeps unit-ish variance at any depth. Not zero: a fresh model's
@@ -78,15 +101,19 @@ class MaskedTransformer(nn.Module):
                              "unconditional input, not an all-False mask")
         ctx = self.text_norm(self.text_proj(text))  # (B, T, D)
         kv = [blk.cross.text_kv(ctx) for blk in self.blocks]
-        return TextContext(kv, text_mask.bool()[:, None, None, :])  # (B, 1, 1, T)
+        all_real = bool(text_mask.all())  # then no mask at all: attention without one is the faster kernel
+        return TextContext(kv, None if all_real else text_mask.bool()[:, None, None, :])  # (B, 1, 1, T)
 
     def forward(self, ids: torch.Tensor, text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
-                *, ctx: TextContext | None = None, head_index: torch.Tensor | None = None, return_attn: bool = False):
+                *, ctx: TextContext | tuple[TextContext, ...] | None = None, head_index: torch.Tensor | None = None,
+                return_attn: bool = False):
         """ids (B, L) or (B, h, w) with mask_id at masked positions -> logits (B, L, K), or (B, M, K) at head_index.
 
         Give the text either as (text, text_mask) or as a precomputed `ctx`; a ctx of batch 1 (the "" prompt)
-        is broadcast to the batch of ids. With return_attn=True, also returns the per-layer cross-attention
-        weights (B, H, L, T), computed explicitly (slower; for visualisation only).
+        is broadcast to the batch of ids. `ctx` may also be a tuple of contexts, one per equal slice of the batch:
+        guidance passes (cond, uncond) so that the 2-token empty prompt is not padded to the prompt's length.
+        With return_attn=True, also returns the per-layer cross-attention weights (B, H, L, T), computed
+        explicitly (slower; for visualisation only).
         """
         B = ids.shape[0]
         ids = ids.reshape(B, -1)  # (B, L)
@@ -99,23 +126,39 @@ class MaskedTransformer(nn.Module):
             if text_mask is None:
                 raise ValueError("text_mask (B, T) bool is required with text")
             ctx = self.encode_text(text, text_mask)
-        kv, attn_mask = ctx
-        if attn_mask.shape[0] not in (1, B):
-            raise ValueError(f"ctx holds {attn_mask.shape[0]} texts for {B} images; pass one text per image, or one for all")
-        if attn_mask.shape[0] != B:  # expand is a view: the batch-1 unconditional ctx costs nothing to share
-            kv = [(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in kv]
-            attn_mask = attn_mask.expand(B, -1, -1, -1)
+        parts = (ctx,) if isinstance(ctx, TextContext) else tuple(ctx)
+        if B % len(parts) or (return_attn and len(parts) > 1):
+            raise ValueError(f"{len(parts)} text contexts cannot split a batch of {B} images into equal slices"
+                             + (" (return_attn takes one context)" if return_attn else ""))
+        n = B // len(parts)  # images per slice
+        layers = [[] for _ in self.blocks]  # per layer: one (k, v, attn_mask) per slice
+        for part in parts:
+            m = part.kv[0][0].shape[0]
+            if m not in (1, n):
+                raise ValueError(f"ctx holds {m} texts for {n} images; pass one text per image, or one for all")
+            for per_slice, (k, v) in zip(layers, part.kv):  # expand is a view: a batch-1 ctx costs nothing to share
+                am = part.attn_mask
+                per_slice.append((k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1),
+                                  None if am is None else am.expand(n, -1, -1, -1)))
 
         pos = (self.row_emb[:, None, :] + self.col_emb[None, :, :]).reshape(L, -1)  # (h, w, D) -> (L, D)
         x = self.tok_emb(ids) + pos  # (B, L, D)
-        attns = []
-        for blk, (k, v) in zip(self.blocks, kv):
-            x, attn = blk(x, k, v, attn_mask, return_attn)
-            attns.append(attn)
+        x, attns = self.run_blocks(x, layers, return_attn)
         if head_index is not None:
             x = torch.gather(x, 1, head_index[..., None].expand(-1, -1, x.shape[-1]))  # (B, M, D)
         logits = self.head(self.ln_f(x))  # (B, L, K) or (B, M, K)
         return (logits, attns) if return_attn else logits
+
+    def run_blocks(self, x, layers, return_attn: bool = False):
+        """x (B, L, D) through every block; layers: per block, the (k, v, attn_mask) of each slice of the batch.
+
+        A method of its own so that docs/bench_ablation.py can torch.compile exactly this part (fixed shapes per batch
+        size; the head's M changes every step). On this project's CPU compiling did not pay (docs/BENCHMARKS.md)."""
+        attns = []
+        for blk, text_slices in zip(self.blocks, layers):
+            x, attn = blk(x, text_slices, return_attn)
+            attns.append(attn)
+        return x, attns
 
     def save_pretrained(self, out_dir, config: Config):
         """Write config.json (the full Config, kind "transformer") and model.safetensors atomically."""
@@ -158,12 +201,13 @@ class Block(nn.Module):
         self.attn = SelfAttention(cfg)
         self.cross = CrossAttention(cfg)
         hidden = int(cfg.mlp_ratio * D)
-        self.mlp = nn.Sequential(OrderedDict(fc=nn.Linear(D, hidden), gelu=nn.GELU(), out=nn.Linear(hidden, D)))
+        # fc carries the GELU, so the oneDNN path applies it in the GEMM's own pass (state-dict keys mlp.fc, mlp.out)
+        self.mlp = nn.Sequential(OrderedDict(fc=Linear(D, hidden, act="gelu"), out=Linear(hidden, D)))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, k, v, attn_mask, return_attn: bool):
+    def forward(self, x, text_slices, return_attn: bool):
         x = x + self.drop(self.attn(self.ln1(x)))
-        y, attn = self.cross(self.ln2(x), k, v, attn_mask, return_attn)
+        y, attn = self.cross(self.ln2(x), text_slices, return_attn)
         x = x + self.drop(y)
         x = x + self.drop(self.mlp(self.ln3(x)))
         return x, attn
@@ -175,8 +219,8 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.H, self.p = cfg.heads, cfg.dropout
-        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
-        self.out = nn.Linear(cfg.width, cfg.width)
+        self.qkv = Linear(cfg.width, 3 * cfg.width)
+        self.out = Linear(cfg.width, cfg.width)
         Dh = cfg.width // cfg.heads
         self.q_norm = nn.LayerNorm(Dh) if cfg.qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(Dh) if cfg.qk_norm else nn.Identity()
@@ -195,9 +239,9 @@ class CrossAttention(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.H, self.p = cfg.heads, cfg.dropout
-        self.q = nn.Linear(cfg.width, cfg.width)
-        self.kv = nn.Linear(cfg.width, 2 * cfg.width)
-        self.out = nn.Linear(cfg.width, cfg.width)
+        self.q = Linear(cfg.width, cfg.width)
+        self.kv = Linear(cfg.width, 2 * cfg.width)
+        self.out = Linear(cfg.width, cfg.width)
         Dh = cfg.width // cfg.heads
         self.q_norm = nn.LayerNorm(Dh) if cfg.qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(Dh) if cfg.qk_norm else nn.Identity()
@@ -208,15 +252,20 @@ class CrossAttention(nn.Module):
         k, v = self.kv(ctx).view(B, T, 2, self.H, D // self.H).permute(2, 0, 3, 1, 4)  # 2 x (B, H, T, Dh)
         return self.k_norm(k), v
 
-    def forward(self, x, k, v, attn_mask, return_attn: bool):
+    def forward(self, x, text_slices, return_attn: bool):
+        """x (B, L, D); text_slices: one (k, v, attn_mask) per equal slice of the batch, k and v (B/n, H, T_i, Dh)."""
         B, L, D = x.shape
         q = self.q_norm(self.q(x).view(B, L, self.H, D // self.H).transpose(1, 2))  # (B, H, L, Dh)
-        if return_attn:
+        if return_attn:  # one slice (forward checks)
+            (k, v, attn_mask), = text_slices
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, L, T)
-            attn = scores.masked_fill(~attn_mask, float("-inf")).softmax(dim=-1)  # (B, H, L, T)
+            if attn_mask is not None:
+                scores = scores.masked_fill(~attn_mask, float("-inf"))
+            attn = scores.softmax(dim=-1)  # (B, H, L, T)
             y = attn @ v  # (B, H, L, Dh)
         else:
-            attn = None
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                               dropout_p=self.p if self.training else 0.0)  # (B, H, L, Dh)
+            attn, p = None, self.p if self.training else 0.0
+            ys = [F.scaled_dot_product_attention(qs, k, v, attn_mask=m, dropout_p=p)  # (B/n, H, L, Dh) each
+                  for qs, (k, v, m) in zip(q.chunk(len(text_slices)), text_slices)]
+            y = ys[0] if len(ys) == 1 else torch.cat(ys)  # (B, H, L, Dh)
         return self.out(y.transpose(1, 2).reshape(B, L, D)), attn  # (B, L, D)

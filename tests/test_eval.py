@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from minimuse.bench import count_flops, matmul_peak_gflops, run_bench
+from minimuse.bench import count_flops, honest_peak, model_gemms, run_bench
 from minimuse.config import CAPTION_KINDS, get_config
 from minimuse.data import parse_caption, render
 from minimuse.eval import eval_faithfulness
@@ -59,14 +59,30 @@ def test_flop_counter_is_exact_for_a_matmul():
     assert count_flops(lambda: a @ b) == 2 * 16 * 32 * 8
 
 
+def test_flop_counter_counts_the_onednn_linear():
+    from minimuse import transformer
+    if transformer._ONEDNN_LINEAR is None:
+        pytest.skip("this torch build has no oneDNN")
+    lin = transformer.Linear(32, 8)
+    x = torch.randn(16, 32)
+    with torch.inference_mode():
+        assert count_flops(lambda: lin(x)) == 2 * 16 * 32 * 8    # the fused inference path
+    assert count_flops(lambda: lin(x)) == 2 * 16 * 32 * 8        # F.linear under autograd
+
+
 def test_bench_reports_every_setting():
     cfg = get_config("ci")
-    r = run_bench(cfg, batch_sizes=[2], steps=[2, 3], repeats=1)
-    assert r["machine"]["fp32_matmul_peak_gflops"] > 0
+    r = run_bench(cfg, batch_sizes=[2], steps=[2, 3], repeats=1, peak_repeats=1, peak_sizes=(64, 128))
+    for name in ("fp32", "bf16"):                 # both peaks, each with both of its parts
+        p = r["machine"]["peak"][name]
+        assert p["gflops"] == max(p["square"]["gflops"], p["model_shapes"]["gflops"]) > 0
+        assert p["square"]["gflops"] == max(c["gflops"] for c in p["square"]["candidates"])
+    assert r["peak_gflops"] == r["machine"]["peak"]["fp32"]["gflops"]      # the figure every fraction uses
     runs = [x for x in r["runs"] if not x.get("autoregressive")]
     assert [(x["steps"], x["guidance"] > 0) for x in runs] == [(2, False), (2, True), (3, False), (3, True)]
     for x in runs:
-        assert x["ms_per_image"] > 0 and x["gflop_per_image"] > 0 and 0 < x["fraction_of_peak"] < 2
+        assert x["ms_per_image"] > 0 and x["gflop_per_image"] > 0
+        assert x["fraction_of_peak"] == pytest.approx(x["achieved_gflops"] / r["peak_gflops"], abs=2e-3)
     by = {(x["steps"], x["guidance"] > 0): x["gflop_per_image"] for x in runs}
     assert by[(3, False)] > by[(2, False)]        # one more forward pass
     assert by[(2, True)] > by[(2, False)]         # the unconditional pass costs FLOPs
@@ -74,5 +90,19 @@ def test_bench_reports_every_setting():
     assert len(ar) == 1 and ar[0]["steps"] == cfg.num_tokens
 
 
-def test_matmul_peak_is_positive():
-    assert matmul_peak_gflops(n=128, repeats=2) > 0
+def test_honest_peak_is_the_best_of_its_parts_and_the_model_shapes_are_the_forward_gemms():
+    from minimuse.transformer import MaskedTransformer
+    cfg = get_config("ci")
+    m = MaskedTransformer.from_config(cfg)
+    rows = 2 * cfg.num_tokens
+    p = honest_peak(m, rows, repeats=1, sizes=(64,))
+    assert p["gflops"] == max(p["square"]["gflops"], p["model_shapes"]["gflops"])
+    assert {(s["m"], s["k"], s["n"]) for s in p["model_shapes"]["shapes"]} == set(model_gemms(m, rows))
+    # the shapes are the forward's own products: with attention's FLOPs they add up to the counter's total
+    B, T, L, D = 2, 3, cfg.num_tokens, cfg.transformer.width
+    ids, text = torch.full((B, L), m.mask_id), torch.randn(B, T, m.text_dim)
+    with torch.inference_mode():
+        ctx = m.encode_text(text, torch.ones(B, T, dtype=torch.bool))
+        total = count_flops(lambda: m(ids, ctx=ctx))
+    attention = cfg.transformer.depth * (4 * B * L * L * D + 4 * B * L * T * D)  # QK^T and AV, self and cross
+    assert total == sum(2 * a * b * c for a, b, c in model_gemms(m, B * L)) + attention

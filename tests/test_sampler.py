@@ -34,6 +34,8 @@ class StandIn(nn.Module):
         B, n = ids.shape
         self.batches.append(B)
         self.heads.append(None if head_index is None else head_index.clone())
+        if isinstance(ctx, tuple):  # one context per equal slice of the batch, as guidance passes (cond, uncond)
+            ctx = torch.cat([c.expand(B // len(ctx), -1) for c in ctx])
         pos = torch.arange(n, dtype=torch.float)[None, :, None]  # (1, L, 1)
         k = torch.arange(K, dtype=torch.float)[None, None, :]    # (1, 1, K)
         left = ids.roll(1, dims=1)                                # each position sees its left neighbour
@@ -208,9 +210,10 @@ def test_guided_sample_equals_sampling_the_guided_logits(sampler):
 @pytest.mark.parametrize("T", [3, 8])
 def test_unconditional_pass_skipped_when_weight_is_zero(T):
     B = 2
+    # the prompts are encoded once (B rows) and the one unconditional row once, unexpanded
     for scale, schedule, batches, encodes in ((0.0, "constant", [B] * T, [B]),
-                                              (2.0, "constant", [2 * B] * T, [2 * B]),
-                                              (2.0, "linear", [B] + [2 * B] * (T - 1), [B, 2 * B])):
+                                              (2.0, "constant", [2 * B] * T, [1, B]),
+                                              (2.0, "linear", [B] + [2 * B] * (T - 1), [1, B])):
         model = StandIn()
         run(model, B=B, num_steps=T, guidance_scale=scale, guidance_schedule=schedule)
         assert model.batches == batches                                     # one forward per step, 2B when guided
@@ -223,9 +226,9 @@ def test_negative_prompt_replaces_the_unconditional_logits_only():
     neg, nm = texts(2, seed=7, T=3)
     spy = StandIn()
     with_neg = sample(spy, emb, mask, u, um, negative_emb=neg, negative_mask=nm, guidance_scale=2.0, generator=gen(1))
-    (stacked, stacked_mask), = spy.encoded
-    assert torch.equal(stacked[:2], emb) and torch.equal(stacked_mask[:2], mask)    # the conditional half as given
-    assert torch.equal(stacked[2:, :3], neg) and not stacked_mask[2:, 3:].any()    # the negative (padded) as l_u
+    (cond, cond_mask), (negative, negative_mask) = spy.encoded
+    assert torch.equal(cond, emb) and torch.equal(cond_mask, mask)              # the conditional half as given
+    assert torch.equal(negative, neg) and torch.equal(negative_mask, nm)        # the negative, its own length, as l_u
     assert torch.equal(with_neg, sample(StandIn(), emb, mask, neg, nm, guidance_scale=2.0, generator=gen(1)))
     assert not torch.equal(with_neg, sample(StandIn(), emb, mask, u, um, guidance_scale=2.0, generator=gen(1)))
 
@@ -255,7 +258,7 @@ def test_head_index_used_from_all_mask_and_matches_full_head(monkeypatch):
     fast, fast_hist = run(model, B=2, num_steps=5, guidance_scale=1.0, return_history=True)
     counts = [L] + mask_counts(L, 5, "cosine")
     assert [h.shape for h in model.heads] == [(4, counts[t]) for t in range(5)]  # (2B, M) with M still masked
-    monkeypatch.setattr(sampler_mod, "_head_positions", lambda mask: None)
+    monkeypatch.setattr(sampler_mod, "_head_positions", lambda mask, same_count: None)
     full, full_hist = run(StandIn(), B=2, num_steps=5, guidance_scale=1.0, return_history=True)
     assert torch.equal(fast, full)
     for a, b in zip(fast_hist, full_hist):
@@ -293,11 +296,11 @@ def test_real_transformer_sample(sampler, monkeypatch):
     kw = dict(num_steps=6, sampler=sampler, guidance_scale=2.0, guidance_schedule="linear", top_k=4)
     ids, hist = run(model, B=3, seed=0, return_history=True, **kw)
     assert model.training                     # the sampler restores the mode it found
-    assert sorted(calls) == [3, 6]            # cond alone (ramp step 0) and cond + uncond, once each
+    assert sorted(calls) == [1, 3]            # the prompts and the one unconditional row, once each
     assert ids.shape == (3, 4, 4) and int(ids.max()) < K
     assert [int(h["mask"][0].sum()) for h in hist] == mask_counts(L, 6, "cosine")
     assert torch.equal(ids, run(model, B=3, seed=0, **kw))
-    monkeypatch.setattr(sampler_mod, "_head_positions", lambda mask: None)
+    monkeypatch.setattr(sampler_mod, "_head_positions", lambda mask, same_count: None)
     assert torch.equal(ids, run(model, B=3, seed=0, **kw))  # full head, same tokens
 
 
@@ -355,3 +358,95 @@ def test_schedule_arithmetic_is_linear_in_the_steps(monkeypatch):
     init_mask[0, :8], init_mask[1, :4], init_mask[2, :8] = True, True, True  # regions of 8, 4 and 8 tokens
     run(B=3, num_steps=4, init_ids=ids, init_mask=init_mask.view(3, *GRID))
     assert sorted(calls) == [4, 8]
+
+
+# --- the reference loop of notebooks/06_sampling.ipynb, and the fast paths against the plain ones ---------------------
+
+def _notebook_06_sample(transformer, text, text_mask, num_steps, tau, generator, schedule="cosine"):
+    """my_sample from notebook 06, as written there: the loop the package's sampler must reproduce token for token."""
+    from minimuse import scheduler
+    (h, w), K_, mask_id = transformer.grid, transformer.codebook_size, transformer.mask_id
+    L_ = h * w
+
+    def gumbel(shape, generator):
+        return -torch.log(-torch.log(torch.rand(shape, generator=generator).clamp_min(1e-20)))
+
+    def draw_tokens(logits, g):
+        logp = torch.nn.functional.log_softmax(logits.float(), dim=-1)  # (..., K)
+        token = (logp + g).argmax(-1)
+        return token, logp.gather(-1, token[..., None])[..., 0]
+
+    with torch.inference_mode():
+        B = text.shape[0]
+        ctx = transformer.encode_text(text, text_mask)
+        ids = torch.full((B, L_), mask_id)
+        mask = torch.ones(B, L_, dtype=torch.bool)
+        counts = scheduler.mask_counts(L_, num_steps, schedule)
+        for t in range(num_steps):
+            where = mask.nonzero()[:, 1].view(B, -1)  # (B, M)
+            logits = transformer(ids, ctx=ctx, head_index=where)  # (B, M, K)
+            g = gumbel((B, L_, K_), generator).gather(1, where[..., None].expand(-1, -1, K_))  # (B, M, K)
+            token, token_logp = draw_tokens(logits, g)
+            noise = gumbel((B, L_), generator).gather(1, where)  # (B, M)
+            tau_t = tau * (1 - (t + 1) / num_steps)
+            confidence = torch.full((B, L_), math.inf).scatter(1, where, token_logp + tau_t * noise)
+            new_mask = scheduler.remask_least_confident(confidence, torch.full((B,), counts[t]))
+            drawn = torch.zeros(B, L_, dtype=torch.long).scatter(1, where, token)
+            ids = torch.where(mask & ~new_mask, drawn, ids)
+            mask = new_mask
+    return ids.view(B, h, w)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fixed_seed_gives_the_tokens_of_notebook_06s_reference_loop(seed):
+    model = _tiny_transformer().eval()
+    emb, mask = texts(3, seed=seed)
+    ref = _notebook_06_sample(model, emb, mask, 6, 1.0, gen(seed))
+    ids = sample(model, emb, mask, num_steps=6, choice_temperature=1.0, generator=gen(seed))
+    assert torch.equal(ids, ref)
+    assert not torch.equal(ids, sample(model, emb, mask, num_steps=6, generator=gen(seed + 10)))  # the seed matters
+
+
+def test_unpadded_unconditional_context_equals_the_padded_one():
+    """Guidance attends the uncond half to its own 2-token text; padding it to the prompt's length, masked, is the
+    same attention: the logits agree to float rounding."""
+    from minimuse.sampler import _Guided
+    model = _tiny_transformer().eval()
+    emb, mask = texts(3)
+    u = torch.randn(1, 2, E)
+    ids = torch.randint(0, K, (3, L))
+    with torch.inference_mode():
+        fast = _Guided(model, emb, mask, u, None, [1.0])(ids, 1.0)
+        T = emb.shape[1]
+        padded = torch.cat([emb, torch.nn.functional.pad(u, (0, 0, 0, T - 2)).expand(3, -1, -1)])     # (2B, T, E)
+        pmask = torch.cat([mask, (torch.arange(T) < 2).expand(3, -1)])                             # (2B, T)
+        cond, uncond = model(ids.repeat(2, 1), ctx=model.encode_text(padded, pmask)).chunk(2)
+    torch.testing.assert_close(fast, guided_logits(cond, uncond, 1.0), rtol=1e-5, atol=1e-5)
+
+
+def test_onednn_path_gives_the_tokens_of_torchs_default_path(monkeypatch):
+    from minimuse import transformer as transformer_mod
+    if transformer_mod._ONEDNN_LINEAR is None:
+        pytest.skip("this torch build has no oneDNN")
+    model = _tiny_transformer().eval()
+    emb, mask = texts(3)
+    u, um = texts(1, seed=99)
+    kw = dict(num_steps=6, guidance_scale=2.0, generator=None)
+    fast = sample(model, emb, mask, u, um, **{**kw, "generator": gen(3)})
+    monkeypatch.setattr(transformer_mod, "USE_ONEDNN", False)
+    assert torch.equal(fast, sample(model, emb, mask, u, um, **{**kw, "generator": gen(3)}))
+
+
+def test_compiled_blocks_give_the_tokens_of_the_eager_ones():
+    """docs/bench_ablation.py's torch.compile variant: inductor on run_blocks (the Linear falls back to F.linear
+    under compile) must not change a token."""
+    model = _tiny_transformer().eval()
+    emb, mask = texts(2)
+    u, um = texts(1, seed=99)
+    eager = sample(model, emb, mask, u, um, num_steps=5, guidance_scale=1.5, generator=gen(4))
+    model.run_blocks = torch.compile(model.run_blocks, dynamic=False)
+    try:
+        compiled = sample(model, emb, mask, u, um, num_steps=5, guidance_scale=1.5, generator=gen(4))
+    finally:
+        del model.run_blocks
+    assert torch.equal(compiled, eager)

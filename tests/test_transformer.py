@@ -177,3 +177,34 @@ def _overfit_one_batch():
     with torch.no_grad():
         pred = m.eval()(x, text, tmask).argmax(-1)
     assert (pred[masked] == ids[masked]).float().mean() > 0.98
+
+
+def test_linear_inference_path_equals_f_linear_and_keeps_the_state_dict_keys():
+    import torch.nn.functional as F
+    from minimuse.transformer import Linear
+    m = tiny()
+    keys = set(m.state_dict())
+    assert {"blocks.0.mlp.fc.weight", "blocks.0.mlp.out.weight"} <= keys and not any("gelu" in k for k in keys)
+    lin = Linear(8, 12, act="gelu")
+    x = torch.randn(3, 5, 8)
+    plain = F.gelu(F.linear(x, lin.weight, lin.bias))
+    with torch.inference_mode():
+        fast = lin(x)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lin(x), plain, rtol=0, atol=0)  # under autograd: F.linear itself
+    assert lin(x).requires_grad
+
+
+def test_context_tuple_splits_the_batch_and_checks_it():
+    m = tiny()
+    ids, text, mask = inputs()
+    a, b = m.encode_text(text[:1], mask[:1]), m.encode_text(text[1:2], mask[1:2])
+    ids2 = ids[:2].repeat(2, 1)  # (4, L): two images for each context
+    with torch.inference_mode():
+        split = m(ids2, ctx=(a, b))
+        whole = m(ids2, text[:2].repeat_interleave(2, 0), mask[:2].repeat_interleave(2, 0))
+    torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="equal slices"):
+        m(ids[:3], ctx=(a, b))
+    with pytest.raises(ValueError, match="one context"):
+        m(ids2, ctx=(a, b), return_attn=True)
