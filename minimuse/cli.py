@@ -114,7 +114,9 @@ def cmd_train_superres(args):
 
 def cmd_eval(args):
     from .eval import evaluate
-    _at_least_1(n=args.n, tokenizer_n=args.tokenizer_n)
+    _at_least_1(n=args.n)
+    if args.tokenizer_n < 0:
+        raise CLIError(f"--tokenizer-n must be 0 (skip the tokenizer metrics) or more, got {args.tokenizer_n}")
     sampling = {**_sampling(args), "precision": args.precision}
     result = evaluate(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, n=args.n,
                       tokenizer_n=args.tokenizer_n, seed=args.seed, **sampling)
@@ -201,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="print JSON metrics of a checkpoint: faithfulness per kind, PSNR, usage")
     e.add_argument("--checkpoint", help="a tokenizer dir or a pipeline dir (default: the shipped laptop checkpoint)")
     e.add_argument("--n", type=int, default=256, help="held-out prompts per caption kind")
-    e.add_argument("--tokenizer-n", type=int, default=1000, help="held-out images for the tokenizer metrics")
+    e.add_argument("--tokenizer-n", type=int, default=1000, help="held-out images for the tokenizer metrics (0 skips them)")
     e.add_argument("--seed", type=int, default=None, help="prompt seed (default: the config's held-out eval seed)")
     add_sampling(e)
     e.set_defaults(fn=cmd_eval)

@@ -98,6 +98,8 @@ def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None
     from .checkpoint import CheckpointError
     root = Path(checkpoint)
     if (root / "config.json").is_file() and read_config(root).get("kind") == "tokenizer":
+        if tokenizer_n < 1:
+            raise ValueError(f"tokenizer_n={tokenizer_n}: {root} is a tokenizer, and its metrics are all eval has to give")
         return {"checkpoint": str(root), "tokenizer": eval_tokenizer(root, tokenizer_n, seed)}
     if not (root / "transformer").is_dir():
         raise CheckpointError(f"no checkpoint at {root}: expected a tokenizer dir or a pipeline dir with tokenizer/ and transformer/")

@@ -43,9 +43,9 @@ class MusePipeline:
                  precision: str = "fp32"):
         """Draw one image per prompt. Returns uint8 (B, H, W, 3), and the per-step history if asked.
 
-        precision="bf16" runs the transformer under bf16 autocast: 1.3x faster for the laptop model on a CPU with
-        AVX-512 bf16, 1.7x at width 256, with faithfulness within noise (docs/BENCHMARKS.md); fp32 is the default
-        because it is bit-reproducible across machines."""
+        precision="bf16" runs the transformer under bf16 autocast: on a CPU with AVX-512 bf16, 1.17x faster for the
+        laptop model at batch 16 (slower at batch 1), 1.4x at width 256, with faithfulness within noise
+        (docs/BENCHMARKS.md); fp32 is the default because it is bit-reproducible across machines."""
         prompts, s = self.validate(prompts, negative_prompt, seed, return_history, generator, precision,
                                    num_steps=num_steps, guidance_scale=guidance_scale, sampler=sampler, schedule=schedule,
                                    guidance_schedule=guidance_schedule, choice_temperature=choice_temperature,
