@@ -42,7 +42,7 @@ class Linear(nn.Linear):
 
     def forward(self, x):
         if (USE_ONEDNN and _ONEDNN_LINEAR is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
-                and not torch.compiler.is_compiling()  # under compile, inductor makes its own oneDNN fusions
+                and not torch.compiler.is_compiling()  # inductor cannot lower this op with weights as inputs
                 and x.dtype == self.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")):
             return _ONEDNN_LINEAR(x, self.weight, self.bias, self.act or "none", [], "none" if self.act else "")
         y = F.linear(x, self.weight, self.bias)
