@@ -199,3 +199,35 @@ def _cpu_name() -> str:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
+
+
+# --------------------------------------------------------------------------------------- training: `train --report`
+def train_step_flops(model, inputs, labels, text, text_mask, label_smoothing: float, precision: str) -> int:
+    """FLOPs of one training step's forward and backward, counted by FlopCounterMode on a copy of the model (the
+    optimizer's elementwise update is not a matmul and is not counted, as in every MFU figure)."""
+    import copy
+    from .scheduler import masked_ce
+    m = copy.deepcopy(model).train()
+    with FlopCounterMode(display=False) as counter:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = masked_ce(m(inputs, text, text_mask), labels, label_smoothing)
+        loss.backward()
+    return counter.get_total_flops()
+
+
+def train_report(timing: dict, elapsed_s: float, flops_per_step: int, peak: dict) -> dict:
+    """Where a training run's time went and how fast its steps ran: steps/s and GFLOP/s over the seconds spent in
+    steps (forward, backward, optimizer), against `honest_peak` of the precision trained in."""
+    steps, step_s = timing["steps"], max(timing["step_s"], 1e-9)
+    gflops = flops_per_step * steps / step_s / 1e9
+    return {"minutes": round(elapsed_s / 60, 2), "steps": steps, "steps_per_s": round(steps / step_s, 2),
+            "gflop_per_step": round(flops_per_step / 1e9, 2), "achieved_gflops": round(gflops, 1),
+            "peak_gflops": peak["gflops"], "precision": peak["dtype"], "fraction_of_peak": round(gflops / peak["gflops"], 3),
+            **{k: round(timing[k], 3) for k in ("setup_s", "step_s", "eval_s", "ckpt_s")}}
+
+
+def format_train_report(r: dict) -> str:
+    return (f"report: {r['minutes']:.1f} min (setup {r['setup_s']:.0f} s, steps {r['step_s']:.0f} s, eval {r['eval_s']:.0f} s, "
+            f"checkpoints {r['ckpt_s']:.0f} s); {r['steps']} steps at {r['steps_per_s']:.2f} steps/s; "
+            f"{r['achieved_gflops']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.0f}% of the {r['precision']} peak "
+            f"{r['peak_gflops']:.0f} GFLOP/s (bench.honest_peak)")

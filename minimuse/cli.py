@@ -104,8 +104,12 @@ def cmd_train(args):
     cfg = _config(args)
     from .train import train_transformer
     out = args.out or f"runs/{cfg.name}"
-    train_transformer(cfg, out, resume=args.resume, tokenizer_dir=args.tokenizer, overwrite=args.overwrite)
+    train_transformer(cfg, out, resume=args.resume, tokenizer_dir=args.tokenizer, overwrite=args.overwrite,
+                      report=args.report)
     print(f"model saved to {out}")
+    if args.report:
+        from .bench import format_train_report
+        print(format_train_report(json.loads((Path(out) / "report.json").read_text())))
 
 
 def cmd_train_superres(args):
@@ -193,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_preset(t)
     add_run(t)
     t.add_argument("--tokenizer", help="tokenizer checkpoint dir (default: OUT/tokenizer, else the shipped one)")
+    t.add_argument("--report", action="store_true",
+                   help="end with one line (and OUT/report.json): minutes, steps/s, achieved GFLOP/s, %% of the measured matmul peak")
     t.set_defaults(fn=cmd_train)
 
     t = sub.add_parser("train-superres", help="train the super-resolution transformer (not implemented yet)")

@@ -180,7 +180,8 @@ class TrainConfig:
     min_mask_rate: float = 0.0           # floor on r ~ cos(pi u / 2); MaskGIT 0.5, aMUSEd 0
     rect_mask_prob: float = 0.0          # chance of masking a random rectangle instead of random positions
     cond_drop_prob: float = 0.1          # text dropped to the unconditional input (Muse §2.7, for guidance)
-    mixed_precision: str = "no"          # "no" on CPU; "bf16" on GPU
+    kind_weights: tuple = ()             # training mix over data.kinds, one weight per kind; () = as drawn (uniform)
+    mixed_precision: str = "no"          # "no", "bf16", "fp16", or "auto": bf16 where the hardware has it (train.resolve_precision)
     seed: int = 0
     log_every: int = 50
     ckpt_every: int = 500
@@ -201,9 +202,11 @@ class TrainConfig:
         _within(self, "label_smoothing", 0.0, 1.0, hi_open=True)
         _within(self, "rect_mask_prob", 0.0, 1.0)
         _check(self.optimizer in ("adamw", "adafactor"), "train.optimizer", f"must be 'adamw' or 'adafactor', got {self.optimizer!r}")
-        _check(self.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", "must be 'no', 'bf16' or 'fp16'")
+        _check(self.mixed_precision in ("no", "bf16", "fp16", "auto"), "train.mixed_precision", "must be 'no', 'bf16', 'fp16' or 'auto'")
         _check(0.0 <= self.min_mask_rate < 1.0, "train.min_mask_rate", "must lie in [0, 1)")
         _check(0.0 <= self.cond_drop_prob <= 1.0, "train.cond_drop_prob", "must lie in [0, 1]")
+        _check(all(_is_num(w) and w >= 0 for w in self.kind_weights) and (not self.kind_weights or sum(self.kind_weights) > 0),
+               "train.kind_weights", f"must be numbers >= 0 with a positive sum, got {self.kind_weights}")
 
 
 @dataclass(frozen=True)
@@ -272,6 +275,8 @@ class Config:
         f = self.tokenizer.downsample
         _check(self.data.image_size % f == 0, "data.image_size",
                f"{self.data.image_size} is not divisible by the tokenizer's downsampling factor {f}")
+        _check(not self.train.kind_weights or len(self.train.kind_weights) == len(self.data.kinds), "train.kind_weights",
+               f"needs one weight per kind in data.kinds {self.data.kinds}, got {self.train.kind_weights}")
         if self.superres is not None:
             sr = self.superres
             _check(sr.image_size % sr.tokenizer.downsample == 0, "superres.image_size",

@@ -9,9 +9,10 @@ Taught in notebooks/02_tokenizer.ipynb (tokenizer) and notebooks/04_training.ipy
 """
 from __future__ import annotations
 
+import ctypes
 import math
-import random
 import os
+import random
 import time
 from pathlib import Path
 
@@ -26,9 +27,37 @@ from .runs import (LOG_NAME, POOL_NAME, STATE_NAME, TRANSFORMER_STATE, JsonlLogg
                    load_training_state, prepare_run_dir, rng_states, save_training_state, set_rng_states)
 
 # ------------------------------------------------------------------------------------------ shared infrastructure
-def make_accelerator(cfg: Config) -> Accelerator:
-    """One Accelerator per run; mixed precision comes from the config ("no" on CPU presets)."""
-    return Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available())
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory for reuse. By default it hands blocks over 128 kB back to the OS, and a training
+    step frees and re-allocates the same multi-MB activations every step: about 6,000 page faults per step at the
+    laptop size, 4-6% of the step (docs/TRAINING.md). Process-wide; a no-op where libc is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD: allocations below 32 MB (glibc's maximum) come from the heap
+        libc.mallopt(-1, 2**31 - 1)   # M_TRIM_THRESHOLD: never shrink the heap
+    except (OSError, AttributeError):
+        pass
+
+
+def resolve_precision(mixed_precision: str) -> str:
+    """"auto" is bf16 where the hardware computes it natively (a CUDA GPU with bf16, a CPU with oneDNN's AVX-512
+    bf16 kernels) and "no" elsewhere, e.g. on AVX2 laptops, where emulated bf16 would be slower than fp32."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
+def make_accelerator(cfg: Config, precision: str | None = None) -> Accelerator:
+    """One Accelerator per run; mixed precision comes from the config (bf16 autocast keeps fp32 master weights)."""
+    precision = resolve_precision(cfg.train.mixed_precision if precision is None else precision)
+    from accelerate.state import AcceleratorState
+    if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
+        # Accelerate keeps one precision per process; a notebook that trains a fp32 tokenizer and then a bf16
+        # transformer needs the second. Only the precision is reset: the process group (PartialState) stays.
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
 
 
 def cosine_lr(step: int, peak: float, warmup: int, total: int, min_ratio: float = 0.0) -> float:
@@ -87,7 +116,8 @@ def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "ba
         raise ValueError(f"preset '{cfg.name}' has no super-res stage; choose a preset with a superres section")
     tcfg = cfg.tokenizer if stage == "base" else cfg.superres.tokenizer
     size = cfg.data.image_size if stage == "base" else cfg.superres.image_size
-    accelerator = make_accelerator(cfg)
+    # "auto" was measured for the transformer only (docs/TRAINING.md); the tokenizer keeps fp32 under it
+    accelerator = make_accelerator(cfg, "no" if cfg.train.mixed_precision == "auto" else None)
     out_dir = prepare_run_dir(out_dir, STATE_NAME, ("model.safetensors",), resume, overwrite, accelerator)
     seed_everything(cfg.train.seed)
     model = Tokenizer(tcfg)
@@ -225,7 +255,10 @@ def train_step_inputs(pool: dict, table, cfg: Config, step: int, batch_size: int
     cond_drop_prob (Muse §2.7, for guidance), and a fresh random mask. Returns inputs, labels, text, text_mask."""
     from .scheduler import add_noise, make_labels, random_mask
     g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
-    rows = torch.randint(0, len(pool["ids"]), (batch_size * world,), generator=g)
+    if cfg.train.kind_weights:  # rows drawn so that each caption kind makes up its weight's share of the batch
+        rows = torch.multinomial(_row_weights(pool, cfg), batch_size * world, replacement=True, generator=g)
+    else:
+        rows = torch.randint(0, len(pool["ids"]), (batch_size * world,), generator=g)
     drop = torch.rand(batch_size * world, generator=g) < cfg.train.cond_drop_prob
     mask = random_mask(batch_size * world, cfg.grid, g, cfg.train.min_mask_rate, cfg.train.rect_mask_prob)  # (B, L)
     sl = slice(rank * batch_size, (rank + 1) * batch_size)  # each process takes its own slice of the global batch
@@ -235,6 +268,18 @@ def train_step_inputs(pool: dict, table, cfg: Config, step: int, batch_size: int
     text, text_mask = table[0][cap], table[1][cap]  # (B, T, E), (B, T)
     T = int(text_mask.sum(1).max())  # trim shared padding: attention cost follows the longest caption in the batch
     return add_noise(ids, mask, mask_id), make_labels(ids, mask), text[:, :T], text_mask[:, :T]
+
+
+def _row_weights(pool: dict, cfg: Config) -> torch.Tensor:
+    """(N,) sampling weight of each pool row: its kind's weight shared among the rows of that kind. Cached in the pool."""
+    key = ("row_weights", tuple(cfg.data.kinds), tuple(cfg.train.kind_weights))
+    if pool.get("_row_weights_key") != key:
+        index = {k: i for i, k in enumerate(cfg.data.kinds)}
+        kind = torch.tensor([index[k] for k in pool["kinds"]])  # (N,)
+        count = torch.bincount(kind, minlength=len(index)).clamp_min(1).double()
+        pool["_row_weights"] = (torch.tensor(cfg.train.kind_weights, dtype=torch.float64) / count)[kind]
+        pool["_row_weights_key"] = key
+    return pool["_row_weights"]
 
 
 def _resolve_tokenizer_dir(out_dir: Path, tokenizer_dir) -> Path:
@@ -251,7 +296,7 @@ def _resolve_tokenizer_dir(out_dir: Path, tokenizer_dir) -> Path:
 
 
 def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=None, on_step=None,
-                      overwrite: bool = False) -> list[dict]:
+                      overwrite: bool = False, report: bool = False) -> list[dict]:
     """Train the masked transformer of `cfg` on a trained tokenizer. out_dir ends as a pipeline checkpoint:
     out_dir/tokenizer, out_dir/transformer (safetensors + config), log.jsonl and the training state. Returns the log.
 
@@ -259,7 +304,8 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     masked positions only. Every train.eval_every steps a quick sample-and-score of train.eval_prompts held-out
     prompts (eval.quick_eval_fn) joins the log, so a learner sees faithfulness, not just loss, go up.
     on_step(step, record, model), if given, is called after every step (notebooks draw live curves with it).
-    An out_dir holding a run needs resume=True or overwrite=True.
+    An out_dir holding a run needs resume=True or overwrite=True. report=True ends by writing out_dir/report.json
+    (bench.train_report: minutes, steps/s, achieved GFLOP/s and the fraction of the measured matmul peak).
     """
     from .scheduler import masked_ce
     from .text_encoder import TextEncoder
@@ -267,6 +313,8 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     from .transformer import MaskedTransformer
 
     tc = cfg.train
+    t_enter = time.time()  # the whole command's clock: the token pool and the text table count, as a user waits for them
+    keep_freed_memory()
     accelerator = make_accelerator(cfg)
     tok_src = _resolve_tokenizer_dir(Path(out_dir), tokenizer_dir)  # a mistyped --tokenizer fails before any write
     out_dir = prepare_run_dir(out_dir, TRANSFORMER_STATE, ("transformer",), resume, overwrite, accelerator)
@@ -287,12 +335,15 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         from transformers.optimization import Adafactor
         optimizer = Adafactor(groups, lr=tc.lr, relative_step=False, scale_parameter=False, warmup_init=False)
     else:
-        optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas)
+        # fused: one kernel for all parameters instead of a dozen elementwise passes per step (CPU and CUDA alike)
+        optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas, fused=True)
     ema = [p.detach().clone() for p in model.parameters()] if tc.ema_decay > 0 else None
 
     # window: (loss, acc) of the steps since the last log line, saved with the state so that a resume between two
-    # log steps logs the same average; elapsed: wall seconds of earlier runs of this training
+    # log steps logs the same average; elapsed: wall seconds of earlier runs of this training; timing: where the
+    # seconds went (setup = pool, text table, model; step = forward, backward, optimizer; eval; ckpt), for --report
     start, history, window, elapsed = 0, [], [], 0.0
+    timing = {"setup_s": 0.0, "step_s": 0.0, "eval_s": 0.0, "ckpt_s": 0.0, "steps": 0}
     if resume:
         state = load_training_state(out_dir / TRANSFORMER_STATE)
         if state["config"] != cfg.to_dict():
@@ -303,6 +354,7 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
             for e, s in zip(ema, state["ema"]):
                 e.copy_(s)
         start, history, window, elapsed = state["step"], state["history"], state["window"], state["elapsed_s"]
+        timing = state.get("timing", timing)
         set_rng_states(state["rng"])
 
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -320,7 +372,7 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         save_training_state(out_dir / TRANSFORMER_STATE, {
             "step": step, "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_states(),
             "history": history, "config": cfg.to_dict(), "ema": ema, "window": window,
-            "elapsed_s": elapsed + time.time() - t0})
+            "elapsed_s": elapsed + time.time() - t0, "timing": timing})
         if ema is None:
             raw.save_pretrained(out_dir / "transformer", cfg)
         else:
@@ -333,13 +385,17 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     if tc.eval_every and accelerator.is_main_process:
         from .eval import quick_eval_fn
         eval_fn = quick_eval_fn(cfg, tokenizer, text_encoder, tc.eval_prompts)
-    t0, last_ckpt = time.time(), start if resume else None
+    t0, last_ckpt = t_enter, start if resume else None
+    timing["setup_s"] += time.time() - t_enter
+    last_batch = None  # the report counts the FLOPs of the last step's batch
     bar = _progress(tc.steps, start, accelerator.is_main_process)
     for step in range(start, tc.steps):
+        t_step = time.time()
         lr = cosine_lr(step, tc.lr, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
         set_lr(optimizer, lr)
         inputs, labels, text, text_mask = (x.to(accelerator.device) for x in train_step_inputs(
             pool, table, cfg, step, b, raw.mask_id, accelerator.process_index, accelerator.num_processes))
+        last_batch = (inputs, labels, text, text_mask)
         model.train()
         with accelerator.autocast():
             logits = model(inputs, text, text_mask)  # (B, L, K)
@@ -360,21 +416,45 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         acc = (logits.detach().argmax(-1)[masked] == labels[masked]).float().mean().item()
         window.append([loss.item(), acc])
         record = {"step": step + 1, "loss": loss.item(), "masked_acc": acc}
+        timing["step_s"] += time.time() - t_step
+        timing["steps"] += 1
         if (step + 1) % tc.log_every == 0 or step + 1 == tc.steps:
             losses, accs = zip(*window)
             record = {"step": step + 1, "loss": sum(losses) / len(losses), "masked_acc": sum(accs) / len(accs),
                       "lr": lr, "elapsed_s": round(elapsed + time.time() - t0, 1)}
             window = []
             if eval_fn is not None and tc.eval_every and ((step + 1) % tc.eval_every == 0 or step + 1 == tc.steps):
+                t_eval = time.time()
                 record.update(eval_fn(raw, step + 1))
+                timing["eval_s"] += time.time() - t_eval
+            if step + 1 == tc.steps:  # the last log line says where the time went (train --report reads it)
+                record["timing"] = {k: round(v, 2) for k, v in timing.items()}
             history.append(record)
             logger.log(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['masked_acc']:.3f}")
         bar.update(1)
         if (step + 1) % tc.ckpt_every == 0 or step + 1 == tc.steps:
+            t_ckpt = time.time()
             export(step + 1)
+            timing["ckpt_s"] += time.time() - t_ckpt
             last_ckpt = step + 1
         if on_step is not None:  # after the checkpoint, as in train_tokenizer: a stop here leaves this step saved
             on_step(step + 1, record, raw)
     bar.close()
+    if report and accelerator.is_main_process and last_batch is not None:
+        _write_report(out_dir, cfg, raw, timing, elapsed + time.time() - t0, last_batch)
     return history
+
+
+def _write_report(out_dir: Path, cfg: Config, model, timing: dict, elapsed_s: float, batch) -> dict:
+    """FLOPs of the last step's batch and the matmul peak of the precision trained in, both measured now, after
+    training, so that neither is charged to the run's minutes."""
+    from .bench import honest_peak, train_report, train_step_flops
+    from .checkpoint import atomic_write_json
+    precision = "bf16" if resolve_precision(cfg.train.mixed_precision) == "bf16" else "fp32"
+    flops = train_step_flops(model, *batch, cfg.train.label_smoothing, precision)
+    rows = batch[0].shape[0] * batch[0].shape[1]  # B * L: the GEMM rows of one step
+    peak = honest_peak(model, rows, torch.bfloat16 if precision == "bf16" else torch.float32, repeats=3)
+    result = train_report(timing, elapsed_s, flops, peak)
+    atomic_write_json(out_dir / "report.json", result)
+    return result

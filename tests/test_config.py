@@ -87,6 +87,10 @@ def test_cli_strings_are_coerced():
     ({"width": 130}, "transformer.width"),                                              # not divisible by heads
     ({"data.image_size": 36}, "data.image_size"),                                       # not a multiple of 8
     ({"tokenizer.channel_mult": (1, 1, 2, 2, 4), "data.image_size": 40}, "data.image_size"),  # 40 px with f=16
+    ({"train.kind_weights": (1, 2)}, "train.kind_weights"),                             # 2 weights for 5 kinds
+    ({"train.kind_weights": (1, 1, -1, 1, 1)}, "train.kind_weights"),                   # a negative weight
+    ({"train.kind_weights": (0, 0, 0, 0, 0)}, "train.kind_weights"),                    # nothing to draw
+    ({"train.mixed_precision": "fp8"}, "train.mixed_precision"),
 ])
 def test_invalid_combinations_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=f"'{field}'"):
@@ -169,3 +173,8 @@ def test_a_null_section_in_a_saved_config_is_a_config_error(section):
     d[section] = None
     with pytest.raises(ConfigError, match=f"'{section}' must be a mapping"):
         Config.from_dict(d)
+
+
+def test_kind_weights_read_from_the_command_line_as_numbers():
+    cfg = apply_override(get_config("ci"), "train.kind_weights", "1,1,1,2,1.5")
+    assert cfg.train.kind_weights == (1.0, 1.0, 1.0, 2.0, 1.5)

@@ -53,16 +53,24 @@ def test_text_dropout_rate(tok_dir):
     assert abs(dropped / total - CFG.train.cond_drop_prob) < 0.012
 
 
-def test_resume_equals_uninterrupted_run(tmp_path, tok_dir):
+# Every training option that changes the step: bf16 autocast, the weight EMA, the mask floor and rectangles, smoothing
+# and text dropout. Resume must stay exact with all of them on.
+EVERY_OPTION = {"train.mixed_precision": "bf16", "train.ema_decay": 0.9, "train.min_mask_rate": 0.2,
+                "train.rect_mask_prob": 0.5, "train.label_smoothing": 0.1, "train.cond_drop_prob": 0.3}
+
+
+@pytest.mark.parametrize("options", [{}, EVERY_OPTION], ids=["defaults", "every-option"])
+def test_resume_equals_uninterrupted_run(tmp_path, tok_dir, options):
+    cfg = get_config("ci", **{**_overrides(), **options})
     straight = tmp_path / "straight"
-    train_transformer(CFG, straight, tokenizer_dir=tok_dir)
+    train_transformer(cfg, straight, tokenizer_dir=tok_dir)
     half = tmp_path / "half"
-    train_transformer(get_config("ci", **{**_overrides(), "train.steps": 3}), half, tokenizer_dir=tok_dir)
+    train_transformer(get_config("ci", **{**_overrides(), **options, "train.steps": 3}), half, tokenizer_dir=tok_dir)
     # resuming needs the same config as the run it continues; rewrite the state as a 6-step run, as a kill at step 3 would leave it
     state = load_tree(half / TRANSFORMER_STATE)
-    state["config"] = CFG.to_dict()
+    state["config"] = cfg.to_dict()
     save_tree(half / TRANSFORMER_STATE, state)
-    train_transformer(CFG, half, resume=True, tokenizer_dir=tok_dir)
+    train_transformer(cfg, half, resume=True, tokenizer_dir=tok_dir)
     a = load_file(straight / "transformer" / "model.safetensors")
     b = load_file(half / "transformer" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -112,6 +120,74 @@ def test_resume_between_log_steps_logs_the_same_averages(tmp_path, tok_dir):
     with pytest.raises(KeyboardInterrupt):
         train_transformer(cfg, tmp_path / "b", tokenizer_dir=tok_dir, on_step=stop_at_3)
     resumed = train_transformer(cfg, tmp_path / "b", resume=True, tokenizer_dir=tok_dir)
-    strip = lambda h: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in h]
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("elapsed_s", "timing")} for r in h]
     assert [r["step"] for r in straight] == [2, 4, 6]
     assert strip(resumed) == strip(straight)
+
+
+def test_bf16_steps_keep_fp32_master_weights_and_optimizer_state(tmp_path, tok_dir):
+    cfg = get_config("ci", **{**_overrides(), "train.mixed_precision": "bf16"})
+    seen = []
+
+    def watch(step, record, model):  # from step 2 on, record the dtype the head computes in while training
+        if step == 1:
+            model.head.register_forward_hook(lambda m, i, o: seen.append(o.dtype) if torch.is_grad_enabled() else None)
+    train_transformer(cfg, tmp_path, tokenizer_dir=tok_dir, on_step=watch)
+    assert seen and set(seen) == {torch.bfloat16}  # the matmuls did run in bf16...
+    state = load_tree(tmp_path / TRANSFORMER_STATE)
+    assert {v.dtype for v in state["model"].values()} == {torch.float32}  # ...on fp32 master weights
+    moments = [t for p in state["optimizer"]["state"].values() for k, t in p.items() if k in ("exp_avg", "exp_avg_sq")]
+    assert len(moments) == 2 * len(state["model"]) and {t.dtype for t in moments} == {torch.float32}
+    saved = load_file(tmp_path / "transformer" / "model.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+
+
+def test_report_fields_are_present_and_consistent(tmp_path, tok_dir):
+    cfg = get_config("ci", **_overrides())
+    history = train_transformer(cfg, tmp_path, tokenizer_dir=tok_dir, report=True)
+    r = json.loads((tmp_path / "report.json").read_text())
+    assert r["steps"] == cfg.train.steps and r["precision"] == "float32"
+    assert r["steps_per_s"] == pytest.approx(r["steps"] / r["step_s"], rel=0.02)
+    assert r["achieved_gflops"] == pytest.approx(r["gflop_per_step"] * r["steps"] / r["step_s"], rel=0.02)
+    assert 0 < r["fraction_of_peak"] < 1 and r["fraction_of_peak"] == pytest.approx(r["achieved_gflops"] / r["peak_gflops"], rel=0.01)
+    parts = r["setup_s"] + r["step_s"] + r["eval_s"] + r["ckpt_s"]
+    assert 0 < parts <= 60 * r["minutes"] + 0.6  # the parts fit in the whole (rounded to 0.01 min)
+    assert history[-1]["timing"]["steps"] == cfg.train.steps  # the last log line says where the time went
+
+
+def test_report_counts_three_forward_passes_less_the_frozen_text_gradient():
+    # Backward costs two matmuls per forward matmul (input and weight gradients), except that the frozen text
+    # (B, T, E) needs no gradient, so text_proj's input-gradient product (2 B T E D FLOPs) is never computed.
+    from minimuse.bench import count_flops, train_step_flops
+    from minimuse.transformer import MaskedTransformer
+    torch.manual_seed(0)
+    model = MaskedTransformer.from_config(CFG)
+    B, T, E, L = 4, 5, CFG.text.text_dim, CFG.grid[0] * CFG.grid[1]
+    ids, text, text_mask = torch.randint(0, 32, (B, L)), torch.randn(B, T, E), torch.ones(B, T, dtype=torch.bool)
+    labels = torch.where(torch.rand(B, L) < 0.5, ids, -100)
+    with torch.no_grad():
+        forward = count_flops(lambda: model(ids, text, text_mask))
+    step = train_step_flops(model, ids, labels, text, text_mask, 0.1, "fp32")
+    assert step == 3 * forward - 2 * B * T * E * CFG.transformer.width
+
+
+def test_kind_weights_set_each_kinds_share_of_the_batch(tok_dir):
+    cfg = get_config("ci", **{**_overrides(), "train.kind_weights": (1, 0, 0, 3, 0), "train.cond_drop_prob": 0.0})
+    pool = build_token_pool(cfg, Tokenizer.from_pretrained(tok_dir), 64)
+    U = len(pool["vocab"])
+    table = (torch.arange(U, dtype=torch.float)[:, None, None].expand(U, 3, 384).clone(), torch.ones(U, 3, dtype=torch.bool))
+    kind_of = {int(c): k for c, k in zip(pool["caption_idx"], pool["kinds"])}
+    drawn = [kind_of[int(c)] for step in range(100) for c in train_step_inputs(pool, table, cfg, step, 32, 32)[2][:, 0, 0]]
+    assert set(drawn) == {"single", "pair"}
+    # 3,200 draws at p = 0.75: the standard error is 0.0077, so +-0.035 is > 4 sigma
+    assert abs(drawn.count("pair") / len(drawn) - 0.75) < 0.035
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    from minimuse.train import resolve_precision
+    assert resolve_precision("no") == "no" and resolve_precision("bf16") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert resolve_precision("auto") == "no"  # an AVX2 laptop: emulated bf16 would be slower than fp32
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert resolve_precision("auto") == "bf16"

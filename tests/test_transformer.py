@@ -208,3 +208,29 @@ def test_context_tuple_splits_the_batch_and_checks_it():
         m(ids[:3], ctx=(a, b))
     with pytest.raises(ValueError, match="one context"):
         m(ids2, ctx=(a, b), return_attn=True)
+
+
+def test_training_attention_is_the_explicit_formula_with_the_fused_kernels_values_and_gradients(monkeypatch):
+    from minimuse.transformer import attention
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, generator=g, requires_grad=True) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    mask[1, ..., 4:] = False  # padded keys in the second row
+    y, _ = attention(q, k, v, mask)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(y, ref)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (q, k, v), dy)
+    refs = torch.autograd.grad(ref, (q, k, v), dy)
+    for a, b in zip(grads, refs):
+        torch.testing.assert_close(a, b)
+    assert grads[1][1, :, 4:].abs().max() == 0  # a padded key gets no gradient
+    with torch.no_grad():  # inference keeps the fused kernel, bit for bit
+        assert torch.equal(attention(q, k, v, mask)[0], F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    # a CPU training forward never calls the fused kernel (its backward is the slow one)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: (_ for _ in ()).throw(AssertionError("fused")))
+    model = tiny().train()
+    ids, text, text_mask = inputs()
+    model(ids, text, text_mask).sum().backward()
+    with torch.no_grad(), pytest.raises(AssertionError, match="fused"):
+        model(ids, text, text_mask)
