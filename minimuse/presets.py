@@ -55,7 +55,7 @@ PRESETS: dict[str, Config] = {
         # ~1.2M parameters: on 2 cores small and fast beats big and slow; the recipe fits 15 minutes with the token
         # pool: bf16 where the CPU has it, pairs and mixed captions drawn more often (docs/TRAINING.md)
         transformer=TransformerConfig(width=128, depth=4, heads=4),
-        train=TrainConfig(steps=9_000, batch_size=64, lr=2e-3, warmup_steps=300, min_lr_ratio=0.05, label_smoothing=0.1,
+        train=TrainConfig(steps=9_000, batch_size=64, lr=3e-3, warmup_steps=300, min_lr_ratio=0.05, label_smoothing=0.1,
                           mixed_precision="auto", kind_weights=(1, 1, 1, 2, 1.5),
                           log_every=50, ckpt_every=500, eval_every=1000, eval_prompts=160),
         sample=SampleConfig(num_steps=24, guidance_scale=1.0, choice_temperature=1.0),  # best of docs/SAMPLING.md (Muse: 24 steps)

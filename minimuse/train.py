@@ -29,8 +29,8 @@ from .runs import (LOG_NAME, POOL_NAME, STATE_NAME, TRANSFORMER_STATE, JsonlLogg
 # ------------------------------------------------------------------------------------------ shared infrastructure
 def keep_freed_memory() -> None:
     """Ask glibc to keep freed memory for reuse. By default it hands blocks over 128 kB back to the OS, and a training
-    step frees and re-allocates the same multi-MB activations every step: about 6,000 page faults per step at the
-    laptop size, 4-6% of the step (docs/TRAINING.md). Process-wide; a no-op where libc is not glibc."""
+    step frees and re-allocates the same multi-MB activations every step, page-faulting them back in each time:
+    1.25x on the laptop step (docs/TRAINING.md). Process-wide; a no-op where libc is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD: allocations below 32 MB (glibc's maximum) come from the heap

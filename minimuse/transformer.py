@@ -53,9 +53,9 @@ def attention(q, k, v, mask=None, dropout_p: float = 0.0, weights: bool = False)
     """softmax(q k^T / sqrt(Dh)) v for q (B, H, L, Dh) and k, v (B, H, T, Dh); mask (B, 1, 1, T), True at real keys.
     Returns (y (B, H, L, Dh), the weights (B, H, L, T) if `weights` else None).
 
-    Inference takes torch's fused kernel. Training on a CPU takes the explicit formula: with 10 to 256 keys its
-    backward beats the CPU flash kernel's, 1.4x in fp32 and 7x in bf16 (docs/TRAINING.md), and it is what
-    `weights=True` (the notebooks' attention maps) needs anyway. The softmax is taken in fp32 under autocast."""
+    Inference takes torch's fused kernel. Training on a CPU takes the explicit formula: the CPU kernel's backward is
+    slow in bf16, and with it bf16 autocast sped the laptop training step up 1.09x instead of 2.4x (docs/TRAINING.md).
+    It is also what `weights=True` (the notebooks' attention maps) needs. The softmax is taken in fp32 under autocast."""
     if not weights and not (torch.is_grad_enabled() and q.device.type == "cpu"):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, L, T)
