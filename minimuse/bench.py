@@ -221,8 +221,8 @@ def train_report(timing: dict, elapsed_s: float, flops_per_step: int, peak: dict
     steps, step_s = timing["steps"], max(timing["step_s"], 1e-9)
     gflops = flops_per_step * steps / step_s / 1e9
     return {"minutes": round(elapsed_s / 60, 2), "steps": steps, "steps_per_s": round(steps / step_s, 2),
-            "gflop_per_step": round(flops_per_step / 1e9, 2), "achieved_gflops": round(gflops, 1),
-            "peak_gflops": peak["gflops"], "precision": peak["dtype"], "fraction_of_peak": round(gflops / peak["gflops"], 3),
+            "gflop_per_step": round(flops_per_step / 1e9, 4), "achieved_gflops": round(gflops, 1),
+            "peak_gflops": peak["gflops"], "precision": peak["dtype"], "fraction_of_peak": round(gflops / peak["gflops"], 4),
             **{k: round(timing[k], 3) for k in ("setup_s", "step_s", "eval_s", "ckpt_s")}}
 
 
