@@ -231,3 +231,16 @@ def format_train_report(r: dict) -> str:
             f"checkpoints {r['ckpt_s']:.0f} s); {r['steps']} steps at {r['steps_per_s']:.2f} steps/s; "
             f"{r['achieved_gflops']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.0f}% of the {r['precision']} peak "
             f"{r['peak_gflops']:.0f} GFLOP/s (bench.honest_peak)")
+
+
+def write_train_report(out_dir, cfg: Config, model, timing: dict, elapsed_s: float, batch, precision: str) -> dict:
+    """What `train --report` writes to out_dir/report.json. The FLOPs of the last step's batch and the matmul peak of
+    the precision trained in ("bf16" or "no") are both measured after training, so neither is charged to its minutes."""
+    from .checkpoint import atomic_write_json
+    name = "bf16" if precision == "bf16" else "fp32"
+    flops = train_step_flops(model, *batch, cfg.train.label_smoothing, name)
+    rows = batch[0].shape[0] * batch[0].shape[1]  # B * L: the GEMM rows of one step
+    peak = honest_peak(model, rows, torch.bfloat16 if name == "bf16" else torch.float32, repeats=3)
+    result = train_report(timing, elapsed_s, flops, peak)
+    atomic_write_json(os.path.join(out_dir, "report.json"), result)
+    return result

@@ -13,7 +13,8 @@ from minimuse.config import get_config
 from minimuse.tokenizer import Tokenizer
 from minimuse.checkpoint import load_tree, save_tree
 from minimuse.runs import TRANSFORMER_STATE
-from minimuse.train import build_token_pool, train_step_inputs, train_transformer
+from minimuse.pool import build_token_pool, train_step_inputs
+from minimuse.train import train_transformer
 
 CFG = get_config("ci", **{"train.steps": 6, "train.batch_size": 8, "data.pool_size": 64, "train.ckpt_every": 3,
                           "train.log_every": 1})
