@@ -8,7 +8,6 @@ text table included) since this round; a log written before then counted only th
 the setup it left out (the shipped run's pool took about 90 s). Prints a markdown table of the last evaluation of each.
 """
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -17,15 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from minimuse.eval import wilson  # noqa: E402
+
 KINDS = ("single", "count", "relation", "pair", "mixed")
-
-
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion p observed on n trials."""
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return c - h, c + h
 
 
 def load(spec: str):

@@ -106,3 +106,22 @@ def test_honest_peak_is_the_best_of_its_parts_and_the_model_shapes_are_the_forwa
         total = count_flops(lambda: m(ids, ctx=ctx))
     attention = cfg.transformer.depth * (4 * B * L * L * D + 4 * B * L * T * D)  # QK^T and AV, self and cross
     assert total == sum(2 * a * b * c for a, b, c in model_gemms(m, B * L)) + attention
+
+
+def test_wilson_interval_covers_at_its_nominal_rate():
+    """Exact binomial coverage of the 95% Wilson interval stays near 95% where Wald's collapses (n=20, p near 0/1)."""
+    from math import comb
+
+    from minimuse.eval import wilson
+
+    n = 20
+    for p_true in (0.02, 0.1, 0.5, 0.9, 0.98):
+        cover = 0.0
+        for k in range(n + 1):
+            lo, hi = wilson(k / n, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0
+            if lo <= p_true <= hi:
+                cover += comb(n, k) * p_true ** k * (1 - p_true) ** (n - k)
+        assert cover > 0.90, (p_true, cover)
+    assert wilson(1.0, 20)[0] < 1.0 and wilson(0.0, 20)[1] > 0.0   # never a point at the edges
+    assert wilson(0.5, 400)[1] - wilson(0.5, 400)[0] < wilson(0.5, 100)[1] - wilson(0.5, 100)[0]
