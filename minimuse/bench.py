@@ -41,8 +41,9 @@ if transformer_mod._ONEDNN_LINEAR is not None:
 
 def _gemm(m: int, k: int, n: int, dtype, backend: str):
     """A function computing one (m, k) @ (k, n) product through `backend`: "torch.mm" (aten: MKL for fp32 on
-    this build) or "onednn" (the fused linear the transformer's inference path uses)."""
-    a, w = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
+    this build), "onednn" (the fused linear the transformer's inference path uses) or "cuda" (cuBLAS)."""
+    device = "cuda" if backend == "cuda" else "cpu"
+    a, w = torch.randn(m, k, dtype=dtype, device=device), torch.randn(n, k, dtype=dtype, device=device)
     if backend == "onednn":
         return lambda: transformer_mod._ONEDNN_LINEAR(a, w, None, "none", [], "")
     wt = w.t().contiguous()  # (k, n)
@@ -53,30 +54,39 @@ def _best_gflops(m: int, k: int, n: int, dtype, backend: str, repeats: int, min_
     """Best of `repeats` timings, each of enough back-to-back calls to last `min_s` (a small GEMM takes microseconds,
     below the timer's resolution and Python's overhead if timed alone)."""
     fn = _gemm(m, k, n, dtype, backend)
-    fn()  # warm-up: thread pool, caches, oneDNN's kernel generation
+    sync = torch.cuda.synchronize if backend == "cuda" else (lambda: None)  # a GPU runs ahead of the host's clock
+    fn()  # warm-up: thread pool, caches, oneDNN's kernel generation, cuBLAS's plan
+    sync()
     t = time.perf_counter()
     fn()
+    sync()
     calls = max(1, int(min_s / max(time.perf_counter() - t, 1e-7)))
     best = math.inf
     for _ in range(repeats):
         t = time.perf_counter()
         for _ in range(calls):
             fn()
+        sync()
         best = min(best, (time.perf_counter() - t) / calls)
     return 2 * m * k * n / best / 1e9
 
 
-def backends() -> list[str]:
+def backends(device="cpu") -> list[str]:
+    if torch.device(device).type == "cuda":
+        return ["cuda"]
     return ["torch.mm"] + (["onednn"] if transformer_mod._ONEDNN_LINEAR is not None else [])
 
 
-def matmul_peak(dtype=torch.float32, sizes=(256, 512, 1024, 2048, 3072), repeats: int = 5) -> dict:
+CUDA_SIZES = (1024, 2048, 4096, 8192)  # a GPU needs large products to reach its peak
+
+
+def matmul_peak(dtype=torch.float32, sizes=(256, 512, 1024, 2048, 3072), repeats: int = 5, device="cpu") -> dict:
     """The machine's matmul peak through torch: the best GFLOP/s over square sizes, backends and repetitions.
 
     One short 2048^2 product is not a peak: it varies by 20% between calls, and on AMD CPUs MKL (torch.mm's fp32
     backend) runs its AVX2 path at half of what oneDNN reaches. Every candidate is returned as well as the best."""
     cands = [{"m": n, "k": n, "n": n, "backend": be, "gflops": round(_best_gflops(n, n, n, dtype, be, repeats), 1)}
-             for n in sizes for be in backends()]
+             for n in sizes for be in backends(device)]
     return {"gflops": max(c["gflops"] for c in cands), "candidates": cands}
 
 
@@ -92,7 +102,8 @@ def model_gemm_peak(transformer, rows: int, dtype=torch.float32, repeats: int = 
     """The peak at the model's own GEMM shapes: each distinct shape at its best backend, weighted by its FLOPs in a
     forward pass, i.e. (total FLOPs) / (total time at the best rates). Small shapes reach less than square ones."""
     shapes = model_gemms(transformer, rows)
-    rate = {s: max((_best_gflops(*s, dtype, be, repeats), be) for be in backends()) for s in sorted(set(shapes))}
+    device = next(transformer.parameters()).device
+    rate = {s: max((_best_gflops(*s, dtype, be, repeats), be) for be in backends(device)) for s in sorted(set(shapes))}
     flops = sum(2 * m * k * n for m, k, n in shapes)
     secs = sum(2 * m * k * n / (rate[(m, k, n)][0] * 1e9) for m, k, n in shapes)
     return {"gflops": round(flops / secs / 1e9, 1), "rows": rows,
@@ -102,8 +113,12 @@ def model_gemm_peak(transformer, rows: int, dtype=torch.float32, repeats: int = 
 def honest_peak(transformer=None, rows: int | None = None, dtype=torch.float32, repeats: int = 5,
                 sizes=(256, 512, 1024, 2048, 3072)) -> dict:
     """The one peak every "% of peak" in minimuse is measured against: the best of the square-size peak and the
-    model-shape peak (when a model is given), with both parts kept for the record."""
-    square = matmul_peak(dtype, sizes, repeats)
+    model-shape peak (when a model is given), with both parts kept for the record. On the model's device: a model
+    on a GPU is measured against cuBLAS's peak on that GPU, over larger sizes."""
+    device = next(transformer.parameters()).device if transformer is not None else torch.device("cpu")
+    if device.type == "cuda" and sizes == (256, 512, 1024, 2048, 3072):
+        sizes = CUDA_SIZES
+    square = matmul_peak(dtype, sizes, repeats, device)
     shaped = model_gemm_peak(transformer, rows, dtype, repeats) if transformer is not None else None
     best = max(square["gflops"], shaped["gflops"] if shaped else 0.0)
     return {"dtype": str(dtype).replace("torch.", ""), "gflops": best, "square": square, "model_shapes": shaped}
@@ -209,7 +224,7 @@ def train_step_flops(model, inputs, labels, text, text_mask, label_smoothing: fl
     from .scheduler import masked_ce
     m = copy.deepcopy(model).train()
     with FlopCounterMode(display=False) as counter:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = masked_ce(m(inputs, text, text_mask), labels, label_smoothing)
         loss.backward()
     return counter.get_total_flops()
@@ -222,7 +237,7 @@ def train_report(timing: dict, elapsed_s: float, flops_per_step: int, peak: dict
     gflops = flops_per_step * steps / step_s / 1e9
     return {"minutes": round(elapsed_s / 60, 2), "steps": steps, "steps_per_s": round(steps / step_s, 2),
             "gflop_per_step": round(flops_per_step / 1e9, 4), "achieved_gflops": round(gflops, 1),
-            "peak_gflops": peak["gflops"], "precision": peak["dtype"], "fraction_of_peak": round(gflops / peak["gflops"], 4),
+            "peak_gflops": peak["gflops"], "precision": peak["dtype"], "fraction_of_peak": float(f"{gflops / peak['gflops']:.4g}"),  # 4 figures: a tiny model on a GPU is far below 1e-4
             **{k: round(timing[k], 3) for k in ("setup_s", "step_s", "eval_s", "ckpt_s")}}
 
 

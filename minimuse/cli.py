@@ -53,6 +53,15 @@ def _at_least_1(**flags):
                 raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
 
 
+def _device(args):
+    """--device checked before any model is loaded (None: CUDA when present, else the CPU)."""
+    from .pipeline import check_device
+    try:
+        return None if args.device is None else check_device(args.device)
+    except ValueError as e:
+        raise CLIError(f"--device: {e}") from None
+
+
 def _sampling(args) -> dict:
     """The sampling flags given, checked by SampleConfig now (not after a model is loaded) and named as typed."""
     given = {field: getattr(args, dest) for field, dest in SAMPLING_FLAGS.items() if getattr(args, dest) is not None}
@@ -123,7 +132,7 @@ def cmd_eval(args):
         raise CLIError(f"--tokenizer-n must be 0 (skip the tokenizer metrics) or more, got {args.tokenizer_n}")
     sampling = {**_sampling(args), "precision": args.precision}
     result = evaluate(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, n=args.n,
-                      tokenizer_n=args.tokenizer_n, seed=args.seed, **sampling)
+                      tokenizer_n=args.tokenizer_n, seed=args.seed, device=_device(args), **sampling)
     print(json.dumps(result, indent=2))
 
 
@@ -145,7 +154,7 @@ def cmd_generate(args):
     generate_cli(prompts, checkpoint=args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT,
                  out=args.out, out_dir=args.out_dir, seed=args.seed, negative_prompt=args.negative_prompt,
                  history=args.history, batch_size=args.batch_size, upscale_factor=args.upscale,
-                 precision=args.precision, overwrite=args.overwrite, **sampling)
+                 precision=args.precision, overwrite=args.overwrite, device=_device(args), **sampling)
 
 
 def cmd_bench(args):
@@ -186,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--schedule", choices=SCHEDULE_NAMES, default=None)
         q.add_argument("--choice-temperature", type=float, default=None)
         q.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, faster on CPUs with bf16")
+        q.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
 
     t = sub.add_parser("train-tokenizer", help="train the VQ/FSQ image tokenizer")
     add_preset(t)

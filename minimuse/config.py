@@ -182,6 +182,7 @@ class TrainConfig:
     cond_drop_prob: float = 0.1          # text dropped to the unconditional input (Muse §2.7, for guidance)
     kind_weights: tuple = ()             # training mix over data.kinds, one weight per kind; () = as drawn (uniform)
     mixed_precision: str = "no"          # "no", "bf16", "fp16", or "auto": bf16 where the hardware has it (train.resolve_precision)
+    torch_compile: bool = False          # torch.compile the transformer (through Accelerate); pays on a GPU, docs/GPU.md
     seed: int = 0
     log_every: int = 50
     ckpt_every: int = 500

@@ -104,7 +104,7 @@ def quick_eval_fn(cfg, tokenizer, text_encoder, n_prompts: int):
     return run
 
 
-def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None = None, **sampling) -> dict:
+def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None = None, device=None, **sampling) -> dict:
     """What `minimuse eval` prints: tokenizer metrics for a tokenizer dir; for a pipeline dir (tokenizer/ and
     transformer/), the tokenizer metrics plus faithfulness per caption kind and per count under the checkpoint's
     sampling defaults, or the `sampling` overrides (num_steps, guidance_scale, sampler, ...)."""
@@ -118,7 +118,7 @@ def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None
     if not (root / "transformer").is_dir():
         raise CheckpointError(f"no checkpoint at {root}: expected a tokenizer dir or a pipeline dir with tokenizer/ and transformer/")
     from .pipeline import load_pipeline
-    pipe = load_pipeline(root)
+    pipe = load_pipeline(root, device=device)
     out = {"checkpoint": str(root), "faithfulness": eval_faithfulness(pipe, n, seed, **sampling)}
     if tokenizer_n > 0:  # 0 skips the tokenizer metrics, e.g. in a sweep over sampling settings
         out["tokenizer"] = eval_tokenizer(root / "tokenizer", tokenizer_n)

@@ -28,9 +28,39 @@ MAX_SEED = 2 ** 63   # seeds are non-negative 63-bit integers, as torch and nump
 MAX_UPSCALE = 32     # a 32 px image becomes a 1024 px PNG; far beyond that is a typo, not a wish
 
 
+def default_device() -> str:
+    """"cuda" when a CUDA device is visible, else "cpu": what every command and notebook picks unless told."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device) -> torch.device:
+    """`device` as a torch.device, refusing a malformed name or a CUDA device that is not there (ValueError)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device {device} is not available: torch sees {torch.cuda.device_count()} CUDA device(s); use cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device} is not supported; use cpu, cuda or cuda:N")
+    return device
+
+
 class MusePipeline:
     def __init__(self, config: Config, tokenizer: Tokenizer, text_encoder: TextEncoder, transformer: MaskedTransformer):
         self.config, self.tokenizer, self.text_encoder, self.transformer = config, tokenizer.eval(), text_encoder, transformer.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    def to(self, device) -> "MusePipeline":
+        """Move the three models to `device`. Random draws come from a CPU generator wherever the model runs, so a seed
+        gives the same draws on any device; a GPU's arithmetic differs from the CPU's in the last bits."""
+        device = check_device(device)
+        for part in (self.transformer, self.tokenizer, self.text_encoder):
+            part.to(device)
+        return self
 
     @property
     def mask_id(self) -> int:
@@ -50,12 +80,16 @@ class MusePipeline:
                                    num_steps=num_steps, guidance_scale=guidance_scale, sampler=sampler, schedule=schedule,
                                    guidance_schedule=guidance_schedule, choice_temperature=choice_temperature,
                                    temperature=temperature, top_k=top_k)
-        text, text_mask = self.text_encoder(prompts)                                       # (B, T, E), (B, T)
+        dev = self.device  # the parts may sit on different devices (training samples a GPU model with a CPU tokenizer)
+        encode = lambda texts: tuple(x.to(dev) for x in self.text_encoder(texts))
+        text, text_mask = encode(prompts)                                                  # (B, T, E), (B, T)
         # one row each: the sampler shares a batch-1 unconditional (or negative) text across the batch
-        uncond = self.text_encoder([""]) if s.guidance_scale != 0 else (None, None)            # (1, 2, E)
-        negative = self.text_encoder([negative_prompt]) if negative_prompt is not None else (None, None)
-        generator = generator or torch.Generator().manual_seed(seed)
-        with torch.autocast(text.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        uncond = encode([""]) if s.guidance_scale != 0 else (None, None)                    # (1, 2, E)
+        negative = encode([negative_prompt]) if negative_prompt is not None else (None, None)
+        # the draws come from the model's device: on a GPU, a CPU generator would make every step wait for (B, L, K)
+        # uniforms drawn on the host (7x slower at batch 256, docs/GPU.md). A CPU generator reproduces the CPU's draws.
+        generator = generator or torch.Generator(dev).manual_seed(seed)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = sample(self.transformer, text, text_mask, uncond[0], uncond[1],
                          negative_emb=negative[0], negative_mask=negative[1],
                          num_steps=s.num_steps, schedule=s.schedule, sampler=s.sampler,
@@ -63,8 +97,10 @@ class MusePipeline:
                          choice_temperature=s.choice_temperature, temperature=s.temperature, top_k=s.top_k,
                          generator=generator, return_history=return_history)
         ids, history = out if return_history else (out, None)
+        if history is not None:  # on the host, wherever the model ran: plots and widgets read it with numpy
+            history = [{k: v.cpu() for k, v in h.items()} for h in history]
         with torch.inference_mode():
-            images = to_uint8(self.tokenizer.decode(ids))                                  # (B, H, W, 3)
+            images = to_uint8(self.tokenizer.decode(ids.to(next(self.tokenizer.parameters()).device)))  # (B, H, W, 3)
         return (images, history) if return_history else images
 
     def validate(self, prompts, negative_prompt=None, seed=0, return_history=False, generator=None, precision="fp32",
@@ -130,9 +166,11 @@ def _saved_config(ckpt_dir: Path, kind: str) -> Config:
         raise CheckpointError(f"{ckpt_dir / 'config.json'} holds an invalid config: {e}") from None
 
 
-def load_pipeline(checkpoint=None, config: Config | None = None) -> MusePipeline:
-    """Load `checkpoint` (a directory with tokenizer/ and transformer/), default: the shipped laptop model.
-    Any missing, corrupt or mismatched part is a CheckpointError naming it: nothing falls back to another model."""
+def load_pipeline(checkpoint=None, config: Config | None = None, device=None) -> MusePipeline:
+    """Load `checkpoint` (a directory with tokenizer/ and transformer/), default: the shipped laptop model, onto
+    `device` (default: CUDA when present, else the CPU). Any missing, corrupt or mismatched part is a CheckpointError
+    naming it: nothing falls back to another model."""
+    device = check_device(device if device is not None else default_device())
     root = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
     if root.exists() and not root.is_dir():
         raise CheckpointError(f"no pipeline checkpoint at {root}: it is a file; give the directory that holds "
@@ -146,11 +184,11 @@ def load_pipeline(checkpoint=None, config: Config | None = None) -> MusePipeline
     tokenizer = Tokenizer.from_pretrained(root / "tokenizer", saved)
     if tokenizer.codebook_size != transformer.codebook_size:
         raise CheckpointError(f"{root}: tokenizer has K={tokenizer.codebook_size} codes but the transformer predicts {transformer.codebook_size}")
-    return MusePipeline(config or saved, tokenizer, TextEncoder(saved.text), transformer)
+    return MusePipeline(config or saved, tokenizer, TextEncoder(saved.text), transformer).to(device)
 
 
 def generate_cli(prompts: list[str], checkpoint, out=None, out_dir=None, history=None, batch_size: int = 64,
-                 upscale_factor: int = 1, overwrite: bool = False, **sampling) -> list[Path]:
+                 upscale_factor: int = 1, overwrite: bool = False, device=None, **sampling) -> list[Path]:
     """What `minimuse generate` does: one PNG per prompt, in order, plus an optional per-step strip.
 
     Everything is checked before the first image is drawn (output paths, checkpoint, prompts, settings), and each
@@ -166,7 +204,7 @@ def generate_cli(prompts: list[str], checkpoint, out=None, out_dir=None, history
     if history is not None and Path(history).resolve() in {p.resolve() for p in paths}:
         raise ValueError(f"--history {history} is also an image output; give it its own file name")
     check_outputs(paths + ([Path(history)] if history is not None else []), overwrite)
-    pipe = load_pipeline(checkpoint)
+    pipe = load_pipeline(checkpoint, device=device)
     S, seed = pipe.config.data.image_size, sampling.pop("seed", 0)
     if not isinstance(upscale_factor, int) or upscale_factor < 1:
         raise ValueError(f"--upscale must be an integer from 1 to {MAX_UPSCALE}, got {upscale_factor}")

@@ -37,11 +37,13 @@ def build_token_pool(cfg: Config, tokenizer, n: int, cache_dir=None, batch_size:
     ids = torch.empty(n, h, w, dtype=torch.int16)
     captions, kinds = [], []
     tokenizer.eval()
+    device = next(tokenizer.parameters()).device  # the training device: on a GPU the pool builds in seconds
     for start in range(0, n, batch_size):
         samples = [make_sample(cfg.data.train_seed, i, cfg.data.image_size, cfg.data.kinds, cfg.data.paraphrase_prob)
                    for i in range(start, min(n, start + batch_size))]
         with torch.inference_mode():
-            ids[start:start + len(samples)] = tokenizer.encode(torch.stack([to_tensor(s["image"]) for s in samples])).short()
+            batch = torch.stack([to_tensor(s["image"]) for s in samples]).to(device)  # (b, 3, S, S)
+            ids[start:start + len(samples)] = tokenizer.encode(batch).short().cpu()
         captions += [s["caption"] for s in samples]
         kinds += [s["kind"] for s in samples]
     vocab = [""] + sorted(set(captions))  # index 0 is the unconditional prompt

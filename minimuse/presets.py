@@ -35,6 +35,12 @@ _MUSE_SR = SuperResConfig(
     lowres_depth=16,                                                                    # Muse §2.4: 16-layer low-res encoder
     num_steps=8)                                                                        # Muse §2.8
 
+_LAPTOP_SR = SuperResConfig(
+    image_size=64,
+    tokenizer=TokenizerConfig(channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, codebook_size=256, code_dim=32,
+                              recon_loss="mse", batch_size=8, steps=3000, lr=2e-3, log_every=50, ckpt_every=500),  # f=4: 64 px -> 16x16 tokens
+    transformer=TransformerConfig(width=128, depth=4, heads=4), lowres_depth=2, num_steps=8)
+
 PRESETS: dict[str, Config] = {
     "ci": Config(
         name="ci",
@@ -59,11 +65,18 @@ PRESETS: dict[str, Config] = {
                           mixed_precision="auto", kind_weights=(1, 1, 1, 2, 1.5),
                           log_every=50, ckpt_every=500, eval_every=1000, eval_prompts=160),
         sample=SampleConfig(num_steps=24, guidance_scale=1.0, choice_temperature=1.0),  # best of docs/SAMPLING.md (Muse: 24 steps)
-        superres=SuperResConfig(image_size=64,
-                                tokenizer=TokenizerConfig(channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, codebook_size=256,
-                                                          code_dim=32, recon_loss="mse", batch_size=8, steps=3000, lr=2e-3,
-                                                          log_every=50, ckpt_every=500),  # f=4: 64 px -> 16x16 tokens
-                                transformer=TransformerConfig(width=128, depth=4, heads=4), lowres_depth=2, num_steps=8)),
+        superres=_LAPTOP_SR),
+    # One GPU, about 10 minutes: a 64 px base model on the shipped 64 px tokenizer (laptop's super-res tokenizer,
+    # 16x16 tokens), trained with `--tokenizer data/checkpoints/laptop/superres_tokenizer` (docs/GPU.md)
+    "gpu": Config(
+        name="gpu",
+        data=DataConfig(image_size=64, pool_size=50_000),
+        tokenizer=_LAPTOP_SR.tokenizer,
+        transformer=TransformerConfig(width=512, depth=8, heads=8, qk_norm=True),
+        train=TrainConfig(steps=4000, batch_size=256, lr=1e-3, warmup_steps=300, min_lr_ratio=0.05, label_smoothing=0.1,
+                          mixed_precision="auto", torch_compile=True, kind_weights=(1, 1, 1, 2, 1.5),
+                          log_every=50, ckpt_every=1000, eval_every=1000, eval_prompts=160),
+        sample=SampleConfig(num_steps=24, guidance_scale=1.0, choice_temperature=1.0)),
     "gpu-small": Config(
         name="gpu-small",
         data=DataConfig(image_size=128, pool_size=200_000),

@@ -92,7 +92,10 @@ class Tokenizer(nn.Module):
         if config is not None:
             # A bare TokenizerConfig says nothing about the image size, so only the tokenizer fields are compared.
             saved_size = size if isinstance(config, Config) else None
-            check_config(_arch_view(tok_cfg, saved_size, stage), _arch_view(config, None, stage), ckpt_dir)
+            # A super-res tokenizer also serves as the base tokenizer of a model drawn at its size (the gpu preset
+            # draws 64 px through laptop's 64 px tokenizer): then the config's base section must match it.
+            view = "base" if stage == "superres" and isinstance(config, Config) and config.data.image_size == size else stage
+            check_config(_arch_view(tok_cfg, saved_size, view), _arch_view(config, None, view), ckpt_dir)
         model = cls(tok_cfg)
         load_state_strict(model, state, ckpt_dir)
         model.full_config, model.stage = saved, stage

@@ -50,15 +50,19 @@ def resolve_precision(mixed_precision: str) -> str:
     return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
 
 
-def make_accelerator(cfg: Config, precision: str | None = None) -> Accelerator:
-    """One Accelerator per run; mixed precision comes from the config (bf16 autocast keeps fp32 master weights)."""
+def make_accelerator(cfg: Config, precision: str | None = None, compile: bool = False) -> Accelerator:
+    """One Accelerator per run; mixed precision comes from the config (bf16 autocast keeps fp32 master weights).
+    compile=True has Accelerate wrap the model in torch.compile (inductor) when it prepares it."""
     precision = resolve_precision(cfg.train.mixed_precision if precision is None else precision)
+    backend = "INDUCTOR" if compile else "NO"
     from accelerate.state import AcceleratorState
-    if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
-        # Accelerate keeps one precision per process; a notebook that trains a fp32 tokenizer and then a bf16
-        # transformer needs the second. Only the precision is reset: the process group (PartialState) stays.
+    shared = AcceleratorState._shared_state
+    plugin = shared.get("dynamo_plugin")
+    if shared.get("_mixed_precision", precision) != precision or (plugin is not None and plugin.backend != backend):
+        # Accelerate keeps one precision (and compile backend) per process; a notebook that trains a fp32 tokenizer
+        # and then a bf16 transformer needs the second. The process group (PartialState) stays.
         AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(), dynamo_backend=backend)
 
 
 def cosine_lr(step: int, peak: float, warmup: int, total: int, min_ratio: float = 0.0) -> float:
@@ -244,7 +248,7 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     tc = cfg.train
     t_enter = time.time()  # the whole command's clock: the token pool and the text table count, as a user waits for them
     keep_freed_memory()
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, compile=tc.torch_compile)
     tok_src = _resolve_tokenizer_dir(Path(out_dir), tokenizer_dir)  # a mistyped --tokenizer fails before any write
     out_dir = prepare_run_dir(out_dir, TRANSFORMER_STATE, ("transformer",), resume, overwrite, accelerator)
     tokenizer = Tokenizer.from_pretrained(tok_src, cfg)
@@ -252,6 +256,7 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     if tok_src.resolve() != (out_dir / "tokenizer").resolve() and accelerator.is_main_process:
         tokenizer.save_pretrained(out_dir / "tokenizer")  # out_dir becomes a complete pipeline checkpoint
 
+    tokenizer.to(accelerator.device)
     pool = build_token_pool(cfg, tokenizer, cfg.data.pool_size, out_dir if accelerator.is_main_process else None)
     text_encoder = TextEncoder(cfg.text)
     table = text_table(text_encoder, pool["vocab"])
@@ -287,7 +292,9 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         set_rng_states(state["rng"])
 
     model, optimizer = accelerator.prepare(model, optimizer)
-    raw = accelerator.unwrap_model(model)
+    raw = accelerator.unwrap_model(model, keep_torch_compile=False)  # plain module: its state_dict keys carry no prefix
+    if ema is not None:
+        ema = [e.to(accelerator.device) for e in ema]  # beside the weights it follows (a GPU's, after prepare)
     logger = JsonlLogger(out_dir / LOG_NAME, resume_step=start if resume else None, enabled=accelerator.is_main_process)
     b = tc.batch_size // accelerator.num_processes
     if b * accelerator.num_processes != tc.batch_size:

@@ -29,7 +29,7 @@ def decode_partial(tokenizer, ids: torch.Tensor, mask: torch.Tensor, mask_id: in
     has something valid to read; those pixels are then painted over, so the choice does not show.
     """
     ids = torch.where(mask, torch.zeros_like(ids), ids).clamp(max=mask_id - 1)
-    images = to_uint8(tokenizer.decode(ids))                                      # (B, H, W, 3)
+    images = to_uint8(tokenizer.decode(ids.to(next(tokenizer.parameters()).device)))  # (B, H, W, 3)
     f = images.shape[1] // ids.shape[1]
     pix = mask.cpu().numpy().repeat(f, axis=1).repeat(f, axis=2)                  # (B, H, W)
     images[pix] = 96

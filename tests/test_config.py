@@ -7,7 +7,7 @@ import pytest
 from minimuse.config import (PRESETS, Config, ConfigError, DataConfig, SampleConfig, TextConfig, TokenizerConfig, TrainConfig,
                              TransformerConfig, apply_override, get_config)
 
-PAPER_PRESETS = ["ci", "laptop", "gpu-small", "muse-632m", "muse-3b", "muse-superres-268m"]
+PAPER_PRESETS = ["ci", "laptop", "gpu", "gpu-small", "muse-632m", "muse-3b", "muse-superres-268m"]
 
 
 def test_all_presets_exist_and_build():
@@ -24,6 +24,9 @@ def test_grids_match_design():
     assert get_config("laptop").grid == (8, 8) and get_config("laptop").tokenizer.codebook_size == 256
     sr = get_config("laptop").superres
     assert sr.image_size // sr.tokenizer.downsample == 16
+    gpu, laptop = get_config("gpu"), get_config("laptop")
+    # the gpu preset draws 64 px through laptop's shipped 64 px (super-res) tokenizer
+    assert gpu.grid == (16, 16) and gpu.tokenizer == laptop.superres.tokenizer and gpu.data.image_size == laptop.superres.image_size
     assert get_config("gpu-small").grid == (16, 16) and get_config("gpu-small").tokenizer.codebook_size == 1024
     for name in ("muse-632m", "muse-3b"):
         cfg = get_config(name)

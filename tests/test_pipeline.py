@@ -40,7 +40,7 @@ def direct(pipe: MusePipeline, prompts, seed=0, negative_prompt=None, **override
     ids = sample(pipe.transformer, text, text_mask, *uncond, negative_emb=neg[0], negative_mask=neg[1],
                  num_steps=s.num_steps, schedule=s.schedule, sampler=s.sampler, guidance_scale=s.guidance_scale,
                  guidance_schedule=s.guidance_schedule, choice_temperature=s.choice_temperature,
-                 temperature=s.temperature, top_k=s.top_k, generator=torch.Generator().manual_seed(seed))
+                 temperature=s.temperature, top_k=s.top_k, generator=torch.Generator(pipe.device).manual_seed(seed))
     return ids, to_uint8(pipe.tokenizer.decode(ids))
 
 
@@ -57,7 +57,7 @@ def test_load_pipeline_round_trips_config_and_weights(pipe, ckpt):
     assert pipe.transformer.grid == cfg.grid
     saved = MaskedTransformer.from_pretrained(ckpt / "transformer").state_dict()
     for k, v in pipe.transformer.state_dict().items():
-        assert torch.equal(v, saved[k]), k
+        assert torch.equal(v.cpu(), saved[k]), k
     assert not pipe.transformer.training and not pipe.tokenizer.training
 
 
@@ -73,7 +73,7 @@ def test_same_seed_same_images_other_seed_other_images(pipe):
     a, b, c = pipe(PROMPTS, seed=3), pipe(PROMPTS, seed=3), pipe(PROMPTS, seed=4)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
-    g = pipe(PROMPTS, generator=torch.Generator().manual_seed(3))  # an explicit generator replaces the seed
+    g = pipe(PROMPTS, generator=torch.Generator(pipe.device).manual_seed(3))  # an explicit generator replaces the seed
     assert np.array_equal(a, g)
 
 
@@ -85,7 +85,7 @@ def test_same_seed_same_images_other_seed_other_images(pipe):
 def test_pipeline_equals_the_sampler_called_directly(pipe, overrides):
     images, history = pipe(PROMPTS, seed=7, return_history=True, **overrides)
     ids, expected = direct(pipe, PROMPTS, seed=7, **overrides)
-    assert torch.equal(history[-1]["ids"], ids)
+    assert torch.equal(history[-1]["ids"], ids.cpu())  # the pipeline hands the history back on the host
     assert np.array_equal(images, expected)
 
 
@@ -328,3 +328,24 @@ def test_generate_precision_flag_reaches_the_pipeline(capsys, pipe, ckpt, tmp_pa
                            "--precision", "bf16")
     assert code == 0, err
     assert np.array_equal(read_png(out), pipe("a red circle", num_steps=3, seed=0, precision="bf16")[0])
+
+
+def test_pipeline_device_default_and_move(ckpt):
+    """load_pipeline puts all three models on the default device (the CPU here); .to() moves them and keeps images."""
+    from minimuse.pipeline import default_device
+    p = load_pipeline(ckpt, device="cpu")
+    parts = (p.transformer, p.tokenizer, p.text_encoder)
+    assert {next(m.parameters()).device.type for m in parts} == {"cpu"}
+    assert load_pipeline(ckpt).device.type == default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    before = p(PROMPTS[:2], seed=3)
+    assert p.to("cpu") is p and np.array_equal(p(PROMPTS[:2], seed=3), before)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: checks a GPU model draws the CPU's images")
+def test_cuda_pipeline_draws_what_the_cpu_draws(ckpt):
+    """Given the CPU's generator, a GPU pipeline makes the CPU's draws, so only arithmetic differs: nearly every pixel
+    agrees. (By default a GPU pipeline draws from a CUDA generator, which is faster and gives other images.)"""
+    cpu, gpu = load_pipeline(ckpt, device="cpu"), load_pipeline(ckpt, device="cuda")
+    a, b = cpu(PROMPTS, seed=1), gpu(PROMPTS, generator=torch.Generator().manual_seed(1))
+    assert gpu.device.type == "cuda" and a.shape == b.shape
+    assert (a == b).mean() > 0.9

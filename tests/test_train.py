@@ -192,3 +192,16 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
     assert resolve_precision("auto") == "no"  # an AVX2 laptop: emulated bf16 would be slower than fp32
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     assert resolve_precision("auto") == "bf16"
+
+
+def test_torch_compile_reaches_accelerate_and_resets_with_the_backend():
+    """train.torch_compile=True asks Accelerate for inductor; the next run without it gets an eager model again."""
+    from accelerate.utils import DynamoBackend
+
+    from minimuse.train import make_accelerator
+    cfg = get_config("ci", **{"train.torch_compile": True})
+    assert make_accelerator(cfg, compile=True).state.dynamo_plugin.backend == DynamoBackend.INDUCTOR
+    plain = make_accelerator(get_config("ci"))
+    assert plain.state.dynamo_plugin.backend == DynamoBackend.NO
+    model = plain.prepare(torch.nn.Linear(2, 2))
+    assert not hasattr(model, "_orig_mod")  # not compiled
