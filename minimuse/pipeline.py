@@ -13,8 +13,10 @@ import numbers
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from . import editing
 from .checkpoint import CheckpointError, atomic_save_image, check_outputs, read_config
 from .config import Config, ConfigError, SampleConfig
 from .sampler import sample
@@ -66,6 +68,9 @@ class MusePipeline:
     def mask_id(self) -> int:
         return self.transformer.mask_id
 
+    # Editing (Muse §3.3), each through the one sampler loop: minimuse/editing.py, notebooks/08_editing.ipynb
+    inpaint, outpaint, edit = editing.inpaint, editing.outpaint, editing.edit
+
     def __call__(self, prompts, num_steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
                  return_history: bool = False, sampler: str | None = None, negative_prompt: str | None = None,
                  schedule: str | None = None, guidance_schedule: str | None = None, choice_temperature: float | None = None,
@@ -80,6 +85,15 @@ class MusePipeline:
                                    num_steps=num_steps, guidance_scale=guidance_scale, sampler=sampler, schedule=schedule,
                                    guidance_schedule=guidance_schedule, choice_temperature=choice_temperature,
                                    temperature=temperature, top_k=top_k)
+        ids, history = self.sample_ids(prompts, s, seed=seed, generator=generator, negative_prompt=negative_prompt,
+                                       precision=precision, return_history=return_history)
+        images = self.decode(ids)                                                          # (B, H, W, 3)
+        return (images, history) if return_history else images
+
+    def sample_ids(self, prompts: list[str], s: SampleConfig, *, seed: int = 0, generator=None, negative_prompt=None,
+                   precision: str = "fp32", return_history: bool = False, init_ids=None, init_mask=None):
+        """Encode the (validated) prompts and run the one sampler loop with settings `s`: token ids (B, h, w) and the
+        history (None unless asked). init_ids / init_mask (B, h, w) keep the known tokens: the editing methods' path."""
         dev = self.device  # the parts may sit on different devices (training samples a GPU model with a CPU tokenizer)
         encode = lambda texts: tuple(x.to(dev) for x in self.text_encoder(texts))
         text, text_mask = encode(prompts)                                                  # (B, T, E), (B, T)
@@ -95,13 +109,22 @@ class MusePipeline:
                          num_steps=s.num_steps, schedule=s.schedule, sampler=s.sampler,
                          guidance_scale=s.guidance_scale, guidance_schedule=s.guidance_schedule,
                          choice_temperature=s.choice_temperature, temperature=s.temperature, top_k=s.top_k,
-                         generator=generator, return_history=return_history)
+                         generator=generator, return_history=return_history, init_ids=init_ids, init_mask=init_mask)
         ids, history = out if return_history else (out, None)
         if history is not None:  # on the host, wherever the model ran: plots and widgets read it with numpy
             history = [{k: v.cpu() for k, v in h.items()} for h in history]
+        return ids, history
+
+    def decode(self, ids: torch.Tensor) -> np.ndarray:
+        """Token ids (B, h, w) -> uint8 images (B, H, W, 3)."""
         with torch.inference_mode():
-            images = to_uint8(self.tokenizer.decode(ids.to(next(self.tokenizer.parameters()).device)))  # (B, H, W, 3)
-        return (images, history) if return_history else images
+            return to_uint8(self.tokenizer.decode(ids.to(next(self.tokenizer.parameters()).device)))
+
+    def encode_images(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 images (B, S, S, 3) of the model's size -> token ids (B, h, w) on the model's device."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255)  # (B, 3, S, S)
+        with torch.inference_mode():
+            return self.tokenizer.encode(x.to(next(self.tokenizer.parameters()).device)).to(self.device)
 
     def validate(self, prompts, negative_prompt=None, seed=0, return_history=False, generator=None, precision="fp32",
                  **overrides) -> tuple[list[str], SampleConfig]:

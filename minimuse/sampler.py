@@ -218,26 +218,20 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
 
 
 def edit(transformer, ids, text_emb, text_mask, uncond_emb=None, uncond_mask=None, *, num_iters=100,
-         resample_frac=0.08, guidance_scale=4.0, top_k=3, temperature=1.0, generator=None):
-    """Mask-free editing (Muse, "Mask-free editing"): resample a random `resample_frac` of the tokens, `num_iters` times, under the
-    new prompt with guidance and top-k sampling (Muse: 8%, 100 iterations, guidance 4, top-k 3). ids (B, h, w)."""
-    B, (h, w), K = ids.shape[0], transformer.grid, transformer.codebook_size
+         resample_frac=0.08, guidance_scale=4.0, top_k=3, temperature=1.0, generator=None, keep_at=()):
+    """Mask-free editing (Muse §3.3): `num_iters` times, mask a fresh random `resample_frac` of the tokens and refill
+    them in one step of `sample` under the new prompt, with guidance and top-k (Muse: 8%, 100 iterations, guidance 4,
+    top-k 3). ids (B, h, w). With `keep_at` (iteration numbers), also returns {iteration: ids} after those iterations,
+    since Muse notes an intermediate iteration can be the better edit."""
+    B, (h, w) = ids.shape[0], transformer.grid
     L = h * w
     n = max(1, math.ceil(resample_frac * L))
-    was_training = transformer.training
-    transformer.eval()
-    try:
-        with torch.inference_mode():
-            if text_mask is None:
-                text_mask = torch.ones(text_emb.shape[:2], dtype=torch.bool, device=text_emb.device)
-            model = _Guided(transformer, text_emb, text_mask, uncond_emb, uncond_mask, [guidance_scale])
-            ids = ids.reshape(B, L).clone()  # (B, h, w) -> (B, L)
-            for _ in range(num_iters):
-                pos = _uniform((B, L), generator, ids.device).argsort(1)[:, :n].sort(1).values  # (B, n) positions
-                noisy = ids.scatter(1, pos, transformer.mask_id)
-                logits = model(noisy, guidance_scale, pos)  # (B, n, K)
-                token, _, _ = _sample_tokens(logits, temperature, top_k, _gumbel((B, n, K), generator, ids.device), False)
-                ids = ids.scatter(1, pos, token)
-    finally:
-        transformer.train(was_training)
-    return ids.view(B, h, w)  # (B, L) -> (B, h, w)
+    ids, kept = ids.reshape(B, h, w), {}
+    for i in range(num_iters):
+        pos = _uniform((B, L), generator, ids.device).argsort(1)[:, :n]                          # (B, n) positions
+        region = torch.zeros(B, L, dtype=torch.bool, device=ids.device).scatter(1, pos, True)  # (B, L)
+        ids = sample(transformer, text_emb, text_mask, uncond_emb, uncond_mask, num_steps=1, guidance_scale=guidance_scale,
+                     temperature=temperature, top_k=top_k, generator=generator, init_ids=ids, init_mask=region.view(B, h, w))
+        if i + 1 in keep_at:
+            kept[i + 1] = ids.clone()
+    return (ids, kept) if keep_at else ids
