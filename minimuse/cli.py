@@ -157,6 +157,40 @@ def cmd_generate(args):
                  precision=args.precision, overwrite=args.overwrite, device=_device(args), **sampling)
 
 
+def cmd_edit(args):
+    from .editing import edit_cli, read_jobs
+    _at_least_1(num_iters=args.num_iters)
+    if args.jobs is not None:
+        if args.image is not None or args.prompt is not None or args.mask is not None:
+            raise CLIError("--jobs takes every image, prompt and mask from its file; give no IMAGE, --prompt or --mask")
+        if args.out_dir is None:
+            raise CLIError("--jobs needs --out-dir")
+        jobs = read_jobs(args.jobs)
+        outs = [Path(args.out_dir) / f"{i:03d}.png" for i in range(len(jobs))]
+    else:
+        if args.image is None or args.prompt is None:
+            raise CLIError("give IMAGE and --prompt TEXT (and --mask MASK.png to inpaint), or --jobs JOBS.jsonl --out-dir DIR")
+        jobs = [{"image": args.image, "prompt": args.prompt, "mask": args.mask, "seed": args.seed}]
+        outs = [Path(args.out if args.out is not None else "edited.png")]
+    edit_cli(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, jobs, outs,
+             num_iters=args.num_iters, overwrite=args.overwrite, device=_device(args))
+    print(f"wrote {outs[0]}" + (f" ... and {len(outs) - 1} more" if len(outs) > 1 else ""))
+
+
+def cmd_outpaint(args):
+    from .checkpoint import atomic_save_image, check_outputs
+    from .editing import check_images, parse_extend, read_image
+    from .pipeline import load_pipeline
+    out = Path(args.out)
+    check_outputs([out], args.overwrite)
+    image = read_image(args.image)
+    pipe = load_pipeline(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, device=_device(args))
+    check_images(pipe, image, f"image {args.image}")
+    parse_extend(args.extend, pipe.config.data.image_size // pipe.transformer.grid[1])
+    atomic_save_image(out, pipe.outpaint(image, args.prompt, extend=args.extend, seed=args.seed)[0])
+    print(f"wrote {out}")
+
+
 def cmd_bench(args):
     cfg = _config(args)
     _at_least_1(batch_sizes=args.batch_sizes, steps=args.steps, repeats=args.repeats, threads=args.threads)
@@ -238,6 +272,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--upscale", type=int, default=1, help="nearest-neighbour upscale factor for the written PNGs (1 to 32)")
     g.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     g.set_defaults(fn=cmd_generate)
+
+    x = sub.add_parser("edit", help="inpaint an image region (--mask) or edit it mask-free under a new prompt (Muse §3.3)")
+    x.add_argument("image", nargs="?", help="a PNG of the model's size")
+    x.add_argument("--prompt")
+    x.add_argument("--mask", help="a PNG of the image's size: white = regenerate (omit for mask-free editing)")
+    x.add_argument("--jobs", help="JSONL, one {image, prompt, mask, seed} per line; outputs DIR/000.png, ...")
+    x.add_argument("--out", help="output PNG (default: edited.png)")
+    x.add_argument("--out-dir")
+    x.add_argument("--checkpoint")
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--num-iters", type=int, default=100, help="mask-free editing iterations (Muse: 100)")
+    x.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+    x.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
+    x.set_defaults(fn=cmd_edit)
+
+    o = sub.add_parser("outpaint", help="extend an image beyond one side under a prompt")
+    o.add_argument("image")
+    o.add_argument("--prompt", required=True)
+    o.add_argument("--extend", default="right:16", help="SIDE:PIXELS, SIDE one of right, left, top, bottom")
+    o.add_argument("--out", default="outpainted.png")
+    o.add_argument("--checkpoint")
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+    o.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
+    o.set_defaults(fn=cmd_outpaint)
 
     b = sub.add_parser("bench", help="print JSON: ms/image, tokens/s, achieved GFLOP/s against the matmul peak")
     add_preset(b)

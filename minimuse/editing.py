@@ -191,3 +191,85 @@ def edit(pipe, images, prompts, num_iters: int = 100, resample_frac: float = 0.0
 def _fit_steps(s, n_tokens: int):
     """Settings with at most one step per token to fill (a small region cannot take 24 steps)."""
     return dataclasses.replace(s, num_steps=min(s.num_steps, max(1, n_tokens)))
+
+
+# ----------------------------------------------------------------------------------------------------------- CLI
+def read_image(path, what: str = "image") -> np.ndarray:
+    """A PNG/JPEG file as uint8 (H, W, 3), or a one-line error naming the file."""
+    from PIL import Image, UnidentifiedImageError
+    from pathlib import Path
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} {path} does not exist" if not path.exists() else f"{what} {path} is not a file")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{what} {path} is not a readable image ({e.__class__.__name__})") from None
+
+
+def read_mask(path, shape: tuple[int, int]) -> np.ndarray:
+    """A mask PNG of the image's size: white (> 127 in grey) means regenerate. Returns bool (H, W)."""
+    m = read_image(path, "mask").mean(-1) > 127
+    if m.shape != shape:
+        raise ValueError(f"mask {path} is {m.shape[0]}x{m.shape[1]} px but its image is {shape[0]}x{shape[1]}: "
+                         "a mask must have its image's size")
+    return m
+
+
+def read_jobs(path) -> list[dict]:
+    """JOBS.jsonl: one {"image": path, "prompt": text, "mask": path or null, "seed": int} per line (mask and seed
+    optional). A malformed line is a one-line error with its number."""
+    import json
+    from pathlib import Path
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"jobs file {path} does not exist")
+    jobs = []
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            job = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"jobs file {path}, line {n}: not JSON ({e.msg})") from None
+        ok = (isinstance(job, dict) and set(job) <= {"image", "prompt", "mask", "seed"}
+              and isinstance(job.get("image"), str) and isinstance(job.get("prompt"), str)
+              and isinstance(job.get("mask"), (str, type(None)))
+              and isinstance(job.get("seed", 0), int) and not isinstance(job.get("seed", 0), bool) and job.get("seed", 0) >= 0)
+        if not ok:
+            raise ValueError(f"jobs file {path}, line {n}: expected {{\"image\": path, \"prompt\": text, \"mask\": path or "
+                             f"null, \"seed\": int >= 0}}, got {line.strip()[:80]}")
+        jobs.append({"image": job["image"], "prompt": job["prompt"], "mask": job.get("mask"), "seed": job.get("seed", 0)})
+    if not jobs:
+        raise ValueError(f"jobs file {path} holds no jobs")
+    return jobs
+
+
+def edit_cli(checkpoint, jobs: list[dict], outs: list, num_iters: int = 100, overwrite: bool = False, device=None):
+    """What `minimuse edit` does: each job inpaints (with a mask) or edits mask-free (without), outputs in order.
+    Every input and output is checked before the first image is drawn; jobs of one kind and seed run as one batch."""
+    from .checkpoint import atomic_save_image, check_outputs
+    from .pipeline import load_pipeline
+    check_outputs(outs, overwrite)
+    images = [read_image(j["image"]) for j in jobs]
+    masks = [None if j["mask"] is None else read_mask(j["mask"], im.shape[:2]) for j, im in zip(jobs, images)]
+    pipe = load_pipeline(checkpoint, device=device)
+    for i, (im, m, j) in enumerate(zip(images, masks, jobs)):  # the checks of the methods, before any sampling
+        check_images(pipe, im, f"image {j['image']}")
+        if m is not None:
+            try:
+                check_masks(m, (1, *m.shape))
+            except ValueError as e:
+                raise ValueError(f"mask {j['mask']}: {str(e).split(': ', 1)[-1]}") from None
+        pipe.check_prompts([j["prompt"]])
+    groups: dict[tuple, list[int]] = {}
+    for i, (m, j) in enumerate(zip(masks, jobs)):
+        groups.setdefault((m is None, j["seed"]), []).append(i)
+    for (mask_free, seed), idx in groups.items():
+        batch, prompts = np.stack([images[i] for i in idx]), [jobs[i]["prompt"] for i in idx]
+        result = (pipe.edit(batch, prompts, num_iters=num_iters, seed=seed) if mask_free
+                  else pipe.inpaint(batch, np.stack([masks[i] for i in idx]), prompts, seed=seed))
+        for i, image in zip(idx, result):
+            atomic_save_image(outs[i], image)
+    return outs

@@ -122,7 +122,7 @@ class MusePipeline:
 
     def encode_images(self, images: np.ndarray) -> torch.Tensor:
         """uint8 images (B, S, S, 3) of the model's size -> token ids (B, h, w) on the model's device."""
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255)  # (B, 3, S, S)
+        x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float().div(255)  # (B, 3, S, S)
         with torch.inference_mode():
             return self.tokenizer.encode(x.to(next(self.tokenizer.parameters()).device)).to(self.device)
 

@@ -130,3 +130,89 @@ def test_bad_edit_inputs_are_refused_before_sampling(pipe, monkeypatch, call, er
 
 def test_parse_extend_counts_tokens():
     assert parse_extend("right:16", 4) == ("right", 4) and parse_extend(" top:8 ", 4) == ("top", 2)
+
+
+# ----------------------------------------------------------------------------------------------------------- CLI
+def save_png(path, array):
+    from PIL import Image
+    Image.fromarray(array).save(path)
+    return path
+
+
+def run_cli(capsys, *argv):
+    from minimuse.cli import main
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def read_png(path):
+    from PIL import Image
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_edit_cli_inpaints_and_edits_like_the_methods(capsys, pipe, ckpt, tmp_path):
+    images = scenes(2)
+    img0, img1 = save_png(tmp_path / "a.png", images[0]), save_png(tmp_path / "b.png", images[1])
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 255
+    m = save_png(tmp_path / "m.png", mask)
+    code, out, err = run_cli(capsys, "edit", img0, "--prompt", "a red circle", "--mask", m, "--checkpoint", ckpt,
+                             "--out", tmp_path / "o.png", "--seed", 2, "--device", "cpu")
+    assert code == 0, err
+    assert np.array_equal(read_png(tmp_path / "o.png"), pipe.inpaint(images[:1], mask[None] > 127, "a red circle", seed=2)[0])
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("\n".join([f'{{"image": "{img1}", "prompt": "a blue square", "mask": null, "seed": 1}}',
+                               f'{{"image": "{img0}", "prompt": "a red circle", "mask": "{m}", "seed": 2}}']) + "\n")
+    code, out, err = run_cli(capsys, "edit", "--jobs", jobs, "--out-dir", tmp_path / "d", "--checkpoint", ckpt,
+                             "--num-iters", 3, "--device", "cpu")
+    assert code == 0, err
+    assert np.array_equal(read_png(tmp_path / "d" / "000.png"), pipe.edit(images[1:], "a blue square", num_iters=3, seed=1)[0])
+    assert np.array_equal(read_png(tmp_path / "d" / "001.png"), read_png(tmp_path / "o.png"))
+
+
+def test_outpaint_cli_writes_the_bigger_image(capsys, pipe, ckpt, tmp_path):
+    img = save_png(tmp_path / "a.png", scenes(1)[0])
+    code, out, err = run_cli(capsys, "outpaint", img, "--prompt", "a red circle and a blue square", "--extend", "left:8",
+                             "--checkpoint", ckpt, "--out", tmp_path / "o.png", "--device", "cpu")
+    assert code == 0, err
+    assert np.array_equal(read_png(tmp_path / "o.png"),
+                          pipe.outpaint(scenes(1), "a red circle and a blue square", extend="left:8")[0])
+
+
+@pytest.mark.parametrize("case,fragment", [
+    ("mask-size", "is 8x8 px but its image is 16x16"),
+    ("mask-black", "selects nothing"),
+    ("mask-white", "that is generation"),
+    ("image-size", "this model edits 16x16"),
+    ("image-missing", "does not exist"),
+    ("image-corrupt", "is not a readable image"),
+    ("jobs-line", "line 2: not JSON"),
+    ("jobs-field", "line 1: expected"),
+    ("jobs-no-out-dir", "--jobs needs --out-dir"),
+])
+def test_edit_cli_bad_input_is_one_line_and_writes_nothing(capsys, ckpt, tmp_path, case, fragment):
+    img = save_png(tmp_path / "a.png", scenes(1)[0])
+    masks = {"mask-size": np.full((8, 8), 255, np.uint8), "mask-black": np.zeros((16, 16), np.uint8),
+             "mask-white": np.full((16, 16), 255, np.uint8)}
+    argv = ["edit", img, "--prompt", "a red circle"]
+    if case in masks:
+        argv += ["--mask", save_png(tmp_path / "m.png", masks[case])]
+    elif case == "image-size":
+        argv[1] = save_png(tmp_path / "big.png", np.zeros((20, 20, 3), np.uint8))
+    elif case == "image-missing":
+        argv[1] = tmp_path / "nope.png"
+    elif case == "image-corrupt":
+        (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
+        argv[1] = tmp_path / "bad.png"
+    elif case.startswith("jobs"):
+        jobs = tmp_path / "jobs.jsonl"
+        jobs.write_text({"jobs-line": f'{{"image": "{img}", "prompt": "x"}}\n{{oops\n',
+                         "jobs-field": '{"image": 3, "prompt": "x"}\n',
+                         "jobs-no-out-dir": f'{{"image": "{img}", "prompt": "x"}}\n'}[case])
+        argv = ["edit", "--jobs", jobs] + ([] if case == "jobs-no-out-dir" else ["--out-dir", tmp_path / "d"])
+    argv += ["--checkpoint", ckpt, "--device", "cpu"] + ([] if case.startswith("jobs") else ["--out", tmp_path / "o.png"])
+    code, out, err = run_cli(capsys, *argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("minimuse: error: ") and fragment in lines[0], err
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "d").exists()
