@@ -4,22 +4,25 @@ Training: for the presets `laptop`, `gpu` and `gpu-small`, the real step of trai
 on a random token pool, forward, masked cross-entropy, backward, clipping, fused AdamW) under fp32, TF32, bf16
 autocast and bf16 autocast + torch.compile. Each variant's steps are timed one by one with the GPU synchronised, in
 interleaved rounds; the FLOPs of a step are counted by FlopCounterMode, and MFU is achieved FLOP/s over the matmul peak
-of the same number format measured in this process (the best of several sizes). The host's share of a step
-(train_step_inputs alone) is timed too. Text states are random (B, 16, 384), the shape of MiniLM's for shapes captions.
+of the same number format measured in this process (bench.matmul_peak: the best over 1024^3 to 8192^3 and
+repeats). The host's share of a step (train_step_inputs alone) is timed too. Text states are random (B, 16, 384), the shape of MiniLM's for shapes captions.
 
 Sampling: images/s of sampler.sample at batch 64 and 256 with 24 steps and guidance (two forward passes per step),
 fp32 and bf16, with the sampler's random draws from a CPU generator (bit-identical to the CPU's draws) or a CUDA one.
 
-Usage: python docs/gpu_bench.py OUT.json   (needs a CUDA device; about 4 minutes on one H100)
+Usage: python docs/gpu_bench.py OUT.json   (needs a CUDA device; the laptop and gpu rows took about 5 minutes
+on one H100, and the 330 s limit of that run stopped it before gpu-small)
 """
 import json
+import os
 import statistics
 import sys
 import time
 
 import torch
 
-from minimuse.bench import train_step_flops
+from minimuse.bench import CUDA_SIZES, train_step_flops
+from minimuse.bench import matmul_peak as matmul_peak_gflops
 from minimuse.config import get_config
 from minimuse.pool import train_step_inputs
 from minimuse.sampler import sample
@@ -34,20 +37,13 @@ def sync_time() -> float:
     return time.perf_counter()
 
 
-def matmul_peak(dtype, tf32: bool = False, sizes=(2048, 4096, 8192), repeats: int = 5) -> float:
-    """Best TFLOP/s of an n x n x n product over sizes and repeats: the ceiling MFU is measured against."""
+def matmul_peak(dtype, tf32: bool = False) -> float:
+    """Best TFLOP/s of cuBLAS over square sizes and repeats (bench.matmul_peak): the ceiling MFU is measured against."""
     torch.backends.cuda.matmul.allow_tf32 = tf32
-    best = 0.0
-    for n in sizes:
-        a, b = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
-        iters = max(3, int(2e13 / (2 * n ** 3)))
-        for _ in range(repeats):
-            t = sync_time()
-            for _ in range(iters):
-                a @ b
-            best = max(best, 2 * n ** 3 * iters / (sync_time() - t) / 1e12)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    return best
+    try:
+        return matmul_peak_gflops(dtype, CUDA_SIZES, repeats=5, device="cuda")["gflops"] / 1e3
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def synthetic_data(cfg, n_rows: int = 100_000, n_captions: int = 4096):
@@ -180,7 +176,6 @@ def main(out: str):
               "sampling": bench_sampling(["laptop", "gpu"])}
     with open(out + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
-    import os
     os.replace(out + ".tmp", out)
 
 

@@ -9,7 +9,9 @@ to fill any subset of its grid. These functions are also MusePipeline's methods 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -197,7 +199,6 @@ def _fit_steps(s, n_tokens: int):
 def read_image(path, what: str = "image") -> np.ndarray:
     """A PNG/JPEG file as uint8 (H, W, 3), or a one-line error naming the file."""
     from PIL import Image, UnidentifiedImageError
-    from pathlib import Path
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{what} {path} does not exist" if not path.exists() else f"{what} {path} is not a file")
@@ -220,8 +221,6 @@ def read_mask(path, shape: tuple[int, int]) -> np.ndarray:
 def read_jobs(path) -> list[dict]:
     """JOBS.jsonl: one {"image": path, "prompt": text, "mask": path or null, "seed": int} per line (mask and seed
     optional). A malformed line is a one-line error with its number."""
-    import json
-    from pathlib import Path
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"jobs file {path} does not exist")
@@ -255,7 +254,7 @@ def edit_cli(checkpoint, jobs: list[dict], outs: list, num_iters: int = 100, ove
     images = [read_image(j["image"]) for j in jobs]
     masks = [None if j["mask"] is None else read_mask(j["mask"], im.shape[:2]) for j, im in zip(jobs, images)]
     pipe = load_pipeline(checkpoint, device=device)
-    for i, (im, m, j) in enumerate(zip(images, masks, jobs)):  # the checks of the methods, before any sampling
+    for im, m, j in zip(images, masks, jobs):  # the checks of the methods, before any sampling
         check_images(pipe, im, f"image {j['image']}")
         if m is not None:
             try:
