@@ -90,7 +90,7 @@ class Variant:
 
     def flops(self) -> int:
         inputs, labels, text, text_mask = self.batch()
-        return train_step_flops(self.model, inputs, labels, text, text_mask, self.cfg.train.label_smoothing,
+        return train_step_flops(self.model, inputs, labels, text, text_mask, {}, self.cfg.train.label_smoothing,
                                 "bf16" if self.precision.startswith("bf16") else "no")
 
 

@@ -122,7 +122,84 @@ def cmd_train(args):
 
 
 def cmd_train_superres(args):
-    raise CLIError("train-superres is not implemented yet (the super-resolution stage has its own issue)")
+    cfg = _config(args)
+    if cfg.superres is None:
+        raise CLIError(f"preset '{cfg.name}' has no super-res stage; choose one of: "
+                       f"{', '.join(n for n, c in PRESETS.items() if c.superres is not None)}")
+    from .train import train_superres
+    out = args.out or f"runs/{cfg.name}-superres"
+    train_superres(cfg, out, resume=args.resume, tokenizer_dir=args.tokenizer,
+                   superres_tokenizer_dir=args.superres_tokenizer, overwrite=args.overwrite, report=args.report)
+    print(f"super-res model saved to {out}")
+    if args.report:
+        from .bench import format_train_report
+        print(format_train_report(json.loads((Path(out) / "report.json").read_text())))
+
+
+def _upscale_jobs(args) -> tuple[list[Path], list[str], list[Path]]:
+    """(inputs, prompts, outputs) of `minimuse upscale`: one IMAGE with --prompt, or every PNG of --in-dir captioned
+    by its captions.jsonl ({"file", "caption"} lines, as `minimuse dataset` writes them)."""
+    if args.in_dir is None:
+        if args.image is None or args.prompt is None:
+            raise CLIError("give IMAGE and --prompt TEXT, or --in-dir DIR --out-dir OUT")
+        if args.out_dir is not None:
+            raise CLIError("--out-dir goes with --in-dir; a single IMAGE writes --out")
+        return [Path(args.image)], [args.prompt], [Path(args.out if args.out is not None else "upscaled.png")]
+    if args.image is not None or args.prompt is not None or args.out is not None:
+        raise CLIError("--in-dir takes every image and caption from DIR; give no IMAGE, --prompt or --out")
+    if args.out_dir is None:
+        raise CLIError("--in-dir needs --out-dir")
+    src = Path(args.in_dir)
+    if not src.is_dir():
+        raise CLIError(f"--in-dir {src} is not a directory")
+    captions_file = src / "captions.jsonl"
+    if not captions_file.is_file():
+        raise CLIError(f"{captions_file} is missing: upscale --in-dir reads each image's prompt from it "
+                       '({"file": NAME, "caption": TEXT} per line, as `minimuse dataset` writes)')
+    captions = {}
+    for i, line in enumerate(captions_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            captions[str(row["file"])] = str(row["caption"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise CLIError(f"{captions_file} line {i} is not a JSON object with \"file\" and \"caption\"") from None
+    images = sorted(p for p in src.iterdir() if p.suffix.lower() == ".png" and p.name != "grid.png")
+    if not images:
+        raise CLIError(f"--in-dir {src} holds no PNG images")
+    missing = [p.name for p in images if p.name not in captions]
+    if missing:
+        raise CLIError(f"{len(missing)} image(s) in {src} have no caption in captions.jsonl, e.g. {missing[0]}")
+    return images, [captions[p.name] for p in images], [Path(args.out_dir) / p.name for p in images]
+
+
+def cmd_upscale(args):
+    import numpy as np
+    from .checkpoint import atomic_save_image, check_outputs
+    from .editing import read_image
+    from .pipeline import load_pipeline
+    _at_least_1(batch_size=args.batch_size)
+    inputs, prompts, outs = _upscale_jobs(args)
+    check_outputs(outs, args.overwrite)
+    pipe = load_pipeline(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, device=_device(args))
+    if pipe.superres is None:
+        raise CLIError(f"{args.checkpoint or DEFAULT_CHECKPOINT} has no super-res stage (no superres/ folder)")
+    S = pipe.config.data.image_size
+    images = []
+    for path in inputs:  # every input is read and checked before the first one is upscaled
+        im = read_image(path)
+        if im.shape[:2] != (S, S):
+            raise CLIError(f"image {path} is {im.shape[1]}x{im.shape[0]} px; upscale takes the base size, {S}x{S} px")
+        images.append(im)
+    pipe.check_prompts(prompts)
+    for start in range(0, len(images), args.batch_size):
+        sl = slice(start, start + args.batch_size)
+        out = pipe.upscale(np.stack(images[sl]), prompts[sl], seed=args.seed + start, num_steps=args.steps,
+                           guidance_scale=args.guidance)
+        for img, path in zip(out, outs[sl]):
+            atomic_save_image(path, img)
+    print(f"wrote {outs[0]}" + (f" ... and {len(outs) - 1} more" if len(outs) > 1 else ""))
 
 
 def cmd_eval(args):
@@ -154,7 +231,8 @@ def cmd_generate(args):
     generate_cli(prompts, checkpoint=args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT,
                  out=args.out, out_dir=args.out_dir, seed=args.seed, negative_prompt=args.negative_prompt,
                  history=args.history, batch_size=args.batch_size, upscale_factor=args.upscale,
-                 precision=args.precision, overwrite=args.overwrite, device=_device(args), **sampling)
+                 precision=args.precision, overwrite=args.overwrite, device=_device(args),
+                 superres=False if args.no_superres else None, **sampling)
 
 
 def cmd_edit(args):
@@ -245,9 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end with one line (and OUT/report.json): minutes, steps/s, achieved GFLOP/s, %% of the measured matmul peak")
     t.set_defaults(fn=cmd_train)
 
-    t = sub.add_parser("train-superres", help="train the super-resolution transformer (not implemented yet)")
+    t = sub.add_parser("train-superres", help="train the super-resolution transformer (Muse §2.4) on both tokenizers")
     add_preset(t)
     add_run(t)
+    t.add_argument("--tokenizer", help="base tokenizer dir (default: OUT/tokenizer, else the shipped one)")
+    t.add_argument("--superres-tokenizer", help="high-res tokenizer dir (default: OUT/superres_tokenizer, else the shipped one)")
+    t.add_argument("--report", action="store_true", help="end with the minutes, steps/s and %% of peak line (OUT/report.json)")
     t.set_defaults(fn=cmd_train_superres)
 
     e = sub.add_parser("eval", help="print JSON metrics of a checkpoint: faithfulness per kind, PSNR, usage")
@@ -270,8 +351,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--history", help="write a per-step strip (image, mask, confidence) to this PNG")
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--upscale", type=int, default=1, help="nearest-neighbour upscale factor for the written PNGs (1 to 32)")
+    g.add_argument("--no-superres", action="store_true", help="write the base stage's output, skipping the super-res stage")
     g.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     g.set_defaults(fn=cmd_generate)
+
+    u = sub.add_parser("upscale", help="turn base-size images into high-res ones with the super-res stage (Muse §2.4)")
+    u.add_argument("image", nargs="?", help="a PNG of the base size (32 px for laptop)")
+    u.add_argument("--prompt", help="the image's caption")
+    u.add_argument("--out", help="output PNG (default: upscaled.png)")
+    u.add_argument("--in-dir", help="every PNG in DIR, captioned by DIR/captions.jsonl; writes OUT_DIR/<same name>")
+    u.add_argument("--out-dir")
+    u.add_argument("--checkpoint")
+    u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--steps", type=int, default=None, help="super-res sampling steps (default: the checkpoint's, Muse 8)")
+    u.add_argument("--guidance", type=float, default=None)
+    u.add_argument("--batch-size", type=int, default=64)
+    u.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+    u.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
+    u.set_defaults(fn=cmd_upscale)
 
     x = sub.add_parser("edit", help="inpaint an image region (--mask) or edit it mask-free under a new prompt (Muse §3.3)")
     x.add_argument("image", nargs="?", help="a PNG of the model's size")

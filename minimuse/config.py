@@ -91,6 +91,8 @@ class TokenizerConfig:
     channels: int = 64                   # width of the first conv stage
     channel_mult: tuple = (1, 2, 2)      # one stage per entry; every stage after the first halves the resolution
     num_res_blocks: int = 2              # ResNet blocks per stage
+    decoder_channels: int = 0            # the decoder's first-stage width; 0 = channels. Larger after decoder
+    decoder_res_blocks: int = 0          # finetuning (Muse §2.5); ResNet blocks per decoder stage, 0 = num_res_blocks
     codebook_size: int = 256             # K; Muse uses 8192 (§2.2: "larger codebooks did not help")
     code_dim: int = 32                   # dimension of a VQ code; FSQ uses len(fsq_levels)
     fsq_levels: tuple = (4, 4, 4, 4)     # FSQ levels per dimension; their product must equal codebook_size
@@ -117,6 +119,8 @@ class TokenizerConfig:
     def __post_init__(self):
         _check_types(self)
         _positive(self, "channels", "num_res_blocks", "code_dim", "steps", "batch_size", "log_every", "ckpt_every")
+        _check(self.decoder_channels >= 0 and self.decoder_res_blocks >= 0, "tokenizer.decoder_channels",
+               "decoder_channels and decoder_res_blocks must be 0 (as the encoder) or more")
         _check(len(self.channel_mult) >= 1 and all(isinstance(m, int) and m >= 1 for m in self.channel_mult),
                "tokenizer.channel_mult", f"must be a non-empty list of positive integers, got {self.channel_mult}")
         _check(self.lr > 0, "tokenizer.lr", f"must be positive, got {self.lr}")
@@ -242,10 +246,16 @@ class SuperResConfig:
     transformer: TransformerConfig = TransformerConfig()
     lowres_depth: int = 2                # self-attention layers over the low-res tokens (Muse: 16, §2.4)
     num_steps: int = 8                   # Muse §2.8
+    guidance_scale: float = 0.0          # text guidance of the super-res pass (the low-res tokens are never dropped)
+    temperature: float = 0.0             # 0 = greedy tokens: upscaling wants the likeliest image (docs/SUPERRES.md)
+    train: TrainConfig = TrainConfig()   # `minimuse train-superres`
 
     def __post_init__(self):
         _check_types(self)
         _positive(self, "image_size", "lowres_depth", "num_steps")
+        _check(self.num_steps <= MAX_STEPS, "superres.num_steps", f"must be at most {MAX_STEPS}, got {self.num_steps}")
+        _check(self.guidance_scale >= 0, "superres.guidance_scale", f"must be 0 or more, got {self.guidance_scale}")
+        _check(self.temperature >= 0, "superres.temperature", f"must be 0 or more (0 = greedy), got {self.temperature}")
 
 
 @dataclass(frozen=True)
@@ -320,6 +330,7 @@ _SUBCONFIGS = {
     (Config, "transformer"): TransformerConfig, (Config, "train"): TrainConfig, (Config, "sample"): SampleConfig,
     (Config, "superres"): SuperResConfig,
     (SuperResConfig, "tokenizer"): TokenizerConfig, (SuperResConfig, "transformer"): TransformerConfig,
+    (SuperResConfig, "train"): TrainConfig,
 }
 
 

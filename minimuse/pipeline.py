@@ -1,7 +1,8 @@
 """The text-to-image pipeline: prompt -> frozen LM -> sampler -> tokenizer.decode -> uint8 images.
 
-Glue only (DESIGN §4): it loads the three trained parts from a checkpoint directory (`tokenizer/`,
-`transformer/`), encodes the prompts, calls the written-out loop in sampler.py, and decodes. Every sampling
+Glue only (DESIGN §4): it loads the trained parts from a checkpoint directory (`tokenizer/`, `transformer/`, and
+for Muse's cascade `superres/` with `superres_tokenizer/`), encodes the prompts, calls the written-out loop in
+sampler.py (once per stage), and decodes. Every sampling
 feature is a named argument whose default is the checkpoint's measured best (its SampleConfig). Arguments are
 checked before any work, once: a wrong type is a TypeError, a wrong value a ValueError (ConfigError for sampling
 settings), each naming the argument. Taught in notebooks/06_sampling.ipynb.
@@ -22,6 +23,7 @@ from .config import Config, ConfigError, SampleConfig
 from .sampler import sample
 from .text_encoder import TextEncoder
 from .tokenizer import Tokenizer
+from .superres import SuperResTransformer
 from .transformer import MaskedTransformer
 from .viz import history_strip, to_uint8, upscale
 
@@ -49,24 +51,43 @@ def check_device(device) -> torch.device:
 
 
 class MusePipeline:
-    def __init__(self, config: Config, tokenizer: Tokenizer, text_encoder: TextEncoder, transformer: MaskedTransformer):
-        self.config, self.tokenizer, self.text_encoder, self.transformer = config, tokenizer.eval(), text_encoder, transformer.eval()
+    """Base stage (tokenizer, transformer) and, optionally, the super-res stage (superres, superres_tokenizer: Muse
+    §2.4). With transformer=None it is an upscaler only: `upscale` works, generation does not."""
+
+    def __init__(self, config: Config, tokenizer: Tokenizer, text_encoder: TextEncoder, transformer: MaskedTransformer | None,
+                 superres: SuperResTransformer | None = None, superres_tokenizer: Tokenizer | None = None):
+        if (superres is None) != (superres_tokenizer is None):
+            raise ValueError("the super-res stage needs both superres and superres_tokenizer")
+        if transformer is None and superres is None:
+            raise ValueError("a pipeline needs a transformer, a super-res stage, or both")
+        self.config, self.tokenizer, self.text_encoder = config, tokenizer.eval(), text_encoder
+        self.transformer = transformer.eval() if transformer is not None else None
+        self.superres = superres.eval() if superres is not None else None
+        self.superres_tokenizer = superres_tokenizer.eval() if superres_tokenizer is not None else None
 
     @property
     def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
+        return next((self.transformer or self.superres).parameters()).device
 
     def to(self, device) -> "MusePipeline":
-        """Move the three models to `device`. Random draws come from a CPU generator wherever the model runs, so a seed
+        """Move every model to `device`. Random draws come from a CPU generator wherever the model runs, so a seed
         gives the same draws on any device; a GPU's arithmetic differs from the CPU's in the last bits."""
         device = check_device(device)
-        for part in (self.transformer, self.tokenizer, self.text_encoder):
-            part.to(device)
+        for part in (self.transformer, self.tokenizer, self.text_encoder, self.superres, self.superres_tokenizer):
+            if part is not None:
+                part.to(device)
         return self
 
     @property
     def mask_id(self) -> int:
         return self.transformer.mask_id
+
+    def stage_parts(self) -> tuple[dict, dict]:
+        """({stage: tokenizer}, {stage: mask id}) for viz's history pictures, whose steps name their stage."""
+        toks, ids = {"base": self.tokenizer}, {"base": (self.transformer or self.superres).mask_id}
+        if self.superres is not None:
+            toks["superres"], ids["superres"] = self.superres_tokenizer, self.superres.mask_id
+        return toks, ids
 
     # Editing (Muse §3.3), each through the one sampler loop: minimuse/editing.py, notebooks/08_editing.ipynb
     inpaint, outpaint, edit = editing.inpaint, editing.outpaint, editing.edit
@@ -75,8 +96,11 @@ class MusePipeline:
                  return_history: bool = False, sampler: str | None = None, negative_prompt: str | None = None,
                  schedule: str | None = None, guidance_schedule: str | None = None, choice_temperature: float | None = None,
                  temperature: float | None = None, top_k: int | None = None, generator: torch.Generator | None = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", superres: bool | None = None):
         """Draw one image per prompt. Returns uint8 (B, H, W, 3), and the per-step history if asked.
+
+        With a super-res stage (superres=None or True) the base grid is then upscaled (Muse's cascade): 64 px images,
+        and a history whose steps carry "stage": "base" then "superres". superres=False returns the base output.
 
         precision="bf16" runs the transformer under bf16 autocast: on a CPU with AVX-512 bf16, 1.17x faster for the
         laptop model at batch 16 (slower at batch 1), 1.4x at width 256, with faithfulness within noise
@@ -85,15 +109,66 @@ class MusePipeline:
                                    num_steps=num_steps, guidance_scale=guidance_scale, sampler=sampler, schedule=schedule,
                                    guidance_schedule=guidance_schedule, choice_temperature=choice_temperature,
                                    temperature=temperature, top_k=top_k)
-        ids, history = self.sample_ids(prompts, s, seed=seed, generator=generator, negative_prompt=negative_prompt,
+        cascade = self._use_superres(superres)
+        generator = generator or torch.Generator(self.device).manual_seed(seed)  # one stream through both stages
+        ids, history = self.sample_ids(prompts, s, generator=generator, negative_prompt=negative_prompt,
                                        precision=precision, return_history=return_history)
-        images = self.decode(ids)                                                          # (B, H, W, 3)
+        if cascade:
+            ids, sr_history = self.upscale_ids(ids, prompts, generator=generator, precision=precision,
+                                               return_history=return_history)
+            history = history + sr_history if return_history else None
+        images = self.decode(ids, "superres" if cascade else "base")                       # (B, H, W, 3)
         return (images, history) if return_history else images
 
+    def _use_superres(self, superres) -> bool:
+        if self.transformer is None:
+            raise ValueError("this pipeline holds only the super-res stage: use pipe.upscale(images, prompts)")
+        if superres not in (None, True, False):
+            raise TypeError(f"superres must be True, False or None, got {type(superres).__name__}")
+        if superres and self.superres is None:
+            raise ValueError("superres=True, but this checkpoint has no super-res stage (no superres/ folder); "
+                             "train one with `minimuse train-superres`")
+        return self.superres is not None and superres is not False
+
+    def upscale_ids(self, lowres_ids: torch.Tensor, prompts: list[str], *, seed: int = 0, generator=None,
+                    num_steps: int | None = None, guidance_scale: float | None = None, precision: str = "fp32",
+                    return_history: bool = False):
+        """The super-res stage on base-tokenizer ids (B, h, w): high-res ids (B, H', W') and its history, run by the
+        one sampler loop with `lowres_ids` and the stage's own steps, guidance and temperature (config.superres; Muse:
+        8 steps). Greedy by default: an upscaler should draw the likeliest high-res image of the one it was given."""
+        if self.superres is None:
+            raise ValueError("this checkpoint has no super-res stage (no superres/ folder); train one with "
+                             "`minimuse train-superres`")
+        sr = self.config.superres
+        s = dataclasses.replace(self.config.sample, num_steps=sr.num_steps if num_steps is None else num_steps,
+                                guidance_scale=sr.guidance_scale if guidance_scale is None else guidance_scale,
+                                temperature=sr.temperature)
+        ids, history = self.sample_ids(prompts, s, seed=seed, generator=generator, precision=precision,
+                                       return_history=return_history, model=self.superres, lowres_ids=lowres_ids)
+        return ids, [{**h, "stage": "superres"} for h in history] if return_history else None
+
+    def upscale(self, images: np.ndarray, prompts, seed: int = 0, num_steps: int | None = None,
+                guidance_scale: float | None = None, generator=None, return_history: bool = False):
+        """uint8 images (B, S, S, 3) at the base size and their prompts -> uint8 (B, 2S, 2S, 3) through the super-res
+        stage: the base tokenizer reads each image, the super-res model draws the high-res tokens (Muse §2.4)."""
+        prompts = self.check_prompts(prompts)
+        S = self.config.data.image_size
+        x = np.asarray(images)
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (S, S, 3):
+            raise ValueError(f"upscale takes uint8 images of shape (B, {S}, {S}, 3), got {x.dtype} {x.shape}")
+        if len(prompts) != len(x):
+            raise ValueError(f"{len(x)} images but {len(prompts)} prompts; give one prompt per image")
+        ids, history = self.upscale_ids(self.encode_images(x), prompts, seed=seed, generator=generator,
+                                        num_steps=num_steps, guidance_scale=guidance_scale, return_history=return_history)
+        out = self.decode(ids, "superres")
+        return (out, history) if return_history else out
+
     def sample_ids(self, prompts: list[str], s: SampleConfig, *, seed: int = 0, generator=None, negative_prompt=None,
-                   precision: str = "fp32", return_history: bool = False, init_ids=None, init_mask=None):
+                   precision: str = "fp32", return_history: bool = False, init_ids=None, init_mask=None,
+                   model=None, lowres_ids=None):
         """Encode the (validated) prompts and run the one sampler loop with settings `s`: token ids (B, h, w) and the
-        history (None unless asked). init_ids / init_mask (B, h, w) keep the known tokens: the editing methods' path."""
+        history (None unless asked). init_ids / init_mask (B, h, w) keep the known tokens: the editing methods' path.
+        model / lowres_ids: the super-res stage (default: the base transformer, unconditioned on a grid)."""
         dev = self.device  # the parts may sit on different devices (training samples a GPU model with a CPU tokenizer)
         encode = lambda texts: tuple(x.to(dev) for x in self.text_encoder(texts))
         text, text_mask = encode(prompts)                                                  # (B, T, E), (B, T)
@@ -104,21 +179,23 @@ class MusePipeline:
         # uniforms drawn on the host (7x slower at batch 256, docs/GPU.md). A CPU generator reproduces the CPU's draws.
         generator = generator or torch.Generator(dev).manual_seed(seed)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = sample(self.transformer, text, text_mask, uncond[0], uncond[1],
+            out = sample(model or self.transformer, text, text_mask, uncond[0], uncond[1],
                          negative_emb=negative[0], negative_mask=negative[1],
                          num_steps=s.num_steps, schedule=s.schedule, sampler=s.sampler,
                          guidance_scale=s.guidance_scale, guidance_schedule=s.guidance_schedule,
                          choice_temperature=s.choice_temperature, temperature=s.temperature, top_k=s.top_k,
-                         generator=generator, return_history=return_history, init_ids=init_ids, init_mask=init_mask)
+                         generator=generator, return_history=return_history, init_ids=init_ids, init_mask=init_mask,
+                         lowres_ids=lowres_ids)
         ids, history = out if return_history else (out, None)
         if history is not None:  # on the host, wherever the model ran: plots and widgets read it with numpy
             history = [{k: v.cpu() for k, v in h.items()} for h in history]
         return ids, history
 
-    def decode(self, ids: torch.Tensor) -> np.ndarray:
-        """Token ids (B, h, w) -> uint8 images (B, H, W, 3)."""
+    def decode(self, ids: torch.Tensor, stage: str = "base") -> np.ndarray:
+        """Token ids (B, h, w) of `stage` ("base" or "superres") -> uint8 images (B, H, W, 3)."""
+        tok = self.tokenizer if stage == "base" else self.superres_tokenizer
         with torch.inference_mode():
-            return to_uint8(self.tokenizer.decode(ids.to(next(self.tokenizer.parameters()).device)))
+            return to_uint8(tok.decode(ids.to(next(tok.parameters()).device)))
 
     def encode_images(self, images: np.ndarray) -> torch.Tensor:
         """uint8 images (B, S, S, 3) of the model's size -> token ids (B, h, w) on the model's device."""
@@ -175,7 +252,7 @@ class MusePipeline:
         """The checkpoint's sampling defaults with any non-None override applied (validated by SampleConfig), with
         num_steps at most the tokens of the grid: every step must commit at least one token."""
         s = dataclasses.replace(self.config.sample, **{k: v for k, v in overrides.items() if v is not None})
-        h, w = self.transformer.grid
+        h, w = (self.transformer or self.superres).grid
         if s.num_steps > h * w:
             raise ValueError(f"num_steps={s.num_steps} exceeds the {h * w} tokens of this model's {h}x{w} grid; "
                              f"use at most {h * w} steps")
@@ -191,27 +268,54 @@ def _saved_config(ckpt_dir: Path, kind: str) -> Config:
 
 def load_pipeline(checkpoint=None, config: Config | None = None, device=None) -> MusePipeline:
     """Load `checkpoint` (a directory with tokenizer/ and transformer/), default: the shipped laptop model, onto
-    `device` (default: CUDA when present, else the CPU). Any missing, corrupt or mismatched part is a CheckpointError
-    naming it: nothing falls back to another model."""
+    `device` (default: CUDA when present, else the CPU). When it also holds superres/ (with superres_tokenizer/) it
+    is Muse's cascade; a superres_decoder/ there (Muse §2.5: the finetuned decoder of the same tokens) then decodes
+    the high-res tokens. A directory with only tokenizer/, superres_tokenizer/ and superres/ (a `train-superres` run)
+    loads as an upscaler. Any missing, corrupt or mismatched part is a CheckpointError naming it: nothing falls back
+    to another model."""
     device = check_device(device if device is not None else default_device())
     root = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
     if root.exists() and not root.is_dir():
         raise CheckpointError(f"no pipeline checkpoint at {root}: it is a file; give the directory that holds "
                               "tokenizer/ and transformer/")
-    if not (root / "transformer").is_dir() or not (root / "tokenizer").is_dir():
+    has_sr = (root / "superres").is_dir()
+    if not (root / "tokenizer").is_dir() or not ((root / "transformer").is_dir() or has_sr):
         raise CheckpointError(f"no pipeline checkpoint at {root}: expected the folders tokenizer/ and transformer/ "
                               "(train one with `minimuse train --preset laptop`)")
-    saved = _saved_config(root / "transformer", "transformer")
+    transformer = None
+    if (root / "transformer").is_dir():
+        saved = _saved_config(root / "transformer", "transformer")
+        transformer = MaskedTransformer.from_pretrained(root / "transformer", config)
+    else:
+        saved = _saved_config(root / "superres", "superres")
     _saved_config(root / "tokenizer", "tokenizer")
-    transformer = MaskedTransformer.from_pretrained(root / "transformer", config)
     tokenizer = Tokenizer.from_pretrained(root / "tokenizer", saved)
-    if tokenizer.codebook_size != transformer.codebook_size:
+    if transformer is not None and tokenizer.codebook_size != transformer.codebook_size:
         raise CheckpointError(f"{root}: tokenizer has K={tokenizer.codebook_size} codes but the transformer predicts {transformer.codebook_size}")
-    return MusePipeline(config or saved, tokenizer, TextEncoder(saved.text), transformer).to(device)
+    superres = sr_tokenizer = None
+    if has_sr:
+        if not (root / "superres_tokenizer").is_dir():
+            raise CheckpointError(f"{root} holds superres/ but no superres_tokenizer/: the super-res stage needs both")
+        sr_saved = _saved_config(root / "superres", "superres")
+        superres = SuperResTransformer.from_pretrained(root / "superres")
+        decoder_dir = root / "superres_decoder" if (root / "superres_decoder").is_dir() else root / "superres_tokenizer"
+        sr_tokenizer = Tokenizer.from_pretrained(decoder_dir, sr_saved)
+        if superres.lowres_codebook_size != tokenizer.codebook_size or sr_tokenizer.codebook_size != superres.codebook_size:
+            raise CheckpointError(f"{root}: the super-res stage reads K={superres.lowres_codebook_size} base codes and "
+                                  f"predicts K={superres.codebook_size}, but the tokenizers have {tokenizer.codebook_size} "
+                                  f"and {sr_tokenizer.codebook_size}")
+        base_grid = transformer.grid if transformer is not None else saved.grid
+        if superres.lowres_grid != base_grid or superres.text_dim != saved.text.text_dim:
+            raise CheckpointError(f"{root}: the super-res stage reads a {superres.lowres_grid} grid and {superres.text_dim}-d "
+                                  f"text, but the base stage makes a {base_grid} grid and {saved.text.text_dim}-d text")
+        # the stage's own settings (size, steps, guidance) come from its own checkpoint
+        saved = sr_saved if transformer is None else dataclasses.replace(saved, superres=sr_saved.superres)
+    return MusePipeline(config or saved, tokenizer, TextEncoder(saved.text), transformer, superres, sr_tokenizer).to(device)
 
 
 def generate_cli(prompts: list[str], checkpoint, out=None, out_dir=None, history=None, batch_size: int = 64,
-                 upscale_factor: int = 1, overwrite: bool = False, device=None, **sampling) -> list[Path]:
+                 upscale_factor: int = 1, overwrite: bool = False, device=None, superres: bool | None = None,
+                 **sampling) -> list[Path]:
     """What `minimuse generate` does: one PNG per prompt, in order, plus an optional per-step strip.
 
     Everything is checked before the first image is drawn (output paths, checkpoint, prompts, settings), and each
@@ -228,7 +332,8 @@ def generate_cli(prompts: list[str], checkpoint, out=None, out_dir=None, history
         raise ValueError(f"--history {history} is also an image output; give it its own file name")
     check_outputs(paths + ([Path(history)] if history is not None else []), overwrite)
     pipe = load_pipeline(checkpoint, device=device)
-    S, seed = pipe.config.data.image_size, sampling.pop("seed", 0)
+    cascade = pipe._use_superres(superres)
+    S, seed = pipe.config.superres.image_size if cascade else pipe.config.data.image_size, sampling.pop("seed", 0)
     if not isinstance(upscale_factor, int) or upscale_factor < 1:
         raise ValueError(f"--upscale must be an integer from 1 to {MAX_UPSCALE}, got {upscale_factor}")
     if upscale_factor > MAX_UPSCALE:
@@ -243,11 +348,12 @@ def generate_cli(prompts: list[str], checkpoint, out=None, out_dir=None, history
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         want = history is not None and start == 0
-        images, hist = pipe(chunk, seed=seed + start, return_history=True, **sampling) if want else (pipe(chunk, seed=seed + start, **sampling), None)
+        images, hist = pipe(chunk, seed=seed + start, return_history=want, superres=cascade, **sampling) if want else \
+            (pipe(chunk, seed=seed + start, superres=cascade, **sampling), None)
         for img, path in zip(images, paths[start:start + len(chunk)]):
             atomic_save_image(path, upscale(img, upscale_factor))
         if want:
-            atomic_save_image(history, history_strip(hist, pipe.tokenizer, pipe.mask_id, index=0))
+            atomic_save_image(history, history_strip(hist, *pipe.stage_parts(), index=0))
     for p in paths[:3]:
         print(f"wrote {p}")
     if len(paths) > 3:

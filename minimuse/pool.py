@@ -17,14 +17,24 @@ from .config import Config
 from .runs import POOL_NAME
 
 
-def build_token_pool(cfg: Config, tokenizer, n: int, cache_dir=None, batch_size: int = 256) -> dict:
+def _fingerprint(model) -> float:
+    return float(sum(p.double().sum() for p in model.state_dict().values() if p.is_floating_point()))
+
+
+def build_token_pool(cfg: Config, tokenizer, n: int, cache_dir=None, batch_size: int = 256, lowres_tokenizer=None) -> dict:
     """Tokenize `n` training images once: on 2 cores the tokenizer costs more than a transformer step, so the
     transformer trains on a fixed pool of (ids, caption) pairs. Cached as pool.safetensors (ids and caption indices
-    as tensors, vocabulary and key as JSON), keyed by config and tokenizer; a pool of another key is rebuilt."""
+    as tensors, vocabulary and key as JSON), keyed by config and tokenizer; a pool of another key is rebuilt.
+
+    With `lowres_tokenizer` it is the super-res stage's pool: each scene rendered at superres.image_size gives `ids`
+    through `tokenizer`, and its box-filter decimation to the base size (stored as uint8, as a PNG would hold it)
+    gives `lowres_ids` through `lowres_tokenizer`: one scene at both sizes (Muse §2.4)."""
     from .data import make_sample, to_tensor
-    key = {"n": n, "size": cfg.data.image_size, "seed": cfg.data.train_seed, "kinds": list(cfg.data.kinds),
-           "paraphrase_prob": cfg.data.paraphrase_prob,
-           "tokenizer": float(sum(p.double().sum() for p in tokenizer.state_dict().values() if p.is_floating_point()))}
+    from .superres import decimate
+    size = cfg.data.image_size if lowres_tokenizer is None else cfg.superres.image_size
+    key = {"n": n, "size": size, "seed": cfg.data.train_seed, "kinds": list(cfg.data.kinds),
+           "paraphrase_prob": cfg.data.paraphrase_prob, "tokenizer": _fingerprint(tokenizer),
+           **({} if lowres_tokenizer is None else {"lowres_tokenizer": _fingerprint(lowres_tokenizer)})}
     path = Path(cache_dir) / POOL_NAME if cache_dir else None
     if path is not None and path.is_file():
         try:
@@ -33,22 +43,31 @@ def build_token_pool(cfg: Config, tokenizer, n: int, cache_dir=None, batch_size:
             pool = {}  # a corrupt cache is only a cache: rebuild it
         if pool.get("key") == key:
             return pool
-    h, w = cfg.grid
-    ids = torch.empty(n, h, w, dtype=torch.int16)
+    f = tokenizer.downsample
+    ids = torch.empty(n, size // f, size // f, dtype=torch.int16)
+    if lowres_tokenizer is not None:
+        h, w = cfg.grid
+        lowres_ids = torch.empty(n, h, w, dtype=torch.int16)
+        lowres_tokenizer.eval()
     captions, kinds = [], []
     tokenizer.eval()
     device = next(tokenizer.parameters()).device  # the training device: on a GPU the pool builds in seconds
     for start in range(0, n, batch_size):
-        samples = [make_sample(cfg.data.train_seed, i, cfg.data.image_size, cfg.data.kinds, cfg.data.paraphrase_prob)
+        samples = [make_sample(cfg.data.train_seed, i, size, cfg.data.kinds, cfg.data.paraphrase_prob)
                    for i in range(start, min(n, start + batch_size))]
         with torch.inference_mode():
             batch = torch.stack([to_tensor(s["image"]) for s in samples]).to(device)  # (b, 3, S, S)
             ids[start:start + len(samples)] = tokenizer.encode(batch).short().cpu()
+            if lowres_tokenizer is not None:
+                small = decimate(batch, size // cfg.data.image_size).mul(255).round().div(255)  # (b, 3, S/2, S/2)
+                lowres_ids[start:start + len(samples)] = lowres_tokenizer.encode(small).short().cpu()
         captions += [s["caption"] for s in samples]
         kinds += [s["kind"] for s in samples]
     vocab = [""] + sorted(set(captions))  # index 0 is the unconditional prompt
     index = {c: i for i, c in enumerate(vocab)}
     pool = {"key": key, "ids": ids, "caption_idx": torch.tensor([index[c] for c in captions]), "vocab": vocab, "kinds": kinds}
+    if lowres_tokenizer is not None:
+        pool["lowres_ids"] = lowres_ids
     if path is not None:
         save_tree(path, pool)
     return pool
@@ -61,7 +80,8 @@ def text_table(text_encoder, vocab: list[str]) -> tuple[torch.Tensor, torch.Tens
 
 def train_step_inputs(pool: dict, table, cfg: Config, step: int, batch_size: int, mask_id: int, rank: int = 0, world: int = 1):
     """The batch of one step, a pure function of (seed, step): sampled pool rows, text dropped to "" with prob
-    cond_drop_prob (Muse §2.7, for guidance), and a fresh random mask. Returns inputs, labels, text, text_mask."""
+    cond_drop_prob (Muse §2.7, for guidance), and a fresh random mask over the pool's grid. Returns inputs, labels,
+    text, text_mask, and for a super-res pool a fifth, the rows' lowres_ids (B, h', w'), never dropped or masked."""
     from .scheduler import add_noise, make_labels, random_mask
     g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
     if cfg.train.kind_weights:  # rows drawn so that each caption kind makes up its weight's share of the batch
@@ -69,14 +89,16 @@ def train_step_inputs(pool: dict, table, cfg: Config, step: int, batch_size: int
     else:
         rows = torch.randint(0, len(pool["ids"]), (batch_size * world,), generator=g)
     drop = torch.rand(batch_size * world, generator=g) < cfg.train.cond_drop_prob
-    mask = random_mask(batch_size * world, cfg.grid, g, cfg.train.min_mask_rate, cfg.train.rect_mask_prob)  # (B, L)
+    grid = tuple(pool["ids"].shape[1:])
+    mask = random_mask(batch_size * world, grid, g, cfg.train.min_mask_rate, cfg.train.rect_mask_prob)  # (B, L)
     sl = slice(rank * batch_size, (rank + 1) * batch_size)  # each process takes its own slice of the global batch
     rows, drop, mask = rows[sl], drop[sl], mask[sl]
     ids = pool["ids"][rows].long().flatten(1)  # (B, h, w) -> (B, L)
     cap = torch.where(drop, 0, pool["caption_idx"][rows])
     text, text_mask = table[0][cap], table[1][cap]  # (B, T, E), (B, T)
     T = int(text_mask.sum(1).max())  # trim shared padding: attention cost follows the longest caption in the batch
-    return add_noise(ids, mask, mask_id), make_labels(ids, mask), text[:, :T], text_mask[:, :T]
+    out = (add_noise(ids, mask, mask_id), make_labels(ids, mask), text[:, :T], text_mask[:, :T])
+    return out + (pool["lowres_ids"][rows].long(),) if "lowres_ids" in pool else out
 
 
 def _row_weights(pool: dict, cfg: Config) -> torch.Tensor:

@@ -35,11 +35,15 @@ _MUSE_SR = SuperResConfig(
     lowres_depth=16,                                                                    # Muse §2.4: 16-layer low-res encoder
     num_steps=8)                                                                        # Muse §2.8
 
+# The laptop super-res stage: 8x8 base tokens -> 16x16 high-res tokens, width 128 and depth 4 as the base model; a
+# 2-layer low-res encoder learned faster than a 4-layer one at equal steps (docs/SUPERRES.md)
 _LAPTOP_SR = SuperResConfig(
     image_size=64,
     tokenizer=TokenizerConfig(channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, codebook_size=256, code_dim=32,
                               recon_loss="mse", batch_size=8, steps=3000, lr=2e-3, log_every=50, ckpt_every=500),  # f=4: 64 px -> 16x16 tokens
-    transformer=TransformerConfig(width=128, depth=4, heads=4), lowres_depth=2, num_steps=8)
+    transformer=TransformerConfig(width=128, depth=4, heads=4), lowres_depth=2, num_steps=8,
+    train=TrainConfig(steps=10_000, batch_size=32, lr=2e-3, warmup_steps=300, min_lr_ratio=0.05, label_smoothing=0.1,
+                      mixed_precision="auto", log_every=50, ckpt_every=500, eval_every=1000, eval_prompts=64))
 
 PRESETS: dict[str, Config] = {
     "ci": Config(
@@ -53,7 +57,9 @@ PRESETS: dict[str, Config] = {
         superres=SuperResConfig(image_size=32,
                                 tokenizer=TokenizerConfig(channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, codebook_size=32,
                                                           code_dim=8, fsq_levels=(4, 4, 2), steps=30, batch_size=16, warmup_steps=5),
-                                transformer=TransformerConfig(width=64, depth=2, heads=2), lowres_depth=1, num_steps=4)),
+                                transformer=TransformerConfig(width=64, depth=2, heads=2), lowres_depth=1, num_steps=4,
+                                train=TrainConfig(steps=30, batch_size=16, warmup_steps=5, log_every=10, ckpt_every=20,
+                                                  eval_every=0, eval_prompts=8))),
     "laptop": Config(
         name="laptop",
         tokenizer=TokenizerConfig(channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, codebook_size=256, code_dim=32,

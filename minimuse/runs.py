@@ -20,6 +20,7 @@ from .checkpoint import TMP_SUFFIX, CheckpointError, atomic_write_text, load_tre
 
 STATE_NAME = "training_state.safetensors"   # the tokenizer's; the transformer's is TRANSFORMER_STATE
 TRANSFORMER_STATE = "transformer_state.safetensors"
+SUPERRES_STATE = "superres_state.safetensors"
 POOL_NAME = "pool.safetensors"
 LOG_NAME = "log.jsonl"
 

@@ -95,9 +95,10 @@ class _Guided:
     The unconditional text keeps its own length (the empty prompt is 2 tokens) and, when it is one row, its batch of 1:
     the forward of 2B rows attends the cond half to the prompt and the uncond half to the shared "" text."""
 
-    def __init__(self, transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights):
+    def __init__(self, transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights, cond: dict | None = None):
+        cond = cond or {}  # the super-res model's lowres_ids
         self.model = transformer
-        self.ctx_cond = transformer.encode_text(text_emb, text_mask)
+        self.ctx_cond = transformer.encode_text(text_emb, text_mask, **cond)
         self.ctx_both = None
         if any(w != 0 for w in weights):
             if uncond_emb is None:
@@ -107,7 +108,7 @@ class _Guided:
                                  "pass one, or one per prompt")
             um = (torch.ones(uncond_emb.shape[:2], dtype=torch.bool, device=uncond_emb.device) if uncond_mask is None
                   else uncond_mask)
-            self.ctx_both = (self.ctx_cond, transformer.encode_text(uncond_emb, um))  # cond rows first
+            self.ctx_both = (self.ctx_cond, transformer.encode_text(uncond_emb, um, **cond))  # cond rows first
 
     def __call__(self, ids, w, head_index=None):
         if w == 0:  # Muse's ramp starts at 0: skip the unconditional half entirely
@@ -128,9 +129,11 @@ def _head_positions(mask: torch.Tensor, same_count: bool) -> torch.Tensor | None
 def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, *, num_steps=12, schedule="cosine",
            sampler="confidence", guidance_scale=0.0, guidance_schedule="constant", negative_emb=None,
            negative_mask=None, choice_temperature=1.0, temperature=1.0, top_k=0, generator=None, init_ids=None,
-           init_mask=None, return_history=False):
+           init_mask=None, lowres_ids=None, return_history=False):
     """Generate token grids (B, h, w) for text embeddings (B, T, E) with padding masks (B, T).
 
+    `lowres_ids` (B, h', w') conditions a super-res transformer (superres.py) on the base model's grid; guidance then
+    contrasts the text with "" while both halves see the same low-res tokens.
     `init_ids` (B, h, w) with `init_mask` (True = regenerate; default: where init_ids == mask_id) inpaints or
     outpaints: only the masked region is sampled and every other token is kept. `negative_emb` replaces the
     unconditional text in guidance. With `return_history=True` also returns one dict per step: `ids` (the grid after
@@ -159,7 +162,8 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
         with torch.inference_mode():
             if text_mask is None:
                 text_mask = torch.ones(text_emb.shape[:2], dtype=torch.bool, device=device)
-            model = _Guided(transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights)
+            cond = {} if lowres_ids is None else {"lowres_ids": lowres_ids.to(device)}
+            model = _Guided(transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights, cond)
             if init_ids is None:
                 ids = torch.full((B, L), mask_id, dtype=torch.long, device=device)
             else:

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from .checkpoint import CheckpointError, check_config, load_checkpoint, load_state_strict, save_checkpoint
 from .config import Config, TokenizerConfig
 
-# Fields that change the weights or the meaning of an id; the rest (lr, steps, ...) may differ when loading.
+# Fields that change the meaning of an id; the rest (lr, steps, ...) may differ when loading. The decoder's own size
+# (decoder_channels, decoder_res_blocks) is not among them: a finetuned decoder reads the same tokens (Muse §2.5), and
+# the weights always load strictly into a model built from the checkpoint's own config.
 ARCH_FIELDS = ("quantizer", "channels", "channel_mult", "num_res_blocks", "codebook_size")
 ARCH_FIELDS_BY_QUANTIZER = {"vq": ("code_dim",), "fsq": ("fsq_levels",)}
 
@@ -171,11 +173,11 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: TokenizerConfig, in_dim: int):
         super().__init__()
-        ch = [cfg.channels * m for m in cfg.channel_mult]
+        ch = [(cfg.decoder_channels or cfg.channels) * m for m in cfg.channel_mult]
         cin = ch[-1]
         layers = [nn.Conv2d(in_dim, cin, 3, padding=1), ResBlock(cin, cin)]
         for i in reversed(range(len(ch))):
-            for _ in range(cfg.num_res_blocks):
+            for _ in range(cfg.decoder_res_blocks or cfg.num_res_blocks):
                 layers.append(ResBlock(cin, ch[i]))
                 cin = ch[i]
             if i > 0:

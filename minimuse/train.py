@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CheckpointError
 from .config import Config
 from .pool import build_token_pool, text_table, train_step_inputs  # noqa: F401 (notebook 05 imports them from here)
-from .runs import (LOG_NAME, POOL_NAME, STATE_NAME, TRANSFORMER_STATE, JsonlLogger, _last_ckpt,  # noqa: F401
+from .runs import (LOG_NAME, POOL_NAME, STATE_NAME, SUPERRES_STATE, TRANSFORMER_STATE, JsonlLogger, _last_ckpt,  # noqa: F401
                    load_training_state, prepare_run_dir, rng_states, save_training_state, set_rng_states)
 
 # ------------------------------------------------------------------------------------------ shared infrastructure
@@ -100,6 +100,12 @@ def psnr(recon: torch.Tensor, target: torch.Tensor) -> float:
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
+def _saved(state: dict) -> dict:
+    """The config a run was trained with, read back as a Config: a field added to minimuse since takes its default,
+    so a run resumes under a newer version exactly when nothing it trained with has changed."""
+    return Config.from_dict(state["config"]).to_dict()
+
+
 def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, disable=not enabled or bool(os.environ.get("TQDM_DISABLE")), dynamic_ncols=True)
 
@@ -135,7 +141,7 @@ def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "ba
     start, history, elapsed = 0, [], 0.0  # elapsed: wall seconds of earlier runs of this training
     if resume:
         state = load_training_state(out_dir / STATE_NAME)
-        if state["config"] != cfg.to_dict() or state["stage"] != stage:
+        if _saved(state) != cfg.to_dict() or state["stage"] != stage:
             raise ValueError(f"cannot resume {out_dir}: it was trained with another config or stage; use a new --out")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -215,21 +221,37 @@ def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "ba
 
 
 # ------------------------------------------------------------------------------------------- transformer training
-def _resolve_tokenizer_dir(out_dir: Path, tokenizer_dir) -> Path:
+def _resolve_tokenizer_dir(out_dir: Path, tokenizer_dir, name: str = "tokenizer") -> Path:
     from .checkpoint import WEIGHTS_NAME
     from .pipeline import DEFAULT_CHECKPOINT
+    flag = "--" + name.replace("_", "-")
     if tokenizer_dir is not None:  # a path the user typed is used or refused, never silently replaced
         if not (Path(tokenizer_dir) / WEIGHTS_NAME).is_file():
-            raise CheckpointError(f"--tokenizer {tokenizer_dir} is not a tokenizer checkpoint (no {WEIGHTS_NAME} there)")
+            raise CheckpointError(f"{flag} {tokenizer_dir} is not a tokenizer checkpoint (no {WEIGHTS_NAME} there)")
         return Path(tokenizer_dir)
-    for cand in (out_dir / "tokenizer", DEFAULT_CHECKPOINT / "tokenizer"):
+    for cand in (out_dir / name, DEFAULT_CHECKPOINT / name):
         if (cand / WEIGHTS_NAME).is_file():
             return cand
-    raise FileNotFoundError(f"no trained tokenizer: pass --tokenizer DIR, or run `minimuse train-tokenizer --out {out_dir / 'tokenizer'}` first")
+    stage = " --stage superres" if name == "superres_tokenizer" else ""
+    raise FileNotFoundError(f"no trained {name.replace('_', ' ')}: pass {flag} DIR, or run "
+                            f"`minimuse train-tokenizer{stage} --out {out_dir / name}` first")
+
+
+def train_superres(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=None, superres_tokenizer_dir=None,
+                   on_step=None, overwrite: bool = False, report: bool = False) -> list[dict]:
+    """Train the super-res transformer of `cfg` (Muse §2.4) with the base model's loop and cfg.superres.train: pairs
+    of one scene at both sizes (the base tokenizer reads the 2x box-decimated render, the super-res tokenizer the full
+    one), the high-res tokens masked with the same cos(pi u / 2) law, loss on them only, 10% of the text dropped to "".
+    The low-res tokens are never dropped: the unconditional half of guidance still upsamples the same image, so the
+    model never needs to draw a high-res image from nothing, and a dropped grid would only teach it to ignore its
+    input. out_dir ends with tokenizer/, superres_tokenizer/, superres/, log.jsonl and the training state."""
+    return train_transformer(cfg, out_dir, resume, tokenizer_dir, on_step, overwrite, report, stage="superres",
+                             superres_tokenizer_dir=superres_tokenizer_dir)
 
 
 def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=None, on_step=None,
-                      overwrite: bool = False, report: bool = False) -> list[dict]:
+                      overwrite: bool = False, report: bool = False, stage: str = "base",
+                      superres_tokenizer_dir=None) -> list[dict]:
     """Train the masked transformer of `cfg` on a trained tokenizer. out_dir ends as a pipeline checkpoint:
     out_dir/tokenizer, out_dir/transformer (safetensors + config), log.jsonl and the training state. Returns the log.
 
@@ -239,29 +261,48 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     on_step(step, record, model), if given, is called after every step (notebooks draw live curves with it).
     An out_dir holding a run needs resume=True or overwrite=True. report=True ends by writing out_dir/report.json
     (bench.train_report: minutes, steps/s, achieved GFLOP/s and the fraction of the measured matmul peak).
+    stage="superres" is `train_superres`: the same loop, on the super-res model, its pairs and cfg.superres.train.
     """
+    import dataclasses
     from .scheduler import masked_ce
+    from .superres import SuperResTransformer
     from .text_encoder import TextEncoder
     from .tokenizer import Tokenizer
     from .transformer import MaskedTransformer
 
-    tc = cfg.train
+    if stage not in ("base", "superres"):
+        raise ValueError(f"stage must be 'base' or 'superres', got {stage!r}")
+    if stage == "superres" and cfg.superres is None:
+        raise ValueError(f"preset '{cfg.name}' has no super-res stage; choose a preset with a superres section")
+    sr = stage == "superres"
+    scfg = dataclasses.replace(cfg, train=cfg.superres.train) if sr else cfg  # the stage's own TrainConfig as .train
+    cls, export_name, state_name = ((SuperResTransformer, "superres", SUPERRES_STATE) if sr
+                                    else (MaskedTransformer, "transformer", TRANSFORMER_STATE))
+    tc = scfg.train
     t_enter = time.time()  # the whole command's clock: the token pool and the text table count, as a user waits for them
     keep_freed_memory()
-    accelerator = make_accelerator(cfg, compile=tc.torch_compile)
+    accelerator = make_accelerator(scfg, compile=tc.torch_compile)
     tok_src = _resolve_tokenizer_dir(Path(out_dir), tokenizer_dir)  # a mistyped --tokenizer fails before any write
-    out_dir = prepare_run_dir(out_dir, TRANSFORMER_STATE, ("transformer",), resume, overwrite, accelerator)
+    sr_src = _resolve_tokenizer_dir(Path(out_dir), superres_tokenizer_dir, "superres_tokenizer") if sr else None
+    out_dir = prepare_run_dir(out_dir, state_name, (export_name,), resume, overwrite, accelerator)
     tokenizer = Tokenizer.from_pretrained(tok_src, cfg)
+    hi_tokenizer = Tokenizer.from_pretrained(sr_src, cfg) if sr else None
     seed_everything(tc.seed)
-    if tok_src.resolve() != (out_dir / "tokenizer").resolve() and accelerator.is_main_process:
-        tokenizer.save_pretrained(out_dir / "tokenizer")  # out_dir becomes a complete pipeline checkpoint
+    for tok, src, name in ((tokenizer, tok_src, "tokenizer"), (hi_tokenizer, sr_src, "superres_tokenizer")):
+        if tok is not None and src.resolve() != (out_dir / name).resolve() and accelerator.is_main_process:
+            tok.save_pretrained(out_dir / name)  # out_dir becomes a complete (stage) checkpoint
 
     tokenizer.to(accelerator.device)
-    pool = build_token_pool(cfg, tokenizer, cfg.data.pool_size, out_dir if accelerator.is_main_process else None)
+    if sr:
+        hi_tokenizer.to(accelerator.device)
+        pool = build_token_pool(cfg, hi_tokenizer, cfg.data.pool_size, out_dir if accelerator.is_main_process else None,
+                                lowres_tokenizer=tokenizer)
+    else:
+        pool = build_token_pool(cfg, tokenizer, cfg.data.pool_size, out_dir if accelerator.is_main_process else None)
     text_encoder = TextEncoder(cfg.text)
     table = text_table(text_encoder, pool["vocab"])
 
-    model = MaskedTransformer.from_config(cfg)
+    model = cls.from_config(cfg)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
     groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -279,8 +320,8 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     start, history, window, elapsed = 0, [], [], 0.0
     timing = {"setup_s": 0.0, "step_s": 0.0, "eval_s": 0.0, "ckpt_s": 0.0, "steps": 0}
     if resume:
-        state = load_training_state(out_dir / TRANSFORMER_STATE)
-        if state["config"] != cfg.to_dict():
+        state = load_training_state(out_dir / state_name)
+        if _saved(state) != cfg.to_dict():
             raise ValueError(f"cannot resume {out_dir}: it was trained with another config; use a new --out")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -305,22 +346,23 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         accelerator.wait_for_everyone()
         if not accelerator.is_main_process:
             return
-        save_training_state(out_dir / TRANSFORMER_STATE, {
+        save_training_state(out_dir / state_name, {
             "step": step, "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_states(),
             "history": history, "config": cfg.to_dict(), "ema": ema, "window": window,
             "elapsed_s": elapsed + time.time() - t0, "timing": timing})
         if ema is None:
-            raw.save_pretrained(out_dir / "transformer", cfg)
+            raw.save_pretrained(out_dir / export_name, cfg)
         else:
-            shadow = MaskedTransformer.from_config(cfg)
+            shadow = cls.from_config(cfg)
             for p, e in zip(shadow.parameters(), ema):
                 p.data.copy_(e)
-            shadow.save_pretrained(out_dir / "transformer", cfg)
+            shadow.save_pretrained(out_dir / export_name, cfg)
 
     eval_fn = None
     if tc.eval_every and accelerator.is_main_process:
-        from .eval import quick_eval_fn
-        eval_fn = quick_eval_fn(cfg, tokenizer, text_encoder, tc.eval_prompts)
+        from .eval import quick_eval_fn, quick_superres_eval_fn
+        eval_fn = (quick_superres_eval_fn(cfg, tokenizer, hi_tokenizer, text_encoder, tc.eval_prompts) if sr
+                   else quick_eval_fn(cfg, tokenizer, text_encoder, tc.eval_prompts))
     t0, last_ckpt = t_enter, start if resume else None
     timing["setup_s"] += time.time() - t_enter
     last_batch = None  # the report counts the FLOPs of the last step's batch
@@ -329,12 +371,13 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         t_step = time.time()
         lr = cosine_lr(step, tc.lr, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
         set_lr(optimizer, lr)
-        inputs, labels, text, text_mask = (x.to(accelerator.device) for x in train_step_inputs(
-            pool, table, cfg, step, b, raw.mask_id, accelerator.process_index, accelerator.num_processes))
-        last_batch = (inputs, labels, text, text_mask)
+        inputs, labels, text, text_mask, *lowres = (x.to(accelerator.device) for x in train_step_inputs(
+            pool, table, scfg, step, b, raw.mask_id, accelerator.process_index, accelerator.num_processes))
+        extra = {"lowres_ids": lowres[0]} if sr else {}  # the super-res model reads the base grid beside the text
+        last_batch = (inputs, labels, text, text_mask, extra)
         model.train()
         with accelerator.autocast():
-            logits = model(inputs, text, text_mask)  # (B, L, K)
+            logits = model(inputs, text, text_mask, **extra)  # (B, L, K)
             loss = masked_ce(logits, labels, tc.label_smoothing)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"transformer loss became {loss.item()} at step {step}; {_last_ckpt(last_ckpt, out_dir)}. "
@@ -379,6 +422,6 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     bar.close()
     if report and accelerator.is_main_process and last_batch is not None:
         from .bench import write_train_report
-        write_train_report(out_dir, cfg, raw, timing, elapsed + time.time() - t0, last_batch, resolve_precision(tc.mixed_precision))
+        write_train_report(out_dir, scfg, raw, timing, elapsed + time.time() - t0, last_batch, resolve_precision(tc.mixed_precision))
     return history
 

@@ -67,6 +67,8 @@ def attention(q, k, v, mask=None, dropout_p: float = 0.0, weights: bool = False)
 
 
 class MaskedTransformer(nn.Module):
+    KIND = "transformer"  # the checkpoint kind in config.json; superres.py's subclass saves "superres"
+
     def __init__(self, cfg: TransformerConfig, codebook_size: int, grid: tuple[int, int], text_dim: int):
         super().__init__()
         self.cfg, self.codebook_size, self.grid, self.text_dim = cfg, codebook_size, tuple(grid), text_dim
@@ -109,6 +111,10 @@ class MaskedTransformer(nn.Module):
 
     def encode_text(self, text: torch.Tensor, text_mask: torch.Tensor) -> TextContext:
         """Project the text (B, T, E) once and precompute every layer's cross-attention K/V."""
+        self.check_text(text, text_mask)
+        return self.context(self.text_norm(self.text_proj(text)), text_mask.bool())  # (B, T, D)
+
+    def check_text(self, text: torch.Tensor, text_mask: torch.Tensor) -> None:
         if text.dim() != 3 or text.shape[-1] != self.text_dim or text_mask.shape != text.shape[:2]:
             raise ValueError(f"expected text (B, T, {self.text_dim}) and text_mask (B, T); "
                              f"got {tuple(text.shape)} and {tuple(text_mask.shape)}")
@@ -116,10 +122,12 @@ class MaskedTransformer(nn.Module):
             # an all-padding row makes softmax over nothing (NaN); "" encodes to real [CLS][SEP] tokens instead
             raise ValueError("a text_mask row has no real token; use the encoding of the empty prompt '' as the "
                              "unconditional input, not an all-False mask")
-        ctx = self.text_norm(self.text_proj(text))  # (B, T, D)
+
+    def context(self, ctx: torch.Tensor, mask: torch.Tensor) -> TextContext:
+        """What every block cross-attends to, (B, S, D) with its (B, S) mask of real positions -> per-layer K/V."""
         kv = [blk.cross.text_kv(ctx) for blk in self.blocks]
-        all_real = bool(text_mask.all())  # then no mask at all: attention without one is the faster kernel
-        return TextContext(kv, None if all_real else text_mask.bool()[:, None, None, :])  # (B, 1, 1, T)
+        all_real = bool(mask.all())  # then no mask at all: attention without one is the faster kernel
+        return TextContext(kv, None if all_real else mask[:, None, None, :])  # (B, 1, 1, S)
 
     def forward(self, ids: torch.Tensor, text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
                 *, ctx: TextContext | tuple[TextContext, ...] | None = None, head_index: torch.Tensor | None = None,
@@ -178,17 +186,17 @@ class MaskedTransformer(nn.Module):
         return x, attns
 
     def save_pretrained(self, out_dir, config: Config):
-        """Write config.json (the full Config, kind "transformer") and model.safetensors atomically."""
+        """Write config.json (the full Config, kind KIND) and model.safetensors atomically."""
         diff = config_diff(self._arch(config), self._arch_of_self())
         if diff:
             raise ValueError(f"save_pretrained: `config` does not describe this model: field {diff}; "
                              "pass the Config the model was built from")
-        return save_checkpoint(out_dir, "transformer", config.to_dict(), self.state_dict())
+        return save_checkpoint(out_dir, self.KIND, config.to_dict(), self.state_dict())
 
     @classmethod
     def from_pretrained(cls, ckpt_dir, config: Config | None = None) -> "MaskedTransformer":
         """Rebuild from the saved config and load strictly; with `config`, first check its architecture fields."""
-        meta, state = load_checkpoint(ckpt_dir, "transformer")
+        meta, state = load_checkpoint(ckpt_dir, cls.KIND)
         saved = Config.from_dict(meta["config"])
         if config is not None:
             check_config(cls._arch(saved), cls._arch(config), ckpt_dir)
@@ -209,23 +217,27 @@ class MaskedTransformer(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm: x + SelfAttn(LN x), then + CrossAttn(LN x, text), then + MLP(LN x)."""
+    """Pre-norm: x + SelfAttn(LN x), then + CrossAttn(LN x, text), then + MLP(LN x). With cross=False, a plain
+    encoder block (self-attention and MLP): the super-res stage's low-res encoder (superres.py)."""
 
-    def __init__(self, cfg: TransformerConfig):
+    def __init__(self, cfg: TransformerConfig, cross: bool = True):
         super().__init__()
         D = cfg.width
-        self.ln1, self.ln2, self.ln3 = nn.LayerNorm(D), nn.LayerNorm(D), nn.LayerNorm(D)
+        self.ln1, self.ln3 = nn.LayerNorm(D), nn.LayerNorm(D)
+        self.ln2 = nn.LayerNorm(D) if cross else None
         self.attn = SelfAttention(cfg)
-        self.cross = CrossAttention(cfg)
+        self.cross = CrossAttention(cfg) if cross else None
         hidden = int(cfg.mlp_ratio * D)
         # fc carries the GELU, so the oneDNN path applies it in the GEMM's own pass (state-dict keys mlp.fc, mlp.out)
         self.mlp = nn.Sequential(OrderedDict(fc=Linear(D, hidden, act="gelu"), out=Linear(hidden, D)))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, text_slices, return_attn: bool):
+    def forward(self, x, text_slices=None, return_attn: bool = False):
         x = x + self.drop(self.attn(self.ln1(x)))
-        y, attn = self.cross(self.ln2(x), text_slices, return_attn)
-        x = x + self.drop(y)
+        attn = None
+        if self.cross is not None:
+            y, attn = self.cross(self.ln2(x), text_slices, return_attn)
+            x = x + self.drop(y)
         x = x + self.drop(self.mlp(self.ln3(x)))
         return x, attn
 

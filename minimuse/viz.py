@@ -36,15 +36,23 @@ def decode_partial(tokenizer, ids: torch.Tensor, mask: torch.Tensor, mask_id: in
     return images
 
 
-def step_panels(history: list[dict], tokenizer, mask_id: int, step: int, index: int = 0) -> dict[str, np.ndarray]:
+def _for_stage(x, step: dict):
+    """A cascade's history names each step's stage ("base", "superres"); tokenizer and mask_id may then be dicts
+    by stage (MusePipeline.stage_parts()). A plain tokenizer or id serves a one-stage history."""
+    return x[step.get("stage", "base")] if isinstance(x, dict) else x
+
+
+def step_panels(history: list[dict], tokenizer, mask_id, step: int, index: int = 0) -> dict[str, np.ndarray]:
     """Everything shown for one sampling step of one image: the logic behind the step slider.
 
     Returns `image` (H, W, 3) uint8, and (h, w) float arrays `mask`, `committed`, `confidence`, `entropy`.
+    tokenizer and mask_id: one each, or dicts by stage for a cascade's history.
     """
     if not 0 <= step < len(history):
         raise ValueError(f"step {step} out of range: the history has {len(history)} steps")
     h = history[step]
-    image = decode_partial(tokenizer, h["ids"][index:index + 1], h["mask"][index:index + 1], mask_id)[0]
+    image = decode_partial(_for_stage(tokenizer, h), h["ids"][index:index + 1], h["mask"][index:index + 1],
+                           _for_stage(mask_id, h))[0]
     return {"image": image, **{k: h[k][index].float().cpu().numpy() for k in ("mask", "committed", "confidence", "entropy")}}
 
 
@@ -81,20 +89,21 @@ def _heat(a: np.ndarray, size: int, vmax: float = 1.0) -> Image.Image:
     return tile.resize((size, size), Image.NEAREST)
 
 
-def history_strip(history: list[dict], tokenizer, mask_id: int, index: int = 0, scale: int = 4) -> Image.Image:
+def history_strip(history: list[dict], tokenizer, mask_id, index: int = 0, scale: int = 4) -> Image.Image:
     """A PIL image for `minimuse generate --history`: columns are steps; rows are the decoded image,
-    the still-masked positions (yellow) and the confidence heatmap (black -> yellow)."""
+    the still-masked positions (yellow) and the confidence heatmap (black -> yellow). A cascade's steps are
+    labelled by stage ("sr 1" ...) and drawn at the largest stage's size."""
     T = len(history)
-    first = step_panels(history, tokenizer, mask_id, 0, index)
-    S = first["image"].shape[0] * scale
+    panels = [step_panels(history, tokenizer, mask_id, t, index) for t in range(T)]
+    S = max(p["image"].shape[0] for p in panels) * scale
     pad, label = 4, 14
     sheet = Image.new("RGB", (T * (S + pad) + pad, 3 * (S + pad) + pad + label), "white")
     draw = ImageDraw.Draw(sheet)
-    for t in range(T):
-        p = step_panels(history, tokenizer, mask_id, t, index)
+    n_base = sum(h.get("stage", "base") == "base" for h in history)
+    for t, p in enumerate(panels):
         x = pad + t * (S + pad)
-        draw.text((x, 1), f"step {t + 1}", fill="black")
-        sheet.paste(Image.fromarray(upscale(p["image"], scale)), (x, label + pad))
+        draw.text((x, 1), f"step {t + 1}" if t < n_base else f"sr {t + 1 - n_base}", fill="black")
+        sheet.paste(Image.fromarray(upscale(p["image"], S // p["image"].shape[0])), (x, label + pad))
         sheet.paste(_heat(p["mask"], S), (x, label + 2 * pad + S))
         sheet.paste(_heat(p["confidence"], S), (x, label + 3 * pad + 2 * S))
     return sheet

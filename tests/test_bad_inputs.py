@@ -238,7 +238,9 @@ CASES = [
       None, id="tokenizer-mistyped"),
     C(["train-tokenizer", "--preset", "ci", "--out", "{tmp}/run"], "is a file, not a directory", files({"run": "x"}), id="train-out-is-file"),
     C(["train-tokenizer", "--preset", "ci", "--stage", "middle"], "invalid choice: 'middle'", None, id="train-stage-unknown"),
-    C(["train-superres", "--preset", "ci", "--overwrite", "--out", "{tmp}/sr"], "not implemented yet", None, id="superres"),
+    C(["train-superres", "--preset", "gpu", "--out", "{tmp}/sr"], "preset 'gpu' has no super-res stage", None, id="superres-preset"),
+    C(["train-superres", "--preset", "ci", "--out", "{tmp}/sr", "--superres-tokenizer", "{tmp}/nothing"],
+      "is not a tokenizer checkpoint", None, id="superres-tokenizer"),
     # --------------------------------------------------------------------------------------------- dataset
     C(["dataset", "--n", "0", "--out-dir", "{tmp}/ds"], "--n must be at least 1", None, id="dataset-n-0"),
     C(["dataset", "--n", "-5", "--out-dir", "{tmp}/ds"], "--n must be at least 1", None, id="dataset-n-negative"),

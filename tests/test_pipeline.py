@@ -284,11 +284,6 @@ def test_unknown_sampler_is_rejected_by_argparse(capsys, ckpt, tmp_path):
     assert "invalid choice: 'greedy'" in capsys.readouterr().err
 
 
-def test_train_superres_is_not_implemented(capsys):
-    code, _, err = run_cli(capsys, "train-superres", "--preset", "ci")
-    assert_one_line_error(code, err, "not implemented yet")
-
-
 def test_dataset_command(capsys, tmp_path):
     data = pytest.importorskip("minimuse.data")
     if not hasattr(data, "write_dataset"):

@@ -168,7 +168,7 @@ def test_report_counts_three_forward_passes_less_the_frozen_text_gradient():
     labels = torch.where(torch.rand(B, L) < 0.5, ids, -100)
     with torch.no_grad():
         forward = count_flops(lambda: model(ids, text, text_mask))
-    step = train_step_flops(model, ids, labels, text, text_mask, 0.1, "fp32")
+    step = train_step_flops(model, ids, labels, text, text_mask, {}, 0.1, "fp32")
     assert step == 3 * forward - 2 * B * T * E * CFG.transformer.width
 
 

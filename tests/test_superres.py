@@ -1,0 +1,293 @@
+"""The super-res stage (Muse §2.4): the low-res encoder and the [text ; low-res] context, its training data and loop,
+the cascade in the pipeline, and `minimuse upscale`."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from minimuse.checkpoint import load_tree, save_tree
+from minimuse.cli import main
+from minimuse.config import ConfigError, get_config
+from minimuse.pipeline import load_pipeline
+from minimuse.pool import build_token_pool, train_step_inputs
+from minimuse.runs import SUPERRES_STATE
+from minimuse.sampler import sample
+from minimuse.scheduler import masked_ce
+from minimuse.superres import SuperResTransformer, decimate
+from minimuse.tokenizer import Tokenizer
+from minimuse.train import train_superres
+from tiny import make_tiny_pipeline
+
+CI = get_config("ci")
+OVERRIDES = {"superres.train.steps": 6, "superres.train.batch_size": 8, "data.pool_size": 32,
+             "superres.train.ckpt_every": 3, "superres.train.log_every": 1}
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return SuperResTransformer.from_config(CI).eval()
+
+
+def _inputs(m, B=3, T=5):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, m.codebook_size, (B, *m.grid), generator=g)
+    lo = torch.randint(0, m.lowres_codebook_size, (B, *m.lowres_grid), generator=g)
+    text = torch.randn(B, T, m.text_dim, generator=g)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    return ids, lo, text, mask
+
+
+@pytest.fixture(scope="module")
+def cascade(tmp_path_factory):
+    """A ci pipeline checkpoint with a random-initialised super-res stage beside it."""
+    root = make_tiny_pipeline(tmp_path_factory.mktemp("cascade"))
+    torch.manual_seed(1)
+    Tokenizer(CI.superres.tokenizer).save_pretrained(root / "superres_tokenizer", CI, stage="superres")
+    SuperResTransformer.from_config(CI).save_pretrained(root / "superres", CI)
+    return root
+
+
+# ------------------------------------------------------------------------------------------------------- the model
+def test_lowres_encoder_and_concatenated_context_shapes():
+    m = _model()
+    ids, lo, text, mask = _inputs(m)
+    (h, w), (hl, wl), D, H = m.grid, m.lowres_grid, m.cfg.width, m.cfg.heads
+    assert m.encode_lowres(lo).shape == (3, hl * wl, D)
+    ctx = m.encode_text(text, mask, lo)
+    k, v = ctx.kv[0]
+    assert k.shape == v.shape == (3, H, 5 + hl * wl, D // H)  # text and low-res side by side on the sequence axis
+    assert len(ctx.kv) == len(m.blocks) and ctx.attn_mask is None  # all real: no mask at all
+    assert m(ids, text, mask, lowres_ids=lo).shape == (3, h * w, m.codebook_size)
+
+
+def test_encoder_blocks_have_no_cross_attention_and_the_main_blocks_are_transformer_blocks():
+    m = _model()
+    from minimuse.transformer import Block
+    assert all(isinstance(b, Block) and b.cross is None for b in m.lowres_blocks)
+    assert all(isinstance(b, Block) and b.cross is not None for b in m.blocks)
+
+
+def test_padded_text_gets_no_attention_and_lowres_positions_do():
+    m = _model()
+    ids, lo, text, mask = _inputs(m)
+    mask[0, 3:] = False  # the first prompt has 3 real tokens and 2 of padding
+    _, attns = m(ids, text, mask, lowres_ids=lo, return_attn=True)
+    for a in attns:  # (B, H, L, T + Llo)
+        assert torch.all(a[0, :, :, 3:5] == 0)
+        assert torch.all(a[0, :, :, 5:].sum(-1) > 0) and torch.all(a[1:, :, :, 3:5] > 0)
+        torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]))
+    # what sits in a padded slot cannot change the output; what sits in the low-res grid does
+    text2 = text.clone()
+    text2[0, 3:] = 100.0
+    torch.testing.assert_close(m(ids, text2, mask, lowres_ids=lo)[0], m(ids, text, mask, lowres_ids=lo)[0])
+    lo2 = lo.clone()
+    lo2[0, 0, 0] = (lo[0, 0, 0] + 1) % m.lowres_codebook_size
+    assert not torch.allclose(m(ids, text, mask, lowres_ids=lo2)[0], m(ids, text, mask, lowres_ids=lo)[0])
+
+
+def test_lowres_positions_matter():
+    """The encoder's own 2-D positions: the same tokens in another order are another image."""
+    m = _model()
+    ids, lo, text, mask = _inputs(m)
+    flipped = lo.flip(-1)
+    assert not torch.allclose(m.encode_lowres(flipped), m.encode_lowres(lo).view(3, *m.lowres_grid, -1).flip(2).reshape(3, -1, m.cfg.width))
+
+
+def test_missing_or_malformed_lowres_is_a_clear_error():
+    m = _model()
+    ids, lo, text, mask = _inputs(m)
+    with pytest.raises(ValueError, match="pass lowres_ids"):
+        m(ids, text, mask)
+    with pytest.raises(ValueError, match="lowres_ids must be a"):
+        m(ids, text, mask, lowres_ids=lo[:, :2])
+    with pytest.raises(ValueError, match=r"no \[MASK\] left"):
+        m(ids, text, mask, lowres_ids=lo.clamp(min=m.lowres_codebook_size))
+
+
+def test_decimate_is_the_box_filter():
+    x = torch.rand(2, 3, 8, 8)
+    manual = x.view(2, 3, 4, 2, 4, 2).mean(dim=(3, 5))
+    torch.testing.assert_close(decimate(x), manual)
+
+
+def test_sampler_drives_the_superres_model_with_guidance_and_history():
+    m = _model()
+    _, lo, text, mask = _inputs(m)
+    uncond = torch.randn(1, 2, m.text_dim)
+    run = lambda low, seed=0: sample(m, text, mask, uncond, None, num_steps=4, guidance_scale=2.0, lowres_ids=low,
+                                     generator=torch.Generator().manual_seed(seed), return_history=True)
+    ids, hist = run(lo)
+    assert ids.shape == (3, *m.grid) and len(hist) == 4 and not bool(hist[-1]["mask"].any())
+    assert torch.equal(run(lo)[0], ids)                          # same seed, same tokens
+    greedy = lambda low: sample(m, text, mask, num_steps=4, temperature=0.0, choice_temperature=0.0, lowres_ids=low)
+    assert not torch.equal(greedy(lo.flip(-1)), greedy(lo))      # the low-res grid steers the draw
+
+
+# -------------------------------------------------------------------------------------------------- data and loss
+@pytest.fixture(scope="module")
+def tokenizers():
+    torch.manual_seed(0)
+    return Tokenizer(CI.tokenizer).eval(), Tokenizer(CI.superres.tokenizer).eval()
+
+
+def test_pairs_are_one_scene_at_both_sizes(tokenizers):
+    from minimuse.data import make_sample, to_tensor
+    lo_tok, hi_tok = tokenizers
+    pool = build_token_pool(CI, hi_tok, 8, lowres_tokenizer=lo_tok)
+    S, s = CI.superres.image_size, CI.data.image_size
+    assert pool["ids"].shape == (8, S // 4, S // 4) and pool["lowres_ids"].shape == (8, *CI.grid)
+    hi = torch.stack([to_tensor(make_sample(CI.data.train_seed, i, S, CI.data.kinds)["image"]) for i in range(8)])
+    small = decimate(hi, S // s).mul(255).round().div(255)
+    assert torch.equal(pool["lowres_ids"].long(), lo_tok.encode(small))
+    assert torch.equal(pool["ids"].long(), hi_tok.encode(hi))
+
+
+def test_superres_batches_mask_only_high_res_tokens_and_loss_reads_only_them(tokenizers):
+    lo_tok, hi_tok = tokenizers
+    pool = build_token_pool(CI, hi_tok, 16, lowres_tokenizer=lo_tok)
+    table = (torch.randn(len(pool["vocab"]), 4, 384), torch.ones(len(pool["vocab"]), 4, dtype=torch.bool))
+    m = _model()
+    inputs, labels, text, tmask, lowres = train_step_inputs(pool, table, CI, 3, 8, m.mask_id)
+    assert inputs.shape == (8, m.grid[0] * m.grid[1]) and lowres.shape == (8, *m.lowres_grid)
+    assert torch.equal(inputs == m.mask_id, labels != -100)      # labels exactly at the masked high-res tokens
+    assert int(lowres.max()) < m.lowres_codebook_size            # the low-res grid is never masked
+    logits = m(inputs, text, tmask, lowres_ids=lowres)
+    changed = logits.clone()
+    changed[labels == -100] = torch.randn_like(changed[labels == -100]) * 50
+    torch.testing.assert_close(masked_ce(changed, labels), masked_ce(logits, labels))
+
+
+# ---------------------------------------------------------------------------------------------------- the loop
+def test_resume_equals_uninterrupted_run(tmp_path, tokenizers):
+    lo_tok, hi_tok = tokenizers
+    lo_tok.save_pretrained(tmp_path / "lo", CI)
+    hi_tok.save_pretrained(tmp_path / "hi", CI, stage="superres")
+    cfg = get_config("ci", **OVERRIDES)
+    dirs = dict(tokenizer_dir=tmp_path / "lo", superres_tokenizer_dir=tmp_path / "hi")
+    train_superres(cfg, tmp_path / "straight", **dirs)
+    half = tmp_path / "half"
+    train_superres(get_config("ci", **{**OVERRIDES, "superres.train.steps": 3}), half, **dirs)
+    state = load_tree(half / SUPERRES_STATE)
+    state["config"] = cfg.to_dict()  # as a kill at step 3 of the 6-step run would leave it
+    save_tree(half / SUPERRES_STATE, state)
+    train_superres(cfg, half, resume=True, **dirs)
+    a = load_file(tmp_path / "straight" / "superres" / "model.safetensors")
+    b = load_file(half / "superres" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.startswith("lowres_blocks.") for k in a)
+    logs = [json.loads(line) for line in (half / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == list(range(1, 7))
+    # the run directory is an upscaler checkpoint: it loads and upscales
+    pipe = load_pipeline(half, device="cpu")
+    assert pipe.transformer is None and pipe.superres is not None
+    with pytest.raises(ValueError, match="only the super-res stage"):
+        pipe("a red circle")
+
+
+def test_preset_without_superres_is_refused(tmp_path):
+    cfg = get_config("gpu")
+    with pytest.raises(ValueError, match="no super-res stage"):
+        train_superres(cfg, tmp_path)
+
+
+def test_superres_config_is_checked():
+    with pytest.raises(ConfigError, match="superres.temperature"):
+        get_config("ci", **{"superres.temperature": -1.0})
+    with pytest.raises(ConfigError, match="superres.num_steps"):
+        get_config("ci", **{"superres.num_steps": 0})
+
+
+# ------------------------------------------------------------------------------------------------- the pipeline
+def test_cascade_returns_high_res_and_superres_false_the_base(cascade):
+    pipe = load_pipeline(cascade, device="cpu")
+    S, S2 = CI.data.image_size, CI.superres.image_size
+    big, hist = pipe(["a red circle", "two blue squares"], seed=3, return_history=True)
+    small = pipe(["a red circle", "two blue squares"], seed=3, superres=False)
+    assert big.shape == (2, S2, S2, 3) and small.shape == (2, S, S, 3)
+    stages = [h.get("stage", "base") for h in hist]
+    assert stages == ["base"] * CI.sample.num_steps + ["superres"] * CI.superres.num_steps
+    # the cascade's base stage is the base output: its last base grid decodes to `small`
+    np.testing.assert_array_equal(pipe.decode(hist[CI.sample.num_steps - 1]["ids"]), small)
+    np.testing.assert_array_equal(pipe(["a red circle", "two blue squares"], seed=3), big)  # same seed, same image
+    # upscaling the base output by hand with the same generator stream gives the cascade's image
+    g = torch.Generator().manual_seed(3)
+    ids, _ = pipe.sample_ids(["a red circle", "two blue squares"], pipe.settings(), generator=g)
+    hi, _ = pipe.upscale_ids(ids, ["a red circle", "two blue squares"], generator=g)
+    np.testing.assert_array_equal(pipe.decode(hi, "superres"), big)
+
+
+def test_upscale_checks_its_images(cascade):
+    pipe = load_pipeline(cascade, device="cpu")
+    S = CI.data.image_size
+    out = pipe.upscale(np.zeros((2, S, S, 3), np.uint8), ["a red circle", "a green triangle"])
+    assert out.shape == (2, 2 * S, 2 * S, 3) and out.dtype == np.uint8
+    with pytest.raises(ValueError, match="uint8 images of shape"):
+        pipe.upscale(np.zeros((1, 2 * S, 2 * S, 3), np.uint8), ["a red circle"])
+    with pytest.raises(ValueError, match="one prompt per image"):
+        pipe.upscale(np.zeros((2, S, S, 3), np.uint8), ["a red circle"])
+
+
+def test_base_only_checkpoint_refuses_superres_true(ckpt):
+    pipe = load_pipeline(ckpt, device="cpu")
+    assert pipe.superres is None
+    assert pipe("a red circle").shape[1] == CI.data.image_size
+    with pytest.raises(ValueError, match="no super-res stage"):
+        pipe("a red circle", superres=True)
+
+
+def test_superres_without_its_tokenizer_is_refused(cascade, tmp_path):
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(cascade, broken)
+    shutil.rmtree(broken / "superres_tokenizer")
+    from minimuse.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match="no superres_tokenizer"):
+        load_pipeline(broken, device="cpu")
+
+
+# ------------------------------------------------------------------------------------------------ the commands
+def _png(path, size):
+    Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(path)
+
+
+def test_generate_writes_high_res_and_no_superres_the_base(cascade, tmp_path):
+    assert main(["generate", "a red circle", "--checkpoint", str(cascade), "--out", str(tmp_path / "a.png")]) == 0
+    assert main(["generate", "a red circle", "--checkpoint", str(cascade), "--out", str(tmp_path / "b.png"),
+                 "--no-superres"]) == 0
+    assert Image.open(tmp_path / "a.png").size == (CI.superres.image_size,) * 2
+    assert Image.open(tmp_path / "b.png").size == (CI.data.image_size,) * 2
+
+
+def test_upscale_cli_one_image_and_a_directory(cascade, tmp_path):
+    S = CI.data.image_size
+    _png(tmp_path / "in.png", S)
+    assert main(["upscale", str(tmp_path / "in.png"), "--prompt", "a red circle", "--checkpoint", str(cascade),
+                 "--out", str(tmp_path / "out.png")]) == 0
+    assert Image.open(tmp_path / "out.png").size == (2 * S, 2 * S)
+    assert main(["dataset", "--n", "3", "--size", str(S), "--out-dir", str(tmp_path / "ds")]) == 0
+    assert main(["upscale", "--in-dir", str(tmp_path / "ds"), "--out-dir", str(tmp_path / "up"),
+                 "--checkpoint", str(cascade)]) == 0
+    assert sorted(p.name for p in (tmp_path / "up").iterdir()) == ["000.png", "001.png", "002.png"]
+    assert all(Image.open(p).size == (2 * S, 2 * S) for p in (tmp_path / "up").iterdir())
+
+
+def test_upscale_cli_error_paths(cascade, tmp_path, capsys):
+    S = CI.data.image_size
+    _png(tmp_path / "big.png", 2 * S)
+    assert main(["upscale", str(tmp_path / "big.png"), "--prompt", "a red circle", "--checkpoint", str(cascade),
+                 "--out", str(tmp_path / "o.png")]) == 2
+    assert f"upscale takes the base size, {S}x{S} px" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+    d = tmp_path / "d"
+    d.mkdir()
+    _png(d / "a.png", S)
+    _png(d / "b.png", S)
+    assert main(["upscale", "--in-dir", str(d), "--out-dir", str(tmp_path / "o"), "--checkpoint", str(cascade)]) == 2
+    assert "captions.jsonl is missing" in capsys.readouterr().err
+    (d / "captions.jsonl").write_text(json.dumps({"file": "a.png", "caption": "a red circle"}) + "\n")
+    assert main(["upscale", "--in-dir", str(d), "--out-dir", str(tmp_path / "o"), "--checkpoint", str(cascade)]) == 2
+    assert "have no caption in captions.jsonl, e.g. b.png" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing written before every input was checked
