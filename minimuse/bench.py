@@ -17,6 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
 from . import transformer as transformer_mod
+from .checkpoint import read_config
 from .config import Config
 from .sampler import sample
 from .transformer import MaskedTransformer
@@ -206,7 +207,41 @@ def run_bench(cfg: Config, checkpoint=None, batch_sizes=(1, 16), steps=(8, 12, 2
         sec = _timed(lambda: autoregressive(transformer, text, text_mask), 1)
         result["runs"].append({"batch": B, "steps": L, "guidance": 0.0, "autoregressive": True,
                                "ms_per_image": round(1000 * sec / B, 2), "tokens_per_s": round(B * L / sec, 1)})
+    if cfg.superres is not None:
+        result["cascade"] = cascade_bench(cfg, transformer, checkpoint, batch_sizes, repeats, text_tokens, precision)
     return result
+
+
+def cascade_bench(cfg: Config, transformer, checkpoint, batch_sizes, repeats: int, text_tokens: int, precision: str) -> list:
+    """ms/image of Muse's cascade: the base stage (cfg.sample's steps and guidance) then the super-res stage (its own
+    steps, guidance and temperature) on the base grid, timed separately at each batch size; `superres_share` is the
+    super-res stage's fraction of the total. The trained super-res model when `checkpoint` holds one."""
+    from .superres import SuperResTransformer
+    sr = cfg.superres
+    if checkpoint is not None and os.path.isdir(os.path.join(checkpoint, "superres")):
+        model = SuperResTransformer.from_pretrained(os.path.join(checkpoint, "superres"))
+        sr = Config.from_dict(read_config(os.path.join(checkpoint, "superres"), "superres")["config"]).superres
+    else:
+        torch.manual_seed(0)
+        model = SuperResTransformer.from_config(cfg).eval()
+    E, s = transformer.text_dim, cfg.sample
+    rows = []
+    for B in batch_sizes:
+        text, text_mask = torch.randn(B, text_tokens, E), torch.ones(B, text_tokens, dtype=torch.bool)
+        uncond = torch.randn(1, 2, E)
+        lowres = torch.randint(0, model.lowres_codebook_size, (B, *model.lowres_grid))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            base = _timed(lambda: sample(transformer, text, text_mask, uncond, None, num_steps=s.num_steps,
+                                         guidance_scale=s.guidance_scale, guidance_schedule=s.guidance_schedule,
+                                         choice_temperature=s.choice_temperature, generator=torch.Generator().manual_seed(0)),
+                          repeats)
+            up = _timed(lambda: sample(model, text, text_mask, uncond, None, num_steps=sr.num_steps,
+                                       guidance_scale=sr.guidance_scale, temperature=sr.temperature, lowres_ids=lowres,
+                                       generator=torch.Generator().manual_seed(0)), repeats)
+        rows.append({"batch": B, "base_ms_per_image": round(1000 * base / B, 2), "superres_ms_per_image": round(1000 * up / B, 2),
+                     "cascade_ms_per_image": round(1000 * (base + up) / B, 2), "superres_share": round(up / (base + up), 3),
+                     "base_steps": s.num_steps, "superres_steps": sr.num_steps})
+    return rows
 
 
 def _cpu_name() -> str:

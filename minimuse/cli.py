@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import PRESETS, SAMPLER_NAMES, SCHEDULE_NAMES, ConfigError, SampleConfig, apply_override, get_config
+from .config import EVAL_TASKS, PRESETS, SAMPLER_NAMES, SCHEDULE_NAMES, ConfigError, SampleConfig, apply_override, get_config
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "laptop"
 MAX_DATASET_N = 1_000_000   # images per `minimuse dataset`; more is a typo, not a plan
@@ -136,6 +136,26 @@ def cmd_train_superres(args):
         print(format_train_report(json.loads((Path(out) / "report.json").read_text())))
 
 
+def cmd_finetune_decoder(args):
+    cfg = _config(args)
+    if cfg.superres is None:
+        raise CLIError(f"preset '{cfg.name}' has no super-res stage, so no super-res decoder to finetune")
+    src = Path(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT) / "superres_tokenizer"
+    if not (src / "model.safetensors").is_file():
+        raise CLIError(f"no super-res tokenizer at {src}: --checkpoint names a folder holding superres_tokenizer/")
+    from .eval import eval_tokenizer
+    from .train import train_tokenizer
+    out = Path(args.out or f"runs/{cfg.name}-decoder")
+    train_tokenizer(cfg, out, resume=args.resume, stage="superres", overwrite=args.overwrite, finetune_from=src)
+    before, after = (eval_tokenizer(d, n=args.eval_n) for d in (src, out))
+    result = {"before": before, "after": after, "gain_db": round(after["psnr"] - before["psnr"], 2)}
+    from .checkpoint import atomic_write_json
+    atomic_write_json(out / "eval.json", result)
+    print(f"held-out {args.eval_n} images at {cfg.superres.image_size} px: PSNR {before['psnr']:.2f} dB -> "
+          f"{after['psnr']:.2f} dB ({result['gain_db']:+.2f} dB; {out / 'eval.json'}). The pipeline decodes with it when "
+          f"it sits in the checkpoint as superres_decoder/.")
+
+
 def _upscale_jobs(args) -> tuple[list[Path], list[str], list[Path]]:
     """(inputs, prompts, outputs) of `minimuse upscale`: one IMAGE with --prompt, or every PNG of --in-dir captioned
     by its captions.jsonl ({"file", "caption"} lines, as `minimuse dataset` writes them)."""
@@ -208,8 +228,11 @@ def cmd_eval(args):
     if args.tokenizer_n < 0:
         raise CLIError(f"--tokenizer-n must be 0 (skip the tokenizer metrics) or more, got {args.tokenizer_n}")
     sampling = {**_sampling(args), "precision": args.precision}
+    if args.task != "generate" and _sampling(args):
+        raise CLIError(f"--task {args.task} measures the checkpoint's own settings; drop the sampling flags")
     result = evaluate(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, n=args.n,
-                      tokenizer_n=args.tokenizer_n, seed=args.seed, device=_device(args), **sampling)
+                      tokenizer_n=args.tokenizer_n, seed=args.seed, device=_device(args), task=args.task,
+                      **({} if args.task != "generate" else sampling))
     print(json.dumps(result, indent=2))
 
 
@@ -331,11 +354,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--report", action="store_true", help="end with the minutes, steps/s and %% of peak line (OUT/report.json)")
     t.set_defaults(fn=cmd_train_superres)
 
+    t = sub.add_parser("finetune-decoder", help="train a larger decoder on the frozen super-res tokens (Muse §2.5)")
+    add_preset(t)
+    add_run(t)
+    t.add_argument("--checkpoint", help="a folder holding superres_tokenizer/ (default: the shipped laptop checkpoint)")
+    t.add_argument("--eval-n", type=int, default=1000, help="held-out images for the PSNR before and after")
+    t.set_defaults(fn=cmd_finetune_decoder)
+
     e = sub.add_parser("eval", help="print JSON metrics of a checkpoint: faithfulness per kind, PSNR, usage")
     e.add_argument("--checkpoint", help="a tokenizer dir or a pipeline dir (default: the shipped laptop checkpoint)")
     e.add_argument("--n", type=int, default=256, help="held-out prompts per caption kind")
     e.add_argument("--tokenizer-n", type=int, default=1000, help="held-out images for the tokenizer metrics (0 skips them)")
     e.add_argument("--seed", type=int, default=None, help="prompt seed (default: the config's held-out eval seed)")
+    e.add_argument("--task", choices=list(EVAL_TASKS), default="generate",
+                   help="superres: upscaling PSNR against bicubic, the leak test and the cascade's faithfulness "
+                        "(docs/SUPERRES.md); inpaint, edit, outpaint: success and preservation on n held-out scenes")
     add_sampling(e)
     e.set_defaults(fn=cmd_eval)
 

@@ -12,6 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+EVAL_TASKS = ("generate", "superres", "inpaint", "edit", "outpaint")  # `minimuse eval --task`
 CAPTION_KINDS = ("single", "count", "relation", "pair", "mixed")
 SCHEDULE_NAMES = ("cosine", "linear", "square", "cubic", "log", "exp")  # MaskGIT's mask schedules gamma
 SAMPLER_NAMES = ("confidence", "halton", "random")                    # commit rules of the sampler
@@ -29,7 +30,8 @@ def _check(ok: bool, name: str, msg: str):
 
 # Error messages name a field as section.field; the section of a dataclass is known by its class name.
 _SECTIONS = {"DataConfig": "data.", "TokenizerConfig": "tokenizer.", "TextConfig": "text.", "TransformerConfig": "transformer.",
-             "TrainConfig": "train.", "SampleConfig": "sample.", "SuperResConfig": "superres."}
+             "TrainConfig": "train.", "SampleConfig": "sample.", "SuperResConfig": "superres.",
+             "DecoderConfig": "superres.decoder."}
 
 
 def _is_num(v) -> bool:
@@ -240,6 +242,23 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class DecoderConfig:
+    """`minimuse finetune-decoder` (Muse §2.5): a larger decoder trained on the frozen encoder and codebook."""
+    channels: int = 0                    # the finetuned decoder's first-stage width (0 = the tokenizer's own)
+    res_blocks: int = 0                  # its ResNet blocks per stage (0 = the tokenizer's own)
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 1e-3
+
+    def __post_init__(self):
+        _check_types(self)
+        _check(self.channels >= 0 and self.res_blocks >= 0, "superres.decoder.channels",
+               "channels and res_blocks must be 0 (as the tokenizer) or more")
+        _positive(self, "steps", "batch_size")
+        _check(self.lr > 0, "superres.decoder.lr", f"must be positive, got {self.lr}")
+
+
+@dataclass(frozen=True)
 class SuperResConfig:
     image_size: int = 64                 # high-res side in pixels
     tokenizer: TokenizerConfig = TokenizerConfig()
@@ -249,6 +268,7 @@ class SuperResConfig:
     guidance_scale: float = 0.0          # text guidance of the super-res pass (the low-res tokens are never dropped)
     temperature: float = 0.0             # 0 = greedy tokens: upscaling wants the likeliest image (docs/SUPERRES.md)
     train: TrainConfig = TrainConfig()   # `minimuse train-superres`
+    decoder: DecoderConfig = DecoderConfig()  # `minimuse finetune-decoder`
 
     def __post_init__(self):
         _check_types(self)
@@ -330,7 +350,7 @@ _SUBCONFIGS = {
     (Config, "transformer"): TransformerConfig, (Config, "train"): TrainConfig, (Config, "sample"): SampleConfig,
     (Config, "superres"): SuperResConfig,
     (SuperResConfig, "tokenizer"): TokenizerConfig, (SuperResConfig, "transformer"): TransformerConfig,
-    (SuperResConfig, "train"): TrainConfig,
+    (SuperResConfig, "train"): TrainConfig, (SuperResConfig, "decoder"): DecoderConfig,
 }
 
 

@@ -67,9 +67,11 @@ def check_images(pipe, images, what: str = "images") -> np.ndarray:
         raise ValueError(f"{what} must be uint8 RGB arrays (B, H, W, 3); got {a.dtype} of shape {a.shape}")
     sr = pipe.config.superres
     if sr is not None and a.shape[1:3] == (sr.image_size, sr.image_size):
-        raise NotImplementedError(f"a {sr.image_size} px image takes Muse's multi-scale route (decimate to {S} px, edit, "
-                                  "super-resolve), and the super-resolution stage is not built yet; resize it to "
-                                  f"{S} px to edit at the base model's size")
+        if getattr(pipe, "superres", None) is None:
+            raise NotImplementedError(f"a {sr.image_size} px image takes Muse's multi-scale route (decimate to {S} px, "
+                                      "edit, super-resolve), and this checkpoint has no super-resolution stage; resize "
+                                      f"it to {S} px to edit at the base model's size")
+        return a  # the multi-scale route (_high_res)
     if a.shape[1:3] != (S, S):
         raise ValueError(f"{what} are {a.shape[1]}x{a.shape[2]} px; this model edits {S}x{S} px images")
     return a
@@ -103,24 +105,41 @@ def check_masks(masks, shape: tuple[int, int, int]) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------------ the edits
 def inpaint(pipe, images, masks, prompts, num_steps: int | None = None, guidance_scale: float | None = None,
             seed: int = 0, generator: torch.Generator | None = None, return_history: bool = False,
-            negative_prompt: str | None = None, precision: str = "fp32", **sampling):
+            negative_prompt: str | None = None, precision: str = "fp32", output_type: str = "np", **sampling):
     """Regenerate the masked region of each image under its prompt; every token outside the region is kept exactly.
 
     images uint8 (B, H, W, 3); masks bool (B, H, W), True = regenerate, snapped outwards to whole token cells; prompts
     one per image (or one for all). Other sampling settings (sampler, schedule, top_k, ...) as for pipe(...); the steps
-    are capped at the smallest region's token count. Returns uint8 (B, H, W, 3), and the per-step history if asked."""
+    are capped at the smallest region's token count. Returns uint8 (B, H, W, 3), or with output_type="ids" the token
+    ids (B, h, w) before decoding (as diffusers' output_type="latent"), and the per-step history if asked.
+    An image at the super-res stage's size takes Muse's multi-scale route: inpaint the box-decimated image, then
+    super-resolve only the high-res cells under the mask, conditioned on the edited low-res tokens."""
+    if output_type not in ("np", "ids"):
+        raise ValueError(f"unknown output_type {output_type!r}; choose one of: np, ids")
     images = check_images(pipe, images)
     masks = check_masks(masks, images.shape[:3])
     prompts = check_prompts_for(pipe, prompts, len(images))
     prompts, s = pipe.validate(prompts, negative_prompt, seed, return_history, generator, precision,
                                num_steps=num_steps, guidance_scale=guidance_scale, **sampling)
+    high = _high_res(pipe, images)
+    if high:  # Muse's multi-scale route: inpaint the decimated image, then super-resolve the region only
+        full, full_masks = images, masks
+        images, masks = _decimate(images, high), masks.reshape(len(masks), *_halves(masks.shape[1:], high)).any(axis=(2, 4))
     region = torch.from_numpy(cell_mask(masks, pipe.transformer.grid)).to(pipe.device)  # (B, h, w)
-    s = _fit_steps(s, int(region.sum((1, 2)).min()))
-    ids, history = pipe.sample_ids(prompts, s, seed=seed, generator=generator, negative_prompt=negative_prompt,
-                                   precision=precision, return_history=return_history,
+    generator = generator or torch.Generator(pipe.device).manual_seed(seed)  # one stream through both stages
+    ids, history = pipe.sample_ids(prompts, _fit_steps(s, int(region.sum((1, 2)).min())), generator=generator,
+                                   negative_prompt=negative_prompt, precision=precision, return_history=return_history,
                                    init_ids=pipe.encode_images(images), init_mask=region)
-    out = pipe.decode(ids)
-    return (out, history) if return_history else out
+    if not high:
+        out = ids if output_type == "ids" else pipe.decode(ids)
+        return (out, history) if return_history else out
+    hi_region = torch.from_numpy(cell_mask(full_masks, pipe.superres.grid)).to(pipe.device)  # (B, H', W')
+    ids, sr_history = pipe.upscale_ids(ids, prompts, generator=generator, precision=precision,
+                                       return_history=return_history, init_ids=pipe.encode_images(full, "superres"),
+                                       init_mask=hi_region,
+                                       num_steps=min(pipe.config.superres.num_steps, int(hi_region.sum((1, 2)).min())))
+    out = ids if output_type == "ids" else pipe.decode(ids, "superres")
+    return (out, history + sr_history) if return_history else out
 
 
 def outpaint(pipe, images, prompts, extend: str = "right:16", num_steps: int | None = None,
@@ -133,6 +152,9 @@ def outpaint(pipe, images, prompts, extend: str = "right:16", num_steps: int | N
     images = check_images(pipe, images)
     prompts = check_prompts_for(pipe, prompts, len(images))
     w, S = pipe.transformer.grid[1], pipe.config.data.image_size
+    if _high_res(pipe, images):
+        raise NotImplementedError(f"outpainting draws at the base model's size; resize the image to {S} px "
+                                  "(the super-res stage has a fixed grid and cannot slide over a wider canvas)")
     side, n = parse_extend(extend, S // w)
     prompts, s = pipe.validate(prompts, None, seed, False, generator, precision,
                                num_steps=num_steps, guidance_scale=guidance_scale, **sampling)
@@ -177,6 +199,9 @@ def edit(pipe, images, prompts, num_iters: int = 100, resample_frac: float = 0.0
         raise ValueError(f"resample_frac must lie in (0, 1], got {resample_frac!r}")
     prompts, s = pipe.validate(prompts, None, seed, return_history, generator, "fp32",
                                guidance_scale=guidance_scale, top_k=top_k)
+    high = _high_res(pipe, images)
+    if high:  # Muse's multi-scale route: edit the decimated image, then super-resolve the edited grid
+        images = _decimate(images, high)
     dev = pipe.device
     generator = generator or torch.Generator(dev).manual_seed(seed)
     text, text_mask = (x.to(dev) for x in pipe.text_encoder(prompts))                  # (B, T, E), (B, T)
@@ -186,8 +211,27 @@ def edit(pipe, images, prompts, num_iters: int = 100, resample_frac: float = 0.0
                     resample_frac=resample_frac, guidance_scale=s.guidance_scale, top_k=s.top_k,
                     temperature=s.temperature, generator=generator, keep_at=keep)
     ids, kept = out if keep else (out, {})
+    if high:
+        up = lambda x: pipe.decode(pipe.upscale_ids(x, prompts, generator=generator)[0], "superres")
+        return (up(ids), {i: up(k) for i, k in kept.items()}) if return_history else up(ids)
     images_out = pipe.decode(ids)
     return (images_out, {i: pipe.decode(k) for i, k in kept.items()}) if return_history else images_out
+
+
+def _high_res(pipe, images) -> int:
+    """The decimation factor when `images` are at the super-res stage's size (the multi-scale route), else 0."""
+    return images.shape[1] // pipe.config.data.image_size if images.shape[1] != pipe.config.data.image_size else 0
+
+
+def _halves(hw, f: int) -> tuple[int, int, int, int]:
+    return (hw[0] // f, f, hw[1] // f, f)
+
+
+def _decimate(images: np.ndarray, f: int) -> np.ndarray:
+    """uint8 (B, S, S, 3) -> (B, S/f, S/f, 3) by the box filter the super-res stage was trained on."""
+    from .superres import decimate
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()  # (B, 3, S, S)
+    return decimate(x, f).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def _fit_steps(s, n_tokens: int):

@@ -13,6 +13,7 @@ import math
 import torch
 
 from .checkpoint import read_config
+from .config import EVAL_TASKS
 
 
 def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -168,10 +169,35 @@ def quick_eval_fn(cfg, tokenizer, text_encoder, n_prompts: int):
     return run
 
 
-def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None = None, device=None, **sampling) -> dict:
+def eval_superres(pipe, n: int = 64, n_images: int = 256, seed: int | None = None) -> dict:
+    """The super-res stage's evidence (`minimuse eval --task superres`): upscaling PSNR against bicubic and the leak
+    test on n_images held-out renders, and faithfulness on n held-out prompts per kind of the base output (32 px), of
+    the cascade (64 px), and of the cascade judged at 32 px. The three share seeds, so the base stage draws the same
+    tokens in each: the differences are the super-res stage's alone."""
+    if pipe.superres is None or pipe.transformer is None:
+        raise ValueError("--task superres needs a cascade checkpoint: tokenizer/, transformer/, superres/ and superres_tokenizer/")
+    upscale = eval_upscale(pipe, n_images, seed)
+    shuffled = eval_upscale(pipe, n_images, seed, shuffle_lowres=True)
+    base = eval_faithfulness(pipe, n, seed, superres=False)
+    cascade = eval_faithfulness(pipe, n, seed, superres=True)
+    at_base = eval_faithfulness(pipe, n, seed, superres=True, judge_size=pipe.config.data.image_size)
+    kept = {k: round(at_base["by_kind"][k] / base["by_kind"][k], 4) if base["by_kind"][k] else None for k in base["by_kind"]}
+    return {"upscale": upscale, "leak_test": {"shuffled_psnr": shuffled["superres_psnr"],
+                                              "drop_db": round(upscale["superres_psnr"] - shuffled["superres_psnr"], 2)},
+            "faithfulness": {"base": base, "cascade": cascade, "cascade_judged_at_base_size": at_base},
+            "kept_at_base_size": {"overall": round(at_base["overall"] / base["overall"], 4) if base["overall"] else None,
+                                  "by_kind": kept},
+            "cascade_minus_base_points": {k: round(100 * (cascade["by_kind"][k] - base["by_kind"][k]), 1)
+                                          for k in base["by_kind"]}}
+
+
+def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None = None, device=None,
+             task: str = "generate", **sampling) -> dict:
     """What `minimuse eval` prints: tokenizer metrics for a tokenizer dir; for a pipeline dir (tokenizer/ and
     transformer/), the tokenizer metrics plus faithfulness per caption kind and per count under the checkpoint's
-    sampling defaults, or the `sampling` overrides (num_steps, guidance_scale, sampler, ...)."""
+    sampling defaults, or the `sampling` overrides (num_steps, guidance_scale, sampler, ...). task="superres" is
+    eval_superres on a cascade checkpoint (n prompts per kind); "inpaint", "edit" and "outpaint" are eval_edits' (n
+    held-out scenes)."""
     from pathlib import Path
     from .checkpoint import CheckpointError
     root = Path(checkpoint)
@@ -183,6 +209,13 @@ def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None
         raise CheckpointError(f"no checkpoint at {root}: expected a tokenizer dir or a pipeline dir with tokenizer/ and transformer/")
     from .pipeline import load_pipeline
     pipe = load_pipeline(root, device=device)
+    if task == "superres":
+        return {"checkpoint": str(root), "superres": eval_superres(pipe, n, seed=seed)}
+    if task in ("inpaint", "edit", "outpaint"):
+        from .eval_edits import evaluate_edits
+        return {"checkpoint": str(root), task: evaluate_edits(pipe, task, n, seed)}
+    if task != "generate":
+        raise ValueError(f"unknown eval task {task!r}; choose one of: {', '.join(EVAL_TASKS)}")
     out = {"checkpoint": str(root), "faithfulness": eval_faithfulness(pipe, n, seed, **sampling)}
     if tokenizer_n > 0:  # 0 skips the tokenizer metrics, e.g. in a sweep over sampling settings
         out["tokenizer"] = eval_tokenizer(root / "tokenizer", tokenizer_n)

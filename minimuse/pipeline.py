@@ -132,7 +132,7 @@ class MusePipeline:
 
     def upscale_ids(self, lowres_ids: torch.Tensor, prompts: list[str], *, seed: int = 0, generator=None,
                     num_steps: int | None = None, guidance_scale: float | None = None, precision: str = "fp32",
-                    return_history: bool = False):
+                    return_history: bool = False, init_ids=None, init_mask=None):
         """The super-res stage on base-tokenizer ids (B, h, w): high-res ids (B, H', W') and its history, run by the
         one sampler loop with `lowres_ids` and the stage's own steps, guidance and temperature (config.superres; Muse:
         8 steps). Greedy by default: an upscaler should draw the likeliest high-res image of the one it was given."""
@@ -144,7 +144,8 @@ class MusePipeline:
                                 guidance_scale=sr.guidance_scale if guidance_scale is None else guidance_scale,
                                 temperature=sr.temperature)
         ids, history = self.sample_ids(prompts, s, seed=seed, generator=generator, precision=precision,
-                                       return_history=return_history, model=self.superres, lowres_ids=lowres_ids)
+                                       return_history=return_history, model=self.superres, lowres_ids=lowres_ids,
+                                       init_ids=init_ids, init_mask=init_mask)
         return ids, [{**h, "stage": "superres"} for h in history] if return_history else None
 
     def upscale(self, images: np.ndarray, prompts, seed: int = 0, num_steps: int | None = None,
@@ -197,11 +198,12 @@ class MusePipeline:
         with torch.inference_mode():
             return to_uint8(tok.decode(ids.to(next(tok.parameters()).device)))
 
-    def encode_images(self, images: np.ndarray) -> torch.Tensor:
-        """uint8 images (B, S, S, 3) of the model's size -> token ids (B, h, w) on the model's device."""
+    def encode_images(self, images: np.ndarray, stage: str = "base") -> torch.Tensor:
+        """uint8 images (B, S, S, 3) of the stage's size -> token ids (B, h, w) on the model's device."""
+        tok = self.tokenizer if stage == "base" else self.superres_tokenizer
         x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float().div(255)  # (B, 3, S, S)
         with torch.inference_mode():
-            return self.tokenizer.encode(x.to(next(self.tokenizer.parameters()).device)).to(self.device)
+            return tok.encode(x.to(next(tok.parameters()).device)).to(self.device)
 
     def validate(self, prompts, negative_prompt=None, seed=0, return_history=False, generator=None, precision="fp32",
                  **overrides) -> tuple[list[str], SampleConfig]:
@@ -266,19 +268,20 @@ def _saved_config(ckpt_dir: Path, kind: str) -> Config:
         raise CheckpointError(f"{ckpt_dir / 'config.json'} holds an invalid config: {e}") from None
 
 
-def load_pipeline(checkpoint=None, config: Config | None = None, device=None) -> MusePipeline:
+def load_pipeline(checkpoint=None, config: Config | None = None, device=None, superres: bool = True) -> MusePipeline:
     """Load `checkpoint` (a directory with tokenizer/ and transformer/), default: the shipped laptop model, onto
     `device` (default: CUDA when present, else the CPU). When it also holds superres/ (with superres_tokenizer/) it
     is Muse's cascade; a superres_decoder/ there (Muse §2.5: the finetuned decoder of the same tokens) then decodes
     the high-res tokens. A directory with only tokenizer/, superres_tokenizer/ and superres/ (a `train-superres` run)
-    loads as an upscaler. Any missing, corrupt or mismatched part is a CheckpointError naming it: nothing falls back
-    to another model."""
+    loads as an upscaler. superres=False loads the base stage only (pipe(...) then draws at the base size, as a
+    checkpoint without superres/ does). Any missing, corrupt or mismatched part is a CheckpointError naming it:
+    nothing falls back to another model."""
     device = check_device(device if device is not None else default_device())
     root = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
     if root.exists() and not root.is_dir():
         raise CheckpointError(f"no pipeline checkpoint at {root}: it is a file; give the directory that holds "
                               "tokenizer/ and transformer/")
-    has_sr = (root / "superres").is_dir()
+    has_sr = (root / "superres").is_dir() and (superres or not (root / "transformer").is_dir())
     if not (root / "tokenizer").is_dir() or not ((root / "transformer").is_dir() or has_sr):
         raise CheckpointError(f"no pipeline checkpoint at {root}: expected the folders tokenizer/ and transformer/ "
                               "(train one with `minimuse train --preset laptop`)")

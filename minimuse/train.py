@@ -112,11 +112,14 @@ def _progress(total: int, initial: int, enabled: bool):
 
 # --------------------------------------------------------------------------------------------- tokenizer training
 def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "base", on_step=None,
-                    overwrite: bool = False) -> list[dict]:
+                    overwrite: bool = False, finetune_from=None) -> list[dict]:
     """Train the base (or super-res) tokenizer of `cfg`; checkpoints and log.jsonl go to out_dir. Returns the log.
 
     on_step(step, record) is called after every step with the step's loss and PSNR (and, at log steps, the logged
     record), e.g. for a live plot in a notebook. An out_dir holding a run needs resume=True or overwrite=True.
+    finetune_from (a tokenizer checkpoint of this stage) is `finetune-decoder` (Muse §2.5): its encoder and codebook
+    are loaded and frozen, so every token keeps its meaning, and a decoder of cfg.superres.decoder's size is trained
+    from scratch for cfg.superres.decoder.steps on the reconstruction loss.
     """
     from .data import ShapesDataset  # the data module is only needed once training starts
     from .tokenizer import PatchDiscriminator, Tokenizer, codebook_usage, hinge_d_loss, hinge_g_loss, perplexity
@@ -127,13 +130,33 @@ def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "ba
         raise ValueError(f"preset '{cfg.name}' has no super-res stage; choose a preset with a superres section")
     tcfg = cfg.tokenizer if stage == "base" else cfg.superres.tokenizer
     size = cfg.data.image_size if stage == "base" else cfg.superres.image_size
+    frozen = None
+    if finetune_from is not None:
+        import dataclasses
+        if stage != "superres":
+            raise ValueError("finetune-decoder finetunes the super-res stage's decoder, the one the cascade draws with")
+        frozen = Tokenizer.from_pretrained(finetune_from, cfg)  # refuses a tokenizer of another stage or architecture
+        dc = cfg.superres.decoder
+        tcfg = dataclasses.replace(tcfg, decoder_channels=dc.channels, decoder_res_blocks=dc.res_blocks, steps=dc.steps,
+                                   batch_size=dc.batch_size, lr=dc.lr, disc_weight=0.0)
     # "auto" was measured for the transformer only (docs/TRAINING.md); the tokenizer keeps fp32 under it
     accelerator = make_accelerator(cfg, "no" if cfg.train.mixed_precision == "auto" else None)
     out_dir = prepare_run_dir(out_dir, STATE_NAME, ("model.safetensors",), resume, overwrite, accelerator)
     seed_everything(cfg.train.seed)
     model = Tokenizer(tcfg)
     model.full_config, model.stage = cfg, stage
-    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, betas=tcfg.betas)
+    trained = model.parameters()
+    if frozen is not None:
+        import dataclasses
+        # the saved config describes the bigger decoder, so from_pretrained builds it; the encoder and codebook are the
+        # frozen tokenizer's, bit for bit
+        model.full_config = dataclasses.replace(cfg, superres=dataclasses.replace(cfg.superres, tokenizer=tcfg))
+        model.encoder.load_state_dict(frozen.encoder.state_dict())
+        model.quantizer.load_state_dict(frozen.quantizer.state_dict())
+        model.encoder.requires_grad_(False)
+        model.quantizer.requires_grad_(False)
+        trained = model.decoder.parameters()
+    optimizer = torch.optim.Adam(trained, lr=tcfg.lr, betas=tcfg.betas)
     use_gan = tcfg.disc_weight > 0
     disc = PatchDiscriminator() if use_gan else None
     disc_opt = torch.optim.Adam(disc.parameters(), lr=tcfg.lr, betas=tcfg.betas) if use_gan else None
@@ -179,6 +202,9 @@ def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "ba
         images = load_batch(train_set, batch_indices(step, tcfg.batch_size, accelerator.process_index,
                                                      accelerator.num_processes)).to(accelerator.device)
         model.train()
+        if frozen is not None:  # eval mode: no EMA codebook update, no dead-code restart; the tokens stay the same
+            raw.encoder.eval()
+            raw.quantizer.eval()
         with accelerator.autocast():
             recon, aux = model(images)
             loss = aux["loss"]

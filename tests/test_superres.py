@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from minimuse.checkpoint import load_tree, save_tree
 from minimuse.cli import main
 from minimuse.config import ConfigError, get_config
-from minimuse.pipeline import load_pipeline
+from minimuse.pipeline import DEFAULT_CHECKPOINT, load_pipeline
 from minimuse.pool import build_token_pool, train_step_inputs
 from minimuse.runs import SUPERRES_STATE
 from minimuse.sampler import sample
@@ -248,6 +248,15 @@ def test_superres_without_its_tokenizer_is_refused(cascade, tmp_path):
         load_pipeline(broken, device="cpu")
 
 
+def test_shipped_cascade_loads_strictly():
+    if not (DEFAULT_CHECKPOINT / "superres").is_dir():
+        pytest.fail("the laptop checkpoint ships a super-res stage (data/checkpoints/laptop/superres)")
+    m = SuperResTransformer.from_pretrained(DEFAULT_CHECKPOINT / "superres")  # strict: every key, every shape
+    pipe = load_pipeline(device="cpu")
+    assert pipe.superres is not None and pipe.superres.lowres_grid == pipe.transformer.grid
+    assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in pipe.superres.parameters())
+
+
 # ------------------------------------------------------------------------------------------------ the commands
 def _png(path, size):
     Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(path)
@@ -291,3 +300,81 @@ def test_upscale_cli_error_paths(cascade, tmp_path, capsys):
     assert main(["upscale", "--in-dir", str(d), "--out-dir", str(tmp_path / "o"), "--checkpoint", str(cascade)]) == 2
     assert "have no caption in captions.jsonl, e.g. b.png" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing written before every input was checked
+
+
+# --------------------------------------------------------------------------------------- decoder finetuning (§2.5)
+def test_finetune_decoder_keeps_the_tokens_and_the_pipeline_decodes_with_it(cascade, tmp_path, capsys):
+    import shutil
+    out = tmp_path / "dec"
+    assert main(["finetune-decoder", "--preset", "ci", "--checkpoint", str(cascade), "--out", str(out), "--eval-n", "8",
+                 "--set", "superres.decoder.steps=3", "--set", "superres.decoder.channels=24",
+                 "--set", "superres.decoder.res_blocks=2"]) == 0
+    assert "PSNR" in capsys.readouterr().out
+    src, new = Tokenizer.from_pretrained(cascade / "superres_tokenizer"), Tokenizer.from_pretrained(out)
+    for part in ("encoder", "quantizer"):  # frozen: bit for bit, codebook EMA buffers included
+        a, b = getattr(src, part).state_dict(), getattr(new, part).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    n_src = sum(p.numel() for p in src.decoder.parameters())
+    n_new = sum(p.numel() for p in new.decoder.parameters())
+    assert n_new > n_src and new.config.decoder_channels == 24 and new.config.decoder_res_blocks == 2
+    x = torch.rand(2, 3, CI.superres.image_size, CI.superres.image_size)
+    assert torch.equal(src.encode(x), new.encode(x))  # same tokens, so the transformers need no retraining
+    r = json.loads((out / "eval.json").read_text())
+    assert r["gain_db"] == pytest.approx(r["after"]["psnr"] - r["before"]["psnr"], abs=0.01)
+    shutil.copytree(cascade, tmp_path / "c")
+    shutil.copytree(out, tmp_path / "c" / "superres_decoder", ignore=shutil.ignore_patterns("*state*", "log.jsonl"))
+    pipe = load_pipeline(tmp_path / "c", device="cpu")
+    assert sum(p.numel() for p in pipe.superres_tokenizer.decoder.parameters()) == n_new
+
+
+def test_eval_superres_task(cascade, capsys):
+    assert main(["eval", "--checkpoint", str(cascade), "--task", "superres", "--n", "1"]) == 0
+    r = json.loads(capsys.readouterr().out)["superres"]
+    assert r["leak_test"]["drop_db"] == pytest.approx(r["upscale"]["superres_psnr"] - r["leak_test"]["shuffled_psnr"], abs=0.011)
+    assert r["upscale"]["gain_over_bicubic_db"] == pytest.approx(
+        r["upscale"]["superres_psnr"] - r["upscale"]["bicubic_psnr"], abs=0.011)
+    f = r["faithfulness"]
+    for k, v in r["cascade_minus_base_points"].items():
+        assert v == pytest.approx(100 * (f["cascade"]["by_kind"][k] - f["base"]["by_kind"][k]), abs=0.06)
+    assert main(["eval", "--checkpoint", str(cascade), "--task", "superres", "--steps", "3"]) == 2
+    assert "drop the sampling flags" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- editing at the high-res size (§3.3)
+def test_high_res_inpaint_takes_the_multi_scale_route_and_keeps_every_outside_token(cascade, monkeypatch):
+    from minimuse.editing import cell_mask
+    pipe = load_pipeline(cascade, device="cpu")
+    S2 = CI.superres.image_size
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, S2, S2, 3), dtype=np.uint8)
+    masks = np.zeros((2, S2, S2), bool)
+    masks[0, 4:12, 8:20] = True
+    masks[1, 20:30, 2:9] = True
+    decoded = {}
+    real_decode = pipe.decode
+    def spy(ids, stage="base"):  # the ids each stage decodes, kept for the check below
+        decoded[stage] = ids
+        return real_decode(ids, stage)
+    monkeypatch.setattr(pipe, "decode", spy)
+    out, history = pipe.inpaint(images, masks, "a red circle", return_history=True)
+    assert out.shape == images.shape
+    region = torch.from_numpy(cell_mask(masks, pipe.superres.grid))
+    known = pipe.encode_images(images, "superres")
+    assert torch.equal(decoded["superres"][~region], known[~region])   # bit for bit outside the region
+    assert {h.get("stage", "base") for h in history} == {"base", "superres"}
+    np.testing.assert_array_equal(pipe.inpaint(images, masks, "a red circle"), out)  # same seed, same edit
+
+
+def test_high_res_mask_free_edit_and_outpaint(cascade):
+    pipe = load_pipeline(cascade, device="cpu")
+    S2 = CI.superres.image_size
+    images = np.zeros((1, S2, S2, 3), np.uint8)
+    out, kept = pipe.edit(images, "a red circle", num_iters=4, return_history=True, history_at=(2, 4))
+    assert out.shape == images.shape and sorted(kept) == [2, 4] and kept[4].shape == images.shape
+    with pytest.raises(NotImplementedError, match="outpainting draws at the base model's size"):
+        pipe.outpaint(images, "a red circle")
+
+
+def test_load_pipeline_superres_false_loads_the_base_stage_only(cascade):
+    pipe = load_pipeline(cascade, device="cpu", superres=False)
+    assert pipe.superres is None and pipe("a red circle").shape[1] == CI.data.image_size
