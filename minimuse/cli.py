@@ -115,8 +115,12 @@ def cmd_train(args):
     out = args.out or f"runs/{cfg.name}"
     train_transformer(cfg, out, resume=args.resume, tokenizer_dir=args.tokenizer, overwrite=args.overwrite,
                       report=args.report)
-    print(f"model saved to {out}")
-    if args.report:
+    _saved(f"model saved to {out}", out, args.report)
+
+
+def _saved(line: str, out, report: bool) -> None:
+    print(line)
+    if report:  # the one-line summary train --report writes beside the run
         from .bench import format_train_report
         print(format_train_report(json.loads((Path(out) / "report.json").read_text())))
 
@@ -130,10 +134,7 @@ def cmd_train_superres(args):
     out = args.out or f"runs/{cfg.name}-superres"
     train_superres(cfg, out, resume=args.resume, tokenizer_dir=args.tokenizer,
                    superres_tokenizer_dir=args.superres_tokenizer, overwrite=args.overwrite, report=args.report)
-    print(f"super-res model saved to {out}")
-    if args.report:
-        from .bench import format_train_report
-        print(format_train_report(json.loads((Path(out) / "report.json").read_text())))
+    _saved(f"super-res model saved to {out}", out, args.report)
 
 
 def cmd_finetune_decoder(args):

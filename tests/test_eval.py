@@ -82,7 +82,8 @@ def test_bench_reports_every_setting():
     assert [(x["steps"], x["guidance"] > 0) for x in runs] == [(2, False), (2, True), (3, False), (3, True)]
     for x in runs:
         assert x["ms_per_image"] > 0 and x["gflop_per_image"] > 0
-        assert x["fraction_of_peak"] == pytest.approx(x["achieved_gflops"] / r["peak_gflops"], abs=2e-3)
+        # relative: under load a tiny peak can sit below the achieved rate, and both are rounded
+        assert x["fraction_of_peak"] == pytest.approx(x["achieved_gflops"] / r["peak_gflops"], rel=5e-3, abs=2e-3)
     by = {(x["steps"], x["guidance"] > 0): x["gflop_per_image"] for x in runs}
     assert by[(3, False)] > by[(2, False)]        # one more forward pass
     assert by[(2, True)] > by[(2, False)]         # the unconditional pass costs FLOPs
