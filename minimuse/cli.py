@@ -139,87 +139,22 @@ def cmd_train_superres(args):
 
 def cmd_finetune_decoder(args):
     cfg = _config(args)
-    if cfg.superres is None:
-        raise CLIError(f"preset '{cfg.name}' has no super-res stage, so no super-res decoder to finetune")
-    src = Path(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT) / "superres_tokenizer"
-    if not (src / "model.safetensors").is_file():
-        raise CLIError(f"no super-res tokenizer at {src}: --checkpoint names a folder holding superres_tokenizer/")
-    from .eval import eval_tokenizer
-    from .train import train_tokenizer
+    from .train_tokenizer import finetune_decoder
     out = Path(args.out or f"runs/{cfg.name}-decoder")
-    train_tokenizer(cfg, out, resume=args.resume, stage="superres", overwrite=args.overwrite, finetune_from=src)
-    before, after = (eval_tokenizer(d, n=args.eval_n) for d in (src, out))
-    result = {"before": before, "after": after, "gain_db": round(after["psnr"] - before["psnr"], 2)}
-    from .checkpoint import atomic_write_json
-    atomic_write_json(out / "eval.json", result)
-    print(f"held-out {args.eval_n} images at {cfg.superres.image_size} px: PSNR {before['psnr']:.2f} dB -> "
-          f"{after['psnr']:.2f} dB ({result['gain_db']:+.2f} dB; {out / 'eval.json'}). The pipeline decodes with it when "
+    r = finetune_decoder(cfg, args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, out,
+                         resume=args.resume, overwrite=args.overwrite, eval_n=args.eval_n)
+    print(f"held-out {args.eval_n} images at {cfg.superres.image_size} px: PSNR {r['before']['psnr']:.2f} dB -> "
+          f"{r['after']['psnr']:.2f} dB ({r['gain_db']:+.2f} dB; {out / 'eval.json'}). The pipeline decodes with it when "
           f"it sits in the checkpoint as superres_decoder/.")
 
 
-def _upscale_jobs(args) -> tuple[list[Path], list[str], list[Path]]:
-    """(inputs, prompts, outputs) of `minimuse upscale`: one IMAGE with --prompt, or every PNG of --in-dir captioned
-    by its captions.jsonl ({"file", "caption"} lines, as `minimuse dataset` writes them)."""
-    if args.in_dir is None:
-        if args.image is None or args.prompt is None:
-            raise CLIError("give IMAGE and --prompt TEXT, or --in-dir DIR --out-dir OUT")
-        if args.out_dir is not None:
-            raise CLIError("--out-dir goes with --in-dir; a single IMAGE writes --out")
-        return [Path(args.image)], [args.prompt], [Path(args.out if args.out is not None else "upscaled.png")]
-    if args.image is not None or args.prompt is not None or args.out is not None:
-        raise CLIError("--in-dir takes every image and caption from DIR; give no IMAGE, --prompt or --out")
-    if args.out_dir is None:
-        raise CLIError("--in-dir needs --out-dir")
-    src = Path(args.in_dir)
-    if not src.is_dir():
-        raise CLIError(f"--in-dir {src} is not a directory")
-    captions_file = src / "captions.jsonl"
-    if not captions_file.is_file():
-        raise CLIError(f"{captions_file} is missing: upscale --in-dir reads each image's prompt from it "
-                       '({"file": NAME, "caption": TEXT} per line, as `minimuse dataset` writes)')
-    captions = {}
-    for i, line in enumerate(captions_file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            captions[str(row["file"])] = str(row["caption"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise CLIError(f"{captions_file} line {i} is not a JSON object with \"file\" and \"caption\"") from None
-    images = sorted(p for p in src.iterdir() if p.suffix.lower() == ".png" and p.name != "grid.png")
-    if not images:
-        raise CLIError(f"--in-dir {src} holds no PNG images")
-    missing = [p.name for p in images if p.name not in captions]
-    if missing:
-        raise CLIError(f"{len(missing)} image(s) in {src} have no caption in captions.jsonl, e.g. {missing[0]}")
-    return images, [captions[p.name] for p in images], [Path(args.out_dir) / p.name for p in images]
-
-
 def cmd_upscale(args):
-    import numpy as np
-    from .checkpoint import atomic_save_image, check_outputs
-    from .editing import read_image
-    from .pipeline import load_pipeline
+    from .superres import upscale_cli
     _at_least_1(batch_size=args.batch_size)
-    inputs, prompts, outs = _upscale_jobs(args)
-    check_outputs(outs, args.overwrite)
-    pipe = load_pipeline(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, device=_device(args))
-    if pipe.superres is None:
-        raise CLIError(f"{args.checkpoint or DEFAULT_CHECKPOINT} has no super-res stage (no superres/ folder)")
-    S = pipe.config.data.image_size
-    images = []
-    for path in inputs:  # every input is read and checked before the first one is upscaled
-        im = read_image(path)
-        if im.shape[:2] != (S, S):
-            raise CLIError(f"image {path} is {im.shape[1]}x{im.shape[0]} px; upscale takes the base size, {S}x{S} px")
-        images.append(im)
-    pipe.check_prompts(prompts)
-    for start in range(0, len(images), args.batch_size):
-        sl = slice(start, start + args.batch_size)
-        out = pipe.upscale(np.stack(images[sl]), prompts[sl], seed=args.seed + start, num_steps=args.steps,
-                           guidance_scale=args.guidance)
-        for img, path in zip(out, outs[sl]):
-            atomic_save_image(path, img)
+    outs = upscale_cli(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, image=args.image,
+                       prompt=args.prompt, out=args.out, in_dir=args.in_dir, out_dir=args.out_dir, seed=args.seed,
+                       num_steps=args.steps, guidance_scale=args.guidance, batch_size=args.batch_size,
+                       device=_device(args), overwrite=args.overwrite)
     print(f"wrote {outs[0]}" + (f" ... and {len(outs) - 1} more" if len(outs) > 1 else ""))
 
 
@@ -280,16 +215,9 @@ def cmd_edit(args):
 
 
 def cmd_outpaint(args):
-    from .checkpoint import atomic_save_image, check_outputs
-    from .editing import check_images, parse_extend, read_image
-    from .pipeline import load_pipeline
-    out = Path(args.out)
-    check_outputs([out], args.overwrite)
-    image = read_image(args.image)
-    pipe = load_pipeline(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, device=_device(args))
-    check_images(pipe, image, f"image {args.image}")
-    parse_extend(args.extend, pipe.config.data.image_size // pipe.transformer.grid[1])
-    atomic_save_image(out, pipe.outpaint(image, args.prompt, extend=args.extend, seed=args.seed)[0])
+    from .editing import outpaint_cli
+    out = outpaint_cli(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, args.image, args.prompt,
+                       args.extend, args.out, seed=args.seed, device=_device(args), overwrite=args.overwrite)
     print(f"wrote {out}")
 
 
@@ -322,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--out")
         q.add_argument("--resume", action="store_true", help="continue the run in --out")
         q.add_argument("--overwrite", action="store_true", help="start over in an --out that already holds a run")
+
+    def add_io(q, device: bool = True):  # what every command that loads a checkpoint and writes images takes
+        q.add_argument("--checkpoint", help="a pipeline checkpoint folder (default: the shipped laptop checkpoint)")
+        q.add_argument("--seed", type=int, default=0)
+        if device:
+            q.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+        q.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
 
     def add_sampling(q):  # defaults None: the checkpoint's measured best settings
         q.add_argument("--steps", type=int, default=None)
@@ -378,15 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompts-file")
     g.add_argument("--out", default=None, help="output PNG for a single prompt (default: out.png)")
     g.add_argument("--out-dir")
-    g.add_argument("--checkpoint")
-    g.add_argument("--seed", type=int, default=0)
     add_sampling(g)
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--history", help="write a per-step strip (image, mask, confidence) to this PNG")
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--upscale", type=int, default=1, help="nearest-neighbour upscale factor for the written PNGs (1 to 32)")
     g.add_argument("--no-superres", action="store_true", help="write the base stage's output, skipping the super-res stage")
-    g.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
+    add_io(g, device=False)  # --device comes with the sampling flags
     g.set_defaults(fn=cmd_generate)
 
     u = sub.add_parser("upscale", help="turn base-size images into high-res ones with the super-res stage (Muse §2.4)")
@@ -395,13 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--out", help="output PNG (default: upscaled.png)")
     u.add_argument("--in-dir", help="every PNG in DIR, captioned by DIR/captions.jsonl; writes OUT_DIR/<same name>")
     u.add_argument("--out-dir")
-    u.add_argument("--checkpoint")
-    u.add_argument("--seed", type=int, default=0)
     u.add_argument("--steps", type=int, default=None, help="super-res sampling steps (default: the checkpoint's, Muse 8)")
     u.add_argument("--guidance", type=float, default=None)
     u.add_argument("--batch-size", type=int, default=64)
-    u.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
-    u.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
+    add_io(u)
     u.set_defaults(fn=cmd_upscale)
 
     x = sub.add_parser("edit", help="inpaint an image region (--mask) or edit it mask-free under a new prompt (Muse §3.3)")
@@ -411,11 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--jobs", help="JSONL, one {image, prompt, mask, seed} per line; outputs DIR/000.png, ...")
     x.add_argument("--out", help="output PNG (default: edited.png)")
     x.add_argument("--out-dir")
-    x.add_argument("--checkpoint")
-    x.add_argument("--seed", type=int, default=0)
     x.add_argument("--num-iters", type=int, default=100, help="mask-free editing iterations (Muse: 100)")
-    x.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
-    x.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
+    add_io(x)
     x.set_defaults(fn=cmd_edit)
 
     o = sub.add_parser("outpaint", help="extend an image beyond one side under a prompt")
@@ -423,10 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--prompt", required=True)
     o.add_argument("--extend", default="right:16", help="SIDE:PIXELS, SIDE one of right, left, top, bottom")
     o.add_argument("--out", default="outpainted.png")
-    o.add_argument("--checkpoint")
-    o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
-    o.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
+    add_io(o)
     o.set_defaults(fn=cmd_outpaint)
 
     b = sub.add_parser("bench", help="print JSON: ms/image, tokens/s, achieved GFLOP/s against the matmul peak")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .sampler import edit as _edit_ids
+from .superres import decimate_uint8
 
 SIDES = ("right", "left", "bottom", "top")
 
@@ -124,7 +125,8 @@ def inpaint(pipe, images, masks, prompts, num_steps: int | None = None, guidance
     high = _high_res(pipe, images)
     if high:  # Muse's multi-scale route: inpaint the decimated image, then super-resolve the region only
         full, full_masks = images, masks
-        images, masks = _decimate(images, high), masks.reshape(len(masks), *_halves(masks.shape[1:], high)).any(axis=(2, 4))
+        B, H, W = masks.shape
+        images, masks = decimate_uint8(images, high), masks.reshape(B, H // high, high, W // high, high).any(axis=(2, 4))
     region = torch.from_numpy(cell_mask(masks, pipe.transformer.grid)).to(pipe.device)  # (B, h, w)
     generator = generator or torch.Generator(pipe.device).manual_seed(seed)  # one stream through both stages
     ids, history = pipe.sample_ids(prompts, _fit_steps(s, int(region.sum((1, 2)).min())), generator=generator,
@@ -201,7 +203,7 @@ def edit(pipe, images, prompts, num_iters: int = 100, resample_frac: float = 0.0
                                guidance_scale=guidance_scale, top_k=top_k)
     high = _high_res(pipe, images)
     if high:  # Muse's multi-scale route: edit the decimated image, then super-resolve the edited grid
-        images = _decimate(images, high)
+        images = decimate_uint8(images, high)
     dev = pipe.device
     generator = generator or torch.Generator(dev).manual_seed(seed)
     text, text_mask = (x.to(dev) for x in pipe.text_encoder(prompts))                  # (B, T, E), (B, T)
@@ -221,17 +223,6 @@ def edit(pipe, images, prompts, num_iters: int = 100, resample_frac: float = 0.0
 def _high_res(pipe, images) -> int:
     """The decimation factor when `images` are at the super-res stage's size (the multi-scale route), else 0."""
     return images.shape[1] // pipe.config.data.image_size if images.shape[1] != pipe.config.data.image_size else 0
-
-
-def _halves(hw, f: int) -> tuple[int, int, int, int]:
-    return (hw[0] // f, f, hw[1] // f, f)
-
-
-def _decimate(images: np.ndarray, f: int) -> np.ndarray:
-    """uint8 (B, S, S, 3) -> (B, S/f, S/f, 3) by the box filter the super-res stage was trained on."""
-    from .superres import decimate
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()  # (B, 3, S, S)
-    return decimate(x, f).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def _fit_steps(s, n_tokens: int):
@@ -287,6 +278,21 @@ def read_jobs(path) -> list[dict]:
     if not jobs:
         raise ValueError(f"jobs file {path} holds no jobs")
     return jobs
+
+
+def outpaint_cli(checkpoint, image_path, prompt: str, extend: str, out, seed: int = 0, device=None,
+                 overwrite: bool = False):
+    """What `minimuse outpaint` does: the image, the extension and the output path are checked before drawing."""
+    from .checkpoint import atomic_save_image, check_outputs
+    from .pipeline import load_pipeline
+    out = Path(out)
+    check_outputs([out], overwrite)
+    image = read_image(image_path)
+    pipe = load_pipeline(checkpoint, device=device)
+    check_images(pipe, image, f"image {image_path}")
+    parse_extend(extend, pipe.config.data.image_size // pipe.transformer.grid[1])
+    atomic_save_image(out, pipe.outpaint(image, prompt, extend=extend, seed=seed)[0])
+    return out
 
 
 def edit_cli(checkpoint, jobs: list[dict], outs: list, num_iters: int = 100, overwrite: bool = False, device=None):

@@ -69,37 +69,37 @@ def eval_faithfulness(pipe, n_per_kind: int = 256, seed: int | None = None, kind
     count 1), plus the sampling settings used. Prompts come from the eval seed, never used in training.
     judge_size box-decimates each image to that side before judging (a cascade's 64 px output judged at 32 px).
     """
+    return faithfulness_at(pipe, n_per_kind, seed, kinds, batch_size, (judge_size,), **sampling)[0]
+
+
+def faithfulness_at(pipe, n_per_kind: int, seed: int | None, kinds, batch_size: int, judge_sizes, **sampling) -> list:
+    """eval_faithfulness judged at each of `judge_sizes` (None: as drawn) from one set of images, drawn once."""
     from .data import eval_prompts
     from .judge import score
+    from .superres import decimate_uint8
     cfg = pipe.config
     seed = cfg.data.eval_seed if seed is None else seed
     prompts = eval_prompts(n_per_kind, seed=seed, kinds=kinds or cfg.data.kinds)
-    ok_by_kind, ok_by_count, fails = {}, {}, []
+    tallies = [({}, {}, []) for _ in judge_sizes]  # per size: ok by kind, ok by count, failures
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        images = pipe([c for c, _, _ in chunk], seed=seed + start, **sampling)
-        if judge_size is not None and judge_size != images.shape[1]:
-            images = _decimate_uint8(images, images.shape[1] // judge_size)
-        for (caption, spec, kind), image in zip(chunk, images):
-            ok, reason = score(image, spec)
-            ok_by_kind.setdefault(kind, []).append(ok)
-            if kind in ("single", "count"):
-                ok_by_count.setdefault(str(spec.objects[0][0]), []).append(ok)
-            if not ok and len(fails) < 10:
-                fails.append({"caption": caption, "reason": reason})
+        drawn = pipe([c for c, _, _ in chunk], seed=seed + start, **sampling)
+        for size, (ok_by_kind, ok_by_count, fails) in zip(judge_sizes, tallies):
+            images = drawn if size in (None, drawn.shape[1]) else decimate_uint8(drawn, drawn.shape[1] // size)
+            for (caption, spec, kind), image in zip(chunk, images):
+                ok, reason = score(image, spec)
+                ok_by_kind.setdefault(kind, []).append(ok)
+                if kind in ("single", "count"):
+                    ok_by_count.setdefault(str(spec.objects[0][0]), []).append(ok)
+                if not ok and len(fails) < 10:
+                    fails.append({"caption": caption, "reason": reason})
     mean = lambda xs: round(sum(xs) / len(xs), 4)
-    everything = [ok for oks in ok_by_kind.values() for ok in oks]
-    return {"overall": mean(everything), "by_kind": {k: mean(v) for k, v in ok_by_kind.items()},
-            "by_count": {k: mean(v) for k, v in sorted(ok_by_count.items())}, "n_per_kind": n_per_kind,
-            "settings": {**dataclasses.asdict(pipe.settings(**{k: v for k, v in sampling.items() if k not in ("precision", "superres")})),
-                         "precision": sampling.get("precision", "fp32")}, "examples_failed": fails}
-
-
-def _decimate_uint8(images, factor: int):
-    """uint8 (B, S, S, 3) -> uint8 (B, S/f, S/f, 3) by the box filter super-res training decimates with."""
-    from .superres import decimate
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()  # (B, 3, S, S)
-    return decimate(x, factor).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    settings = {**dataclasses.asdict(pipe.settings(**{k: v for k, v in sampling.items() if k not in ("precision", "superres")})),
+                "precision": sampling.get("precision", "fp32")}
+    return [{"overall": mean([ok for oks in ok_by_kind.values() for ok in oks]),
+             "by_kind": {k: mean(v) for k, v in ok_by_kind.items()},
+             "by_count": {k: mean(v) for k, v in sorted(ok_by_count.items())}, "n_per_kind": n_per_kind,
+             "settings": settings, "examples_failed": fails} for ok_by_kind, ok_by_count, fails in tallies]
 
 
 def _psnr_db(sq_err: float, count: int) -> float:
@@ -115,6 +115,7 @@ def eval_upscale(pipe, n: int = 256, seed: int | None = None, batch_size: int = 
     before upscaling: the leak test, since a model that ignored its conditioning would not notice."""
     import torch.nn.functional as F
     from .data import make_sample, to_tensor
+    from .superres import decimate_uint8
     cfg = pipe.config
     S, s = cfg.superres.image_size, cfg.data.image_size
     seed = cfg.data.eval_seed if seed is None else seed
@@ -124,7 +125,7 @@ def eval_upscale(pipe, n: int = 256, seed: int | None = None, batch_size: int = 
     for start in range(0, n, batch_size):
         samples = [make_sample(seed, i, S, cfg.data.kinds) for i in range(start, min(n, start + batch_size))]
         hi = torch.stack([to_tensor(x["image"]) for x in samples])                       # (b, 3, S, S)
-        lo = _decimate_uint8((hi * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy(), S // s)  # (b, s, s, 3)
+        lo = decimate_uint8((hi * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy(), S // s)  # (b, s, s, 3)
         lo_ids = pipe.encode_images(lo)                                                   # (b, h, w)
         if shuffle_lowres:
             b, h, w = lo_ids.shape
@@ -179,8 +180,8 @@ def eval_superres(pipe, n: int = 64, n_images: int = 256, seed: int | None = Non
     upscale = eval_upscale(pipe, n_images, seed)
     shuffled = eval_upscale(pipe, n_images, seed, shuffle_lowres=True)
     base = eval_faithfulness(pipe, n, seed, superres=False)
-    cascade = eval_faithfulness(pipe, n, seed, superres=True)
-    at_base = eval_faithfulness(pipe, n, seed, superres=True, judge_size=pipe.config.data.image_size)
+    # the cascade is drawn once and judged twice: as drawn, and box-decimated to the base size
+    cascade, at_base = faithfulness_at(pipe, n, seed, None, 128, (None, pipe.config.data.image_size), superres=True)
     kept = {k: round(at_base["by_kind"][k] / base["by_kind"][k], 4) if base["by_kind"][k] else None for k in base["by_kind"]}
     return {"upscale": upscale, "leak_test": {"shuffled_psnr": shuffled["superres_psnr"],
                                               "drop_db": round(upscale["superres_psnr"] - shuffled["superres_psnr"], 2)},

@@ -1,22 +1,29 @@
-"""A training run on disk: its directory guard, its pickle-free training state, its RNG capture and its JSONL log.
+"""A training run: its directory guard, its pickle-free training state, its RNG capture and its JSONL log on disk, and
+the small pieces every loop shares (Accelerator setup, precision, warmup + cosine learning rate, seeding, PSNR).
 
 Every trainer (tokenizer, base transformer, and the stages after them) keeps its run in one directory. Three rules
 make a run survive a careless user and a SIGKILL (see the README's "Safety and reliability"):
 - a directory that holds a run is never trained over unless the user says --resume (continue) or --overwrite;
 - the training state is one safetensors file with a JSON skeleton (checkpoint.save_tree), renamed into place;
 - the log is rewritten atomically, and on resume cut back to the resumed step, so it reads as one straight run.
-Taught in notebooks/05_training.ipynb; the loops that use it are in train.py.
+Taught in notebooks/05_training.ipynb; the loops that use it are in train.py and train_tokenizer.py.
 """
 from __future__ import annotations
 
+import ctypes
 import json
+import math
+import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
 
 from .checkpoint import TMP_SUFFIX, CheckpointError, atomic_write_text, load_tree, save_tree
+from .config import Config
 
 STATE_NAME = "training_state.safetensors"   # the tokenizer's; the transformer's is TRANSFORMER_STATE
 TRANSFORMER_STATE = "transformer_state.safetensors"
@@ -117,3 +124,86 @@ class JsonlLogger:
 
 def _last_ckpt(step, out_dir) -> str:
     return f"the last good checkpoint (step {step}) is in {out_dir}" if step else "no checkpoint was saved yet"
+
+
+# ------------------------------------------------------------------------------------------ shared infrastructure
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory for reuse. By default it hands blocks over 128 kB back to the OS, and a training
+    step frees and re-allocates the same multi-MB activations every step, page-faulting them back in each time:
+    1.25x on the laptop step (docs/TRAINING.md). Process-wide; a no-op where libc is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD: allocations below 32 MB (glibc's maximum) come from the heap
+        libc.mallopt(-1, 2**31 - 1)   # M_TRIM_THRESHOLD: never shrink the heap
+    except (OSError, AttributeError):
+        pass
+
+
+def resolve_precision(mixed_precision: str) -> str:
+    """"auto" is bf16 where the hardware computes it natively (a CUDA GPU with bf16, a CPU with oneDNN's AVX-512
+    bf16 kernels) and "no" elsewhere, e.g. on AVX2 laptops, where emulated bf16 would be slower than fp32."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
+def make_accelerator(cfg: Config, precision: str | None = None, compile: bool = False) -> Accelerator:
+    """One Accelerator per run; mixed precision comes from the config (bf16 autocast keeps fp32 master weights).
+    compile=True has Accelerate wrap the model in torch.compile (inductor) when it prepares it."""
+    precision = resolve_precision(cfg.train.mixed_precision if precision is None else precision)
+    backend = "INDUCTOR" if compile else "NO"
+    from accelerate.state import AcceleratorState
+    shared = AcceleratorState._shared_state
+    plugin = shared.get("dynamo_plugin")
+    if shared.get("_mixed_precision", precision) != precision or (plugin is not None and plugin.backend != backend):
+        # Accelerate keeps one precision (and compile backend) per process; a notebook that trains a fp32 tokenizer
+        # and then a bf16 transformer needs the second. The process group (PartialState) stays.
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(), dynamo_backend=backend)
+
+
+def cosine_lr(step: int, peak: float, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """Linear warmup to `peak` over `warmup` steps, then cosine decay to peak * min_ratio at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def batch_indices(step: int, batch_size: int, rank: int = 0, world: int = 1) -> range:
+    """Dataset indices for one process at one step: disjoint across processes, a pure function of the step."""
+    start = (step * world + rank) * batch_size
+    return range(start, start + batch_size)
+
+
+def load_batch(dataset, indices) -> torch.Tensor:
+    return torch.stack([dataset[i]["image"] for i in indices])  # (B, 3, S, S)
+
+
+def psnr(recon: torch.Tensor, target: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB for images in [0, 1], over the whole batch."""
+    mse = (recon.clamp(0, 1) - target).pow(2).mean().item()
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def _saved(state: dict) -> dict:
+    """The config a run was trained with, read back as a Config: a field added to minimuse since takes its default,
+    so a run resumes under a newer version exactly when nothing it trained with has changed."""
+    return Config.from_dict(state["config"]).to_dict()
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    return tqdm(total=total, initial=initial, disable=not enabled or bool(os.environ.get("TQDM_DISABLE")), dynamic_ncols=True)

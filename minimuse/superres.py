@@ -6,7 +6,7 @@ concatenated with the projected text along the sequence axis, and every block of
 (transformer.py, not a fork) cross-attends to that concatenation while it fills the 16x16 high-res grid. Training
 masks the high-res tokens only; the low-res tokens are always given (see `train_superres` in train.py for why they
 are never dropped). Sampling is the one loop of sampler.py with `lowres_ids`; decimation is a box filter, as Muse's.
-Taught in notebooks/07_superres.ipynb.
+`upscale_cli` is `minimuse upscale`. Taught in notebooks/07_superres.ipynb.
 """
 from __future__ import annotations
 
@@ -24,6 +24,12 @@ from .transformer import Block, Linear, MaskedTransformer, TextContext
 def decimate(images: torch.Tensor, factor: int = 2) -> torch.Tensor:
     """Box-filter downsampling (B, 3, H, W) -> (B, 3, H/f, W/f): each low-res pixel is the mean of an f x f block."""
     return F.avg_pool2d(images, factor)
+
+
+def decimate_uint8(images, factor: int = 2):
+    """uint8 (B, S, S, 3) numpy images -> uint8 (B, S/f, S/f, 3): `decimate`, rounded as a PNG would store it."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()  # (B, 3, S, S)
+    return decimate(x, factor).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def superres_grid(cfg: Config) -> tuple[int, int]:
@@ -116,3 +122,75 @@ class SuperResTransformer(MaskedTransformer):
                              "tokenizer": {"codebook_size": self.codebook_size}},
                 "grid": list(self.grid), "lowres_grid": list(self.lowres_grid),
                 "tokenizer": {"codebook_size": self.lowres_codebook_size}, "text": {"text_dim": self.text_dim}}
+
+
+# ----------------------------------------------------------------------------------------------------------- CLI
+def _upscale_jobs(image, prompt, out, in_dir, out_dir) -> tuple[list, list[str], list]:
+    """(inputs, prompts, outputs) of `minimuse upscale`: one IMAGE with its prompt, or every PNG of in_dir captioned
+    by its captions.jsonl ({"file", "caption"} lines, as `minimuse dataset` writes them)."""
+    import json
+    from pathlib import Path
+    if in_dir is None:
+        if image is None or prompt is None:
+            raise ValueError("give IMAGE and --prompt TEXT, or --in-dir DIR --out-dir OUT")
+        if out_dir is not None:
+            raise ValueError("--out-dir goes with --in-dir; a single IMAGE writes --out")
+        return [Path(image)], [prompt], [Path(out if out is not None else "upscaled.png")]
+    if image is not None or prompt is not None or out is not None:
+        raise ValueError("--in-dir takes every image and caption from DIR; give no IMAGE, --prompt or --out")
+    if out_dir is None:
+        raise ValueError("--in-dir needs --out-dir")
+    src = Path(in_dir)
+    if not src.is_dir():
+        raise ValueError(f"--in-dir {src} is not a directory")
+    captions_file = src / "captions.jsonl"
+    if not captions_file.is_file():
+        raise ValueError(f"{captions_file} is missing: upscale --in-dir reads each image's prompt from it "
+                         '({"file": NAME, "caption": TEXT} per line, as `minimuse dataset` writes)')
+    captions = {}
+    for i, line in enumerate(captions_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            captions[str(row["file"])] = str(row["caption"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f'{captions_file} line {i} is not a JSON object with "file" and "caption"') from None
+    images = sorted(p for p in src.iterdir() if p.suffix.lower() == ".png" and p.name != "grid.png")
+    if not images:
+        raise ValueError(f"--in-dir {src} holds no PNG images")
+    missing = [p.name for p in images if p.name not in captions]
+    if missing:
+        raise ValueError(f"{len(missing)} image(s) in {src} have no caption in captions.jsonl, e.g. {missing[0]}")
+    return images, [captions[p.name] for p in images], [Path(out_dir) / p.name for p in images]
+
+
+def upscale_cli(checkpoint, image=None, prompt=None, out=None, in_dir=None, out_dir=None, seed: int = 0,
+                num_steps: int | None = None, guidance_scale: float | None = None, batch_size: int = 64,
+                device=None, overwrite: bool = False) -> list:
+    """What `minimuse upscale` does. Every input is read and checked (size, caption, output paths) before the first
+    image is upscaled, and each PNG is written atomically. Returns the output paths."""
+    import numpy as np
+    from .checkpoint import atomic_save_image, check_outputs
+    from .editing import read_image
+    from .pipeline import load_pipeline
+    inputs, prompts, outs = _upscale_jobs(image, prompt, out, in_dir, out_dir)
+    check_outputs(outs, overwrite)
+    pipe = load_pipeline(checkpoint, device=device)
+    if pipe.superres is None:
+        raise ValueError(f"{checkpoint} has no super-res stage (no superres/ folder)")
+    S = pipe.config.data.image_size
+    images = []
+    for path in inputs:
+        im = read_image(path)
+        if im.shape[:2] != (S, S):
+            raise ValueError(f"image {path} is {im.shape[1]}x{im.shape[0]} px; upscale takes the base size, {S}x{S} px")
+        images.append(im)
+    pipe.check_prompts(prompts)
+    for start in range(0, len(images), batch_size):
+        sl = slice(start, start + batch_size)
+        up = pipe.upscale(np.stack(images[sl]), prompts[sl], seed=seed + start, num_steps=num_steps,
+                          guidance_scale=guidance_scale)
+        for img, path in zip(up, outs[sl]):
+            atomic_save_image(path, img)
+    return outs

@@ -1,249 +1,26 @@
-"""Training loops: explicit `for step in range(...)` on Hugging Face Accelerate, with checkpointing and exact resume.
+"""The masked transformers' training loop (Muse §2.3, §2.6), for the base model and the super-res stage (§2.4).
 
-The shared pieces (Accelerator setup, warmup + cosine learning rate, a JSONL logger, the run-directory guard, an
-atomic pickle-free training-state file holding model, optimizer, RNG states and step) are small functions every loop
-reuses. The tokenizer loop
-follows Muse §2.2 (VQGAN: reconstruction + commitment, optional hinge GAN); the transformer loops follow §2.3 and §2.6.
-Data is addressed by (seed, index), and step s always reads indices [s*B, (s+1)*B), so the data position is the step.
-Taught in notebooks/02_tokenizer.ipynb (tokenizer) and notebooks/04_training.ipynb (transformer).
+An explicit `for step in range(...)` on Hugging Face Accelerate: a batch from the token pool (pool.py), the masked
+cross-entropy, AdamW or Adafactor, an optional weight EMA, a quick sample-and-score every eval_every steps, and atomic
+pickle-free checkpoints with exact resume (runs.py holds those shared pieces; train_tokenizer.py the tokenizer's loop,
+re-exported here). Step s always reads the same batch, so the data position is the step.
+Taught in notebooks/05_training.ipynb; the super-res stage in notebooks/07_superres.ipynb.
 """
 from __future__ import annotations
 
-import ctypes
-import math
-import os
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError
 from .config import Config
 from .pool import build_token_pool, text_table, train_step_inputs  # noqa: F401 (notebook 05 imports them from here)
 from .runs import (LOG_NAME, POOL_NAME, STATE_NAME, SUPERRES_STATE, TRANSFORMER_STATE, JsonlLogger, _last_ckpt,  # noqa: F401
+                   _progress, _saved, batch_indices, cosine_lr, keep_freed_memory, load_batch, make_accelerator, psnr,
+                   resolve_precision, seed_everything, set_lr,
                    load_training_state, prepare_run_dir, rng_states, save_training_state, set_rng_states)
-
-# ------------------------------------------------------------------------------------------ shared infrastructure
-def keep_freed_memory() -> None:
-    """Ask glibc to keep freed memory for reuse. By default it hands blocks over 128 kB back to the OS, and a training
-    step frees and re-allocates the same multi-MB activations every step, page-faulting them back in each time:
-    1.25x on the laptop step (docs/TRAINING.md). Process-wide; a no-op where libc is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD: allocations below 32 MB (glibc's maximum) come from the heap
-        libc.mallopt(-1, 2**31 - 1)   # M_TRIM_THRESHOLD: never shrink the heap
-    except (OSError, AttributeError):
-        pass
-
-
-def resolve_precision(mixed_precision: str) -> str:
-    """"auto" is bf16 where the hardware computes it natively (a CUDA GPU with bf16, a CPU with oneDNN's AVX-512
-    bf16 kernels) and "no" elsewhere, e.g. on AVX2 laptops, where emulated bf16 would be slower than fp32."""
-    if mixed_precision != "auto":
-        return mixed_precision
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
-
-
-def make_accelerator(cfg: Config, precision: str | None = None, compile: bool = False) -> Accelerator:
-    """One Accelerator per run; mixed precision comes from the config (bf16 autocast keeps fp32 master weights).
-    compile=True has Accelerate wrap the model in torch.compile (inductor) when it prepares it."""
-    precision = resolve_precision(cfg.train.mixed_precision if precision is None else precision)
-    backend = "INDUCTOR" if compile else "NO"
-    from accelerate.state import AcceleratorState
-    shared = AcceleratorState._shared_state
-    plugin = shared.get("dynamo_plugin")
-    if shared.get("_mixed_precision", precision) != precision or (plugin is not None and plugin.backend != backend):
-        # Accelerate keeps one precision (and compile backend) per process; a notebook that trains a fp32 tokenizer
-        # and then a bf16 transformer needs the second. The process group (PartialState) stays.
-        AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(), dynamo_backend=backend)
-
-
-def cosine_lr(step: int, peak: float, warmup: int, total: int, min_ratio: float = 0.0) -> float:
-    """Linear warmup to `peak` over `warmup` steps, then cosine decay to peak * min_ratio at `total`."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def set_lr(optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def batch_indices(step: int, batch_size: int, rank: int = 0, world: int = 1) -> range:
-    """Dataset indices for one process at one step: disjoint across processes, a pure function of the step."""
-    start = (step * world + rank) * batch_size
-    return range(start, start + batch_size)
-
-
-def load_batch(dataset, indices) -> torch.Tensor:
-    return torch.stack([dataset[i]["image"] for i in indices])  # (B, 3, S, S)
-
-
-def psnr(recon: torch.Tensor, target: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio in dB for images in [0, 1], over the whole batch."""
-    mse = (recon.clamp(0, 1) - target).pow(2).mean().item()
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
-
-
-def _saved(state: dict) -> dict:
-    """The config a run was trained with, read back as a Config: a field added to minimuse since takes its default,
-    so a run resumes under a newer version exactly when nothing it trained with has changed."""
-    return Config.from_dict(state["config"]).to_dict()
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    return tqdm(total=total, initial=initial, disable=not enabled or bool(os.environ.get("TQDM_DISABLE")), dynamic_ncols=True)
-
-
-# --------------------------------------------------------------------------------------------- tokenizer training
-def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "base", on_step=None,
-                    overwrite: bool = False, finetune_from=None) -> list[dict]:
-    """Train the base (or super-res) tokenizer of `cfg`; checkpoints and log.jsonl go to out_dir. Returns the log.
-
-    on_step(step, record) is called after every step with the step's loss and PSNR (and, at log steps, the logged
-    record), e.g. for a live plot in a notebook. An out_dir holding a run needs resume=True or overwrite=True.
-    finetune_from (a tokenizer checkpoint of this stage) is `finetune-decoder` (Muse §2.5): its encoder and codebook
-    are loaded and frozen, so every token keeps its meaning, and a decoder of cfg.superres.decoder's size is trained
-    from scratch for cfg.superres.decoder.steps on the reconstruction loss.
-    """
-    from .data import ShapesDataset  # the data module is only needed once training starts
-    from .tokenizer import PatchDiscriminator, Tokenizer, codebook_usage, hinge_d_loss, hinge_g_loss, perplexity
-
-    if stage not in ("base", "superres"):
-        raise ValueError(f"stage must be 'base' or 'superres', got {stage!r}")
-    if stage == "superres" and cfg.superres is None:
-        raise ValueError(f"preset '{cfg.name}' has no super-res stage; choose a preset with a superres section")
-    tcfg = cfg.tokenizer if stage == "base" else cfg.superres.tokenizer
-    size = cfg.data.image_size if stage == "base" else cfg.superres.image_size
-    frozen = None
-    if finetune_from is not None:
-        import dataclasses
-        if stage != "superres":
-            raise ValueError("finetune-decoder finetunes the super-res stage's decoder, the one the cascade draws with")
-        frozen = Tokenizer.from_pretrained(finetune_from, cfg)  # refuses a tokenizer of another stage or architecture
-        dc = cfg.superres.decoder
-        tcfg = dataclasses.replace(tcfg, decoder_channels=dc.channels, decoder_res_blocks=dc.res_blocks, steps=dc.steps,
-                                   batch_size=dc.batch_size, lr=dc.lr, disc_weight=0.0)
-    # "auto" was measured for the transformer only (docs/TRAINING.md); the tokenizer keeps fp32 under it
-    accelerator = make_accelerator(cfg, "no" if cfg.train.mixed_precision == "auto" else None)
-    out_dir = prepare_run_dir(out_dir, STATE_NAME, ("model.safetensors",), resume, overwrite, accelerator)
-    seed_everything(cfg.train.seed)
-    model = Tokenizer(tcfg)
-    model.full_config, model.stage = cfg, stage
-    trained = model.parameters()
-    if frozen is not None:
-        import dataclasses
-        # the saved config describes the bigger decoder, so from_pretrained builds it; the encoder and codebook are the
-        # frozen tokenizer's, bit for bit
-        model.full_config = dataclasses.replace(cfg, superres=dataclasses.replace(cfg.superres, tokenizer=tcfg))
-        model.encoder.load_state_dict(frozen.encoder.state_dict())
-        model.quantizer.load_state_dict(frozen.quantizer.state_dict())
-        model.encoder.requires_grad_(False)
-        model.quantizer.requires_grad_(False)
-        trained = model.decoder.parameters()
-    optimizer = torch.optim.Adam(trained, lr=tcfg.lr, betas=tcfg.betas)
-    use_gan = tcfg.disc_weight > 0
-    disc = PatchDiscriminator() if use_gan else None
-    disc_opt = torch.optim.Adam(disc.parameters(), lr=tcfg.lr, betas=tcfg.betas) if use_gan else None
-
-    start, history, elapsed = 0, [], 0.0  # elapsed: wall seconds of earlier runs of this training
-    if resume:
-        state = load_training_state(out_dir / STATE_NAME)
-        if _saved(state) != cfg.to_dict() or state["stage"] != stage:
-            raise ValueError(f"cannot resume {out_dir}: it was trained with another config or stage; use a new --out")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if use_gan:
-            disc.load_state_dict(state["disc"])
-            disc_opt.load_state_dict(state["disc_optimizer"])
-        start, history, elapsed = state["step"], state["history"], state["elapsed_s"]
-        set_rng_states(state["rng"])
-
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if use_gan:
-        disc, disc_opt = accelerator.prepare(disc, disc_opt)
-    raw = accelerator.unwrap_model(model)
-
-    train_set = ShapesDataset(size=size, seed=cfg.data.train_seed, length=tcfg.steps * tcfg.batch_size * accelerator.num_processes)
-    # A fixed held-out batch for usage and perplexity: the eval seed is never trained on.
-    monitor = load_batch(ShapesDataset(size=size, seed=cfg.data.eval_seed, length=256), range(256)).to(accelerator.device)
-    logger = JsonlLogger(out_dir / LOG_NAME, resume_step=start if resume else None, enabled=accelerator.is_main_process)
-
-    def checkpoint(step: int):
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            return
-        save_training_state(out_dir / STATE_NAME, {
-            "step": step, "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_states(),
-            "history": history, "config": cfg.to_dict(), "stage": stage, "elapsed_s": elapsed + time.time() - t0,
-            **({"disc": accelerator.unwrap_model(disc).state_dict(), "disc_optimizer": disc_opt.state_dict()} if use_gan else {})})
-        raw.save_pretrained(out_dir)  # the user-facing checkpoint, written after the state so both describe `step`
-
-    t0, last_ckpt = time.time(), start if resume else None
-    bar = _progress(tcfg.steps, start, accelerator.is_main_process)
-    for step in range(start, tcfg.steps):
-        lr = cosine_lr(step, tcfg.lr, tcfg.warmup_steps, tcfg.steps, cfg.train.min_lr_ratio)
-        set_lr(optimizer, lr)
-        images = load_batch(train_set, batch_indices(step, tcfg.batch_size, accelerator.process_index,
-                                                     accelerator.num_processes)).to(accelerator.device)
-        model.train()
-        if frozen is not None:  # eval mode: no EMA codebook update, no dead-code restart; the tokens stay the same
-            raw.encoder.eval()
-            raw.quantizer.eval()
-        with accelerator.autocast():
-            recon, aux = model(images)
-            loss = aux["loss"]
-            gan_on = use_gan and step >= tcfg.disc_start
-            if gan_on:
-                loss = loss + tcfg.disc_weight * hinge_g_loss(disc(recon))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"tokenizer loss became {loss.item()} at step {step}; {_last_ckpt(last_ckpt, out_dir)}. "
-                                     "Lower tokenizer.lr and retrain, or --resume.")
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        optimizer.step()
-        if gan_on:  # the discriminator sees detached reconstructions, so its loss never reaches the tokenizer
-            set_lr(disc_opt, lr)
-            with accelerator.autocast():
-                d_loss = hinge_d_loss(disc(images), disc(recon.detach()))
-            disc_opt.zero_grad(set_to_none=True)
-            accelerator.backward(d_loss)
-            disc_opt.step()
-
-        record = {"step": step + 1, "loss": loss.item(), "psnr": psnr(recon.detach().float(), images)}
-        if (step + 1) % tcfg.log_every == 0 or step + 1 == tcfg.steps:
-            model.eval()
-            with torch.no_grad():
-                ids = raw.encode(monitor)
-            record.update(recon_loss=aux["recon_loss"].item(), quant_loss=aux["quant_loss"].item(), lr=lr,
-                          usage=codebook_usage(ids, raw.codebook_size), perplexity=perplexity(ids, raw.codebook_size),
-                          elapsed_s=round(elapsed + time.time() - t0, 1), **({"d_loss": d_loss.item()} if gan_on else {}))
-            history.append(record)
-            logger.log(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", psnr=f"{record['psnr']:.1f}", usage=f"{record['usage']:.2f}")
-        bar.update(1)
-        if (step + 1) % tcfg.ckpt_every == 0 or step + 1 == tcfg.steps:
-            checkpoint(step + 1)
-            last_ckpt = step + 1
-        if on_step is not None:
-            on_step(step + 1, record)
-    bar.close()
-    return history
+from .train_tokenizer import train_tokenizer  # noqa: F401 (notebooks and tests import it from here)
 
 
 # ------------------------------------------------------------------------------------------- transformer training

@@ -1,0 +1,173 @@
+"""The tokenizer's training loop (Muse §2.2, after VQGAN): reconstruction + commitment, an optional hinge GAN, and
+decoder finetuning on a frozen encoder and codebook (Muse §2.5, `finetune_decoder`, `minimuse finetune-decoder`).
+
+An explicit `for step in range(...)` on Hugging Face Accelerate, with the run-directory guard, atomic pickle-free
+training state and exact resume of runs.py. Data is addressed by (seed, index): step s reads images [s*B, (s+1)*B).
+Taught in notebooks/02_tokenizer.ipynb.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .config import Config
+from .runs import (LOG_NAME, STATE_NAME, JsonlLogger, _last_ckpt, _progress, _saved, batch_indices, cosine_lr,
+                   load_batch, load_training_state, make_accelerator, prepare_run_dir, psnr, rng_states,
+                   save_training_state, seed_everything, set_lr, set_rng_states)
+
+
+def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "base", on_step=None,
+                    overwrite: bool = False, finetune_from=None) -> list[dict]:
+    """Train the base (or super-res) tokenizer of `cfg`; checkpoints and log.jsonl go to out_dir. Returns the log.
+
+    on_step(step, record) is called after every step with the step's loss and PSNR (and, at log steps, the logged
+    record), e.g. for a live plot in a notebook. An out_dir holding a run needs resume=True or overwrite=True.
+    finetune_from (a tokenizer checkpoint of this stage) is `finetune-decoder` (Muse §2.5): its encoder and codebook
+    are loaded and frozen, so every token keeps its meaning, and a decoder of cfg.superres.decoder's size is trained
+    from scratch for cfg.superres.decoder.steps on the reconstruction loss.
+    """
+    from .data import ShapesDataset  # the data module is only needed once training starts
+    from .tokenizer import PatchDiscriminator, Tokenizer, codebook_usage, hinge_d_loss, hinge_g_loss, perplexity
+
+    if stage not in ("base", "superres"):
+        raise ValueError(f"stage must be 'base' or 'superres', got {stage!r}")
+    if stage == "superres" and cfg.superres is None:
+        raise ValueError(f"preset '{cfg.name}' has no super-res stage; choose a preset with a superres section")
+    tcfg = cfg.tokenizer if stage == "base" else cfg.superres.tokenizer
+    size = cfg.data.image_size if stage == "base" else cfg.superres.image_size
+    frozen = None
+    if finetune_from is not None:
+        import dataclasses
+        if stage != "superres":
+            raise ValueError("finetune-decoder finetunes the super-res stage's decoder, the one the cascade draws with")
+        frozen = Tokenizer.from_pretrained(finetune_from, cfg)  # refuses a tokenizer of another stage or architecture
+        dc = cfg.superres.decoder
+        tcfg = dataclasses.replace(tcfg, decoder_channels=dc.channels, decoder_res_blocks=dc.res_blocks, steps=dc.steps,
+                                   batch_size=dc.batch_size, lr=dc.lr, disc_weight=0.0)
+    # "auto" was measured for the transformer only (docs/TRAINING.md); the tokenizer keeps fp32 under it
+    accelerator = make_accelerator(cfg, "no" if cfg.train.mixed_precision == "auto" else None)
+    out_dir = prepare_run_dir(out_dir, STATE_NAME, ("model.safetensors",), resume, overwrite, accelerator)
+    seed_everything(cfg.train.seed)
+    model = Tokenizer(tcfg)
+    model.full_config, model.stage = cfg, stage
+    trained = model.parameters()
+    if frozen is not None:
+        import dataclasses
+        # the saved config describes the bigger decoder, so from_pretrained builds it; the encoder and codebook are the
+        # frozen tokenizer's, bit for bit
+        model.full_config = dataclasses.replace(cfg, superres=dataclasses.replace(cfg.superres, tokenizer=tcfg))
+        model.encoder.load_state_dict(frozen.encoder.state_dict())
+        model.quantizer.load_state_dict(frozen.quantizer.state_dict())
+        model.encoder.requires_grad_(False)
+        model.quantizer.requires_grad_(False)
+        trained = model.decoder.parameters()
+    optimizer = torch.optim.Adam(trained, lr=tcfg.lr, betas=tcfg.betas)
+    use_gan = tcfg.disc_weight > 0
+    disc = PatchDiscriminator() if use_gan else None
+    disc_opt = torch.optim.Adam(disc.parameters(), lr=tcfg.lr, betas=tcfg.betas) if use_gan else None
+
+    start, history, elapsed = 0, [], 0.0  # elapsed: wall seconds of earlier runs of this training
+    if resume:
+        state = load_training_state(out_dir / STATE_NAME)
+        if _saved(state) != cfg.to_dict() or state["stage"] != stage:
+            raise ValueError(f"cannot resume {out_dir}: it was trained with another config or stage; use a new --out")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if use_gan:
+            disc.load_state_dict(state["disc"])
+            disc_opt.load_state_dict(state["disc_optimizer"])
+        start, history, elapsed = state["step"], state["history"], state["elapsed_s"]
+        set_rng_states(state["rng"])
+
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if use_gan:
+        disc, disc_opt = accelerator.prepare(disc, disc_opt)
+    raw = accelerator.unwrap_model(model)
+
+    train_set = ShapesDataset(size=size, seed=cfg.data.train_seed, length=tcfg.steps * tcfg.batch_size * accelerator.num_processes)
+    # A fixed held-out batch for usage and perplexity: the eval seed is never trained on.
+    monitor = load_batch(ShapesDataset(size=size, seed=cfg.data.eval_seed, length=256), range(256)).to(accelerator.device)
+    logger = JsonlLogger(out_dir / LOG_NAME, resume_step=start if resume else None, enabled=accelerator.is_main_process)
+
+    def checkpoint(step: int):
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            return
+        save_training_state(out_dir / STATE_NAME, {
+            "step": step, "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_states(),
+            "history": history, "config": cfg.to_dict(), "stage": stage, "elapsed_s": elapsed + time.time() - t0,
+            **({"disc": accelerator.unwrap_model(disc).state_dict(), "disc_optimizer": disc_opt.state_dict()} if use_gan else {})})
+        raw.save_pretrained(out_dir)  # the user-facing checkpoint, written after the state so both describe `step`
+
+    t0, last_ckpt = time.time(), start if resume else None
+    bar = _progress(tcfg.steps, start, accelerator.is_main_process)
+    for step in range(start, tcfg.steps):
+        lr = cosine_lr(step, tcfg.lr, tcfg.warmup_steps, tcfg.steps, cfg.train.min_lr_ratio)
+        set_lr(optimizer, lr)
+        images = load_batch(train_set, batch_indices(step, tcfg.batch_size, accelerator.process_index,
+                                                     accelerator.num_processes)).to(accelerator.device)
+        model.train()
+        if frozen is not None:  # eval mode: no EMA codebook update, no dead-code restart; the tokens stay the same
+            raw.encoder.eval()
+            raw.quantizer.eval()
+        with accelerator.autocast():
+            recon, aux = model(images)
+            loss = aux["loss"]
+            gan_on = use_gan and step >= tcfg.disc_start
+            if gan_on:
+                loss = loss + tcfg.disc_weight * hinge_g_loss(disc(recon))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"tokenizer loss became {loss.item()} at step {step}; {_last_ckpt(last_ckpt, out_dir)}. "
+                                     "Lower tokenizer.lr and retrain, or --resume.")
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        if gan_on:  # the discriminator sees detached reconstructions, so its loss never reaches the tokenizer
+            set_lr(disc_opt, lr)
+            with accelerator.autocast():
+                d_loss = hinge_d_loss(disc(images), disc(recon.detach()))
+            disc_opt.zero_grad(set_to_none=True)
+            accelerator.backward(d_loss)
+            disc_opt.step()
+
+        record = {"step": step + 1, "loss": loss.item(), "psnr": psnr(recon.detach().float(), images)}
+        if (step + 1) % tcfg.log_every == 0 or step + 1 == tcfg.steps:
+            model.eval()
+            with torch.no_grad():
+                ids = raw.encode(monitor)
+            record.update(recon_loss=aux["recon_loss"].item(), quant_loss=aux["quant_loss"].item(), lr=lr,
+                          usage=codebook_usage(ids, raw.codebook_size), perplexity=perplexity(ids, raw.codebook_size),
+                          elapsed_s=round(elapsed + time.time() - t0, 1), **({"d_loss": d_loss.item()} if gan_on else {}))
+            history.append(record)
+            logger.log(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", psnr=f"{record['psnr']:.1f}", usage=f"{record['usage']:.2f}")
+        bar.update(1)
+        if (step + 1) % tcfg.ckpt_every == 0 or step + 1 == tcfg.steps:
+            checkpoint(step + 1)
+            last_ckpt = step + 1
+        if on_step is not None:
+            on_step(step + 1, record)
+    bar.close()
+    return history
+
+
+def finetune_decoder(cfg: Config, checkpoint, out_dir, resume: bool = False, overwrite: bool = False,
+                     eval_n: int = 1000) -> dict:
+    """`minimuse finetune-decoder` (Muse §2.5): train cfg.superres.decoder's larger decoder on the frozen encoder and
+    codebook of checkpoint/superres_tokenizer, then measure PSNR before and after on eval_n held-out images. Writes
+    out_dir/eval.json and returns it; the pipeline decodes with the new decoder once it sits in the checkpoint as
+    superres_decoder/ (ship it only if PSNR rose)."""
+    from pathlib import Path
+    from .checkpoint import atomic_write_json
+    from .eval import eval_tokenizer
+    if cfg.superres is None:
+        raise ValueError(f"preset '{cfg.name}' has no super-res stage, so no super-res decoder to finetune")
+    src = Path(checkpoint) / "superres_tokenizer"
+    if not (src / "model.safetensors").is_file():
+        raise ValueError(f"no super-res tokenizer at {src}: --checkpoint names a folder holding superres_tokenizer/")
+    train_tokenizer(cfg, out_dir, resume=resume, stage="superres", overwrite=overwrite, finetune_from=src)
+    before, after = (eval_tokenizer(d, n=eval_n) for d in (src, out_dir))
+    result = {"before": before, "after": after, "gain_db": round(after["psnr"] - before["psnr"], 2)}
+    atomic_write_json(Path(out_dir) / "eval.json", result)
+    return result
