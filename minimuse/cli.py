@@ -164,11 +164,19 @@ def cmd_eval(args):
     if args.tokenizer_n < 0:
         raise CLIError(f"--tokenizer-n must be 0 (skip the tokenizer metrics) or more, got {args.tokenizer_n}")
     sampling = {**_sampling(args), "precision": args.precision}
-    if args.task != "generate" and _sampling(args):
+    _at_least_1(top_k=args.top_k)
+    if args.task == "edit":  # mask-free editing's own two settings (config.EditConfig); the others are the sampler's
+        other = sorted(set(_sampling(args)) - {"guidance_scale"})
+        if other:
+            raise CLIError(f"--task edit takes --guidance and --top-k only; drop --{SAMPLING_FLAGS[other[0]].replace('_', '-')}")
+        sampling = {k: v for k, v in (("guidance_scale", args.guidance), ("top_k", args.top_k)) if v is not None}
+    elif args.task != "generate" and (_sampling(args) or args.top_k is not None):
         raise CLIError(f"--task {args.task} measures the checkpoint's own settings; drop the sampling flags")
+    elif args.top_k is not None:
+        raise CLIError("--top-k is mask-free editing's (--task edit); generation samples from the full softmax")
     result = evaluate(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, n=args.n,
                       tokenizer_n=args.tokenizer_n, seed=args.seed, device=_device(args), task=args.task,
-                      **({} if args.task != "generate" else sampling))
+                      **({} if args.task not in ("generate", "edit") else sampling))
     print(json.dumps(result, indent=2))
 
 
@@ -196,7 +204,9 @@ def cmd_generate(args):
 
 def cmd_edit(args):
     from .editing import edit_cli, read_jobs
-    _at_least_1(num_iters=args.num_iters)
+    _at_least_1(num_iters=args.num_iters, top_k=args.top_k)
+    if args.guidance is not None and not args.guidance >= 0:
+        raise CLIError(f"--guidance must be 0 or more, got {args.guidance}")
     if args.jobs is not None:
         if args.image is not None or args.prompt is not None or args.mask is not None:
             raise CLIError("--jobs takes every image, prompt and mask from its file; give no IMAGE, --prompt or --mask")
@@ -210,7 +220,8 @@ def cmd_edit(args):
         jobs = [{"image": args.image, "prompt": args.prompt, "mask": args.mask, "seed": args.seed}]
         outs = [Path(args.out if args.out is not None else "edited.png")]
     edit_cli(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, jobs, outs,
-             num_iters=args.num_iters, overwrite=args.overwrite, device=_device(args))
+             num_iters=args.num_iters, overwrite=args.overwrite, device=_device(args), guidance_scale=args.guidance,
+             top_k=args.top_k)
     print(f"wrote {outs[0]}" + (f" ... and {len(outs) - 1} more" if len(outs) > 1 else ""))
 
 
@@ -306,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="superres: upscaling PSNR against bicubic, the leak test and the cascade's faithfulness "
                         "(docs/SUPERRES.md); inpaint, edit, outpaint: success and preservation on n held-out scenes")
     add_sampling(e)
+    e.add_argument("--top-k", type=int, default=None, help="--task edit: top-k of mask-free editing (default: the checkpoint's)")
     e.set_defaults(fn=cmd_eval)
 
     g = sub.add_parser("generate", help="draw images from prompts")
@@ -341,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--jobs", help="JSONL, one {image, prompt, mask, seed} per line; outputs DIR/000.png, ...")
     x.add_argument("--out", help="output PNG (default: edited.png)")
     x.add_argument("--out-dir")
-    x.add_argument("--num-iters", type=int, default=100, help="mask-free editing iterations (Muse: 100)")
+    x.add_argument("--num-iters", type=int, default=None, help="mask-free editing iterations (default: the checkpoint's; Muse: 100)")
+    x.add_argument("--guidance", type=float, default=None, help="mask-free editing guidance (default: the checkpoint's; Muse: 4)")
+    x.add_argument("--top-k", type=int, default=None, help="mask-free editing top-k (default: the checkpoint's; Muse: 3)")
     add_io(x)
     x.set_defaults(fn=cmd_edit)
 

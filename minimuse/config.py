@@ -30,7 +30,7 @@ def _check(ok: bool, name: str, msg: str):
 
 # Error messages name a field as section.field; the section of a dataclass is known by its class name.
 _SECTIONS = {"DataConfig": "data.", "TokenizerConfig": "tokenizer.", "TextConfig": "text.", "TransformerConfig": "transformer.",
-             "TrainConfig": "train.", "SampleConfig": "sample.", "SuperResConfig": "superres.",
+             "TrainConfig": "train.", "SampleConfig": "sample.", "EditConfig": "edit.", "SuperResConfig": "superres.",
              "DecoderConfig": "superres.decoder."}
 
 
@@ -242,6 +242,22 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class EditConfig:
+    """Mask-free editing (Muse §3.3): `num_iters` times, resample a fresh random `resample_frac` of the tokens under
+    the new prompt in one guided, top-k step. Muse: 100 iterations, 8%, guidance 4, top-k 3."""
+    num_iters: int = 100
+    resample_frac: float = 0.08
+    guidance_scale: float = 4.0          # Muse's; a small model can overshoot (the laptop preset's is measured, docs/EDITING.md)
+    top_k: int = 3                       # sample among the k likeliest tokens; 1 = greedy
+
+    def __post_init__(self):
+        _check_types(self)
+        _positive(self, "num_iters", "top_k")
+        _check(0 < self.resample_frac <= 1, "edit.resample_frac", f"must lie in (0, 1], got {self.resample_frac}")
+        _check(self.guidance_scale >= 0, "edit.guidance_scale", f"must be 0 or more, got {self.guidance_scale}")
+
+
+@dataclass(frozen=True)
 class DecoderConfig:
     """`minimuse finetune-decoder` (Muse §2.5): a larger decoder trained on the frozen encoder and codebook."""
     channels: int = 0                    # the finetuned decoder's first-stage width (0 = the tokenizer's own)
@@ -267,6 +283,8 @@ class SuperResConfig:
     num_steps: int = 8                   # Muse §2.8
     guidance_scale: float = 0.0          # text guidance of the super-res pass (the low-res tokens are never dropped)
     temperature: float = 0.0             # 0 = greedy tokens: upscaling wants the likeliest image (docs/SUPERRES.md)
+    lowres_noise: float = 0.0            # training only: share of low-res tokens replaced by random codes, so the stage
+                                         # learns to read a base model's imperfect tokens (0 = Muse: true tokens only)
     train: TrainConfig = TrainConfig()   # `minimuse train-superres`
     decoder: DecoderConfig = DecoderConfig()  # `minimuse finetune-decoder`
 
@@ -276,6 +294,7 @@ class SuperResConfig:
         _check(self.num_steps <= MAX_STEPS, "superres.num_steps", f"must be at most {MAX_STEPS}, got {self.num_steps}")
         _check(self.guidance_scale >= 0, "superres.guidance_scale", f"must be 0 or more, got {self.guidance_scale}")
         _check(self.temperature >= 0, "superres.temperature", f"must be 0 or more (0 = greedy), got {self.temperature}")
+        _within(self, "lowres_noise", 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -287,6 +306,7 @@ class Config:
     transformer: TransformerConfig = TransformerConfig()
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
+    edit: EditConfig = EditConfig()
     superres: SuperResConfig | None = None
 
     @property
@@ -348,6 +368,7 @@ def _build(cls, d: dict, prefix: str):
 _SUBCONFIGS = {
     (Config, "data"): DataConfig, (Config, "tokenizer"): TokenizerConfig, (Config, "text"): TextConfig,
     (Config, "transformer"): TransformerConfig, (Config, "train"): TrainConfig, (Config, "sample"): SampleConfig,
+    (Config, "edit"): EditConfig,
     (Config, "superres"): SuperResConfig,
     (SuperResConfig, "tokenizer"): TokenizerConfig, (SuperResConfig, "transformer"): TransformerConfig,
     (SuperResConfig, "train"): TrainConfig, (SuperResConfig, "decoder"): DecoderConfig,

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import ConfigError
 from .sampler import edit as _edit_ids
 from .superres import decimate_uint8
 
@@ -187,20 +188,29 @@ def outpaint(pipe, images, prompts, extend: str = "right:16", num_steps: int | N
     return pipe.decode(canvas.transpose(1, 2) if along_rows else canvas)              # (B, H', W', 3)
 
 
-def edit(pipe, images, prompts, num_iters: int = 100, resample_frac: float = 0.08, guidance_scale: float = 4.0,
-         top_k: int = 3, seed: int = 0, generator: torch.Generator | None = None, return_history: bool = False,
-         history_at=(25, 50, 75, 100)):
+def edit(pipe, images, prompts, num_iters: int | None = None, resample_frac: float | None = None,
+         guidance_scale: float | None = None, top_k: int | None = None, seed: int = 0,
+         generator: torch.Generator | None = None, return_history: bool = False, history_at=(25, 50, 75, 100)):
     """Muse's mask-free editing: resample a random `resample_frac` of the tokens, `num_iters` times, under the new
-    prompt, with guidance and top-k (Muse's defaults). Returns uint8 (B, H, W, 3); with return_history also
-    {iteration: images} after each iteration in `history_at`, since an intermediate one can be the better edit."""
+    prompt, with guidance and top-k. Each None takes the checkpoint's `edit` settings (config.EditConfig: Muse's
+    100 iterations, 8%, guidance 4, top-k 3, or what the preset measured). Returns uint8 (B, H, W, 3); with
+    return_history also {iteration: images} after each iteration in `history_at`, since an intermediate one can be
+    the better edit."""
     images = check_images(pipe, images)
     prompts = check_prompts_for(pipe, prompts, len(images))
-    if not isinstance(num_iters, int) or isinstance(num_iters, bool) or num_iters < 1:
-        raise ValueError(f"num_iters must be a positive integer, got {num_iters!r}")
-    if not 0 < resample_frac <= 1:
+    given = dict(num_iters=num_iters, resample_frac=resample_frac, guidance_scale=guidance_scale, top_k=top_k)
+    for k in ("num_iters", "top_k"):
+        v = given[k]
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ValueError(f"{k} must be a positive integer, got {v!r}")
+    if resample_frac is not None and not 0 < resample_frac <= 1:
         raise ValueError(f"resample_frac must lie in (0, 1], got {resample_frac!r}")
+    try:  # EditConfig checks every value and names it
+        e = dataclasses.replace(pipe.config.edit, **{k: v for k, v in given.items() if v is not None})
+    except ConfigError as err:
+        raise ValueError(str(err).replace("invalid config field 'edit.", "invalid argument '")) from None
     prompts, s = pipe.validate(prompts, None, seed, return_history, generator, "fp32",
-                               guidance_scale=guidance_scale, top_k=top_k)
+                               guidance_scale=e.guidance_scale, top_k=e.top_k)
     high = _high_res(pipe, images)
     if high:  # Muse's multi-scale route: edit the decimated image, then super-resolve the edited grid
         images = decimate_uint8(images, high)
@@ -208,9 +218,9 @@ def edit(pipe, images, prompts, num_iters: int = 100, resample_frac: float = 0.0
     generator = generator or torch.Generator(dev).manual_seed(seed)
     text, text_mask = (x.to(dev) for x in pipe.text_encoder(prompts))                  # (B, T, E), (B, T)
     uncond = tuple(x.to(dev) for x in pipe.text_encoder([""]))                         # (1, 2, E)
-    keep = tuple(i for i in history_at if i <= num_iters) if return_history else ()
-    out = _edit_ids(pipe.transformer, pipe.encode_images(images), text, text_mask, *uncond, num_iters=num_iters,
-                    resample_frac=resample_frac, guidance_scale=s.guidance_scale, top_k=s.top_k,
+    keep = tuple(i for i in history_at if i <= e.num_iters) if return_history else ()
+    out = _edit_ids(pipe.transformer, pipe.encode_images(images), text, text_mask, *uncond, num_iters=e.num_iters,
+                    resample_frac=e.resample_frac, guidance_scale=s.guidance_scale, top_k=s.top_k,
                     temperature=s.temperature, generator=generator, keep_at=keep)
     ids, kept = out if keep else (out, {})
     if high:
@@ -295,7 +305,8 @@ def outpaint_cli(checkpoint, image_path, prompt: str, extend: str, out, seed: in
     return out
 
 
-def edit_cli(checkpoint, jobs: list[dict], outs: list, num_iters: int = 100, overwrite: bool = False, device=None):
+def edit_cli(checkpoint, jobs: list[dict], outs: list, num_iters: int | None = None, overwrite: bool = False, device=None,
+             guidance_scale: float | None = None, top_k: int | None = None):
     """What `minimuse edit` does: each job inpaints (with a mask) or edits mask-free (without), outputs in order.
     Every input and output is checked before the first image is drawn; jobs of one kind and seed run as one batch."""
     from .checkpoint import atomic_save_image, check_outputs
@@ -317,7 +328,8 @@ def edit_cli(checkpoint, jobs: list[dict], outs: list, num_iters: int = 100, ove
         groups.setdefault((m is None, j["seed"]), []).append(i)
     for (mask_free, seed), idx in groups.items():
         batch, prompts = np.stack([images[i] for i in idx]), [jobs[i]["prompt"] for i in idx]
-        result = (pipe.edit(batch, prompts, num_iters=num_iters, seed=seed) if mask_free
+        result = (pipe.edit(batch, prompts, num_iters=num_iters, guidance_scale=guidance_scale, top_k=top_k, seed=seed)
+                  if mask_free
                   else pipe.inpaint(batch, np.stack([masks[i] for i in idx]), prompts, seed=seed))
         for i, image in zip(idx, result):
             atomic_save_image(outs[i], image)

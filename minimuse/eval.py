@@ -214,7 +214,7 @@ def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None
         return {"checkpoint": str(root), "superres": eval_superres(pipe, n, seed=seed)}
     if task in ("inpaint", "edit", "outpaint"):
         from .eval_edits import evaluate_edits
-        return {"checkpoint": str(root), task: evaluate_edits(pipe, task, n, seed)}
+        return {"checkpoint": str(root), task: evaluate_edits(pipe, task, n, seed, **sampling)}
     if task != "generate":
         raise ValueError(f"unknown eval task {task!r}; choose one of: {', '.join(EVAL_TASKS)}")
     out = {"checkpoint": str(root), "faithfulness": eval_faithfulness(pipe, n, seed, **sampling)}

@@ -10,6 +10,8 @@ Scenes come from the held-out eval seed. Taught in notebooks/08_editing.ipynb.
 """
 from __future__ import annotations
 
+import collections
+import dataclasses
 import math
 
 import numpy as np
@@ -87,30 +89,37 @@ def eval_inpaint(pipe, n: int = 256, seed: int | None = None, batch_size: int = 
             "examples_failed": fails}
 
 
-def eval_edit(pipe, n: int = 128, seed: int | None = None, iters=(25, 50, 75, 100), batch_size: int = 64) -> dict:
+def eval_edit(pipe, n: int = 128, seed: int | None = None, iters=(25, 50, 75, 100), batch_size: int = 64,
+              guidance_scale: float | None = None, top_k: int | None = None) -> dict:
     seed = pipe.config.data.eval_seed if seed is None else seed
+    e = dataclasses.replace(pipe.config.edit, **{k: v for k, v in (("guidance_scale", guidance_scale), ("top_k", top_k))
+                                                  if v is not None})
     scenes = _scenes(pipe, n, seed, ("single", "pair"))
-    res = {i: {"ok": [], "kept": []} for i in iters}
+    res = {i: {"ok": [], "kept": [], "why": collections.Counter()} for i in iters}
     for start in range(0, n, batch_size):
         chunk = scenes[start:start + batch_size]
         attrs = ["color" if (start + i) % 2 == 0 else "shape" for i in range(len(chunk))]  # half colour, half shape
         edits = [_recolor(s["spec"], 0, a) for s, a in zip(chunk, attrs)]
         images = np.stack([s["image"] for s in chunk])
         _, hist = pipe.edit(images, [canonical_caption(sp) for sp, _ in edits], num_iters=max(iters),
-                            seed=seed + start, return_history=True, history_at=iters)
+                            guidance_scale=e.guidance_scale, top_k=e.top_k, seed=seed + start, return_history=True,
+                            history_at=iters)
         for it in iters:
             for s, (sp, target), img in zip(chunk, edits, hist[it]):
-                ok, _ = score(img, sp)
+                ok, why = score(img, sp)
                 res[it]["ok"].append(ok)
+                if not ok:  # "expected 0 red blob, found 1; ..." -> its first clause, counted
+                    res[it]["why"][why.split(";")[0].strip()] += 1
                 if ok:  # where did the edited object end up, against where the original one was
                     cx, cy = centroid(s["spec"].objects[0][2], s["boxes"][0])
                     o = min((o for o in find_objects(img) if (o["color"], o["shape"]) == target),
                             key=lambda o: math.dist(o["centroid"], (cx, cy)))
                     res[it]["kept"].append(math.dist(o["centroid"], (cx, cy)) <= KEPT_PX)
-    by_iter = {str(it): {"success": _rate(r["ok"]), "kept_in_place_of_successes": _rate(r["kept"])}
-               for it, r in res.items()}
+    by_iter = {str(it): {"success": _rate(r["ok"]), "kept_in_place_of_successes": _rate(r["kept"]),
+                         "commonest_failures": r["why"].most_common(3)} for it, r in res.items()}
     best = max(iters, key=lambda it: by_iter[str(it)]["success"]["rate"])
-    return {"by_iteration": by_iter, "best_iteration": best, "n": n, "kept_px": KEPT_PX}
+    return {"by_iteration": by_iter, "best_iteration": best, "n": n, "kept_px": KEPT_PX,
+            "settings": {"guidance_scale": e.guidance_scale, "top_k": e.top_k, "resample_frac": e.resample_frac}}
 
 
 def eval_outpaint(pipe, n: int = 128, seed: int | None = None, batch_size: int = 64) -> dict:
@@ -134,7 +143,8 @@ def eval_outpaint(pipe, n: int = 128, seed: int | None = None, batch_size: int =
     return {"success": _rate(oks), "n": n, "extend": f"right:{S // 2}", "examples_failed": fails}
 
 
-def evaluate_edits(pipe, task: str, n: int, seed: int | None = None) -> dict:
+def evaluate_edits(pipe, task: str, n: int, seed: int | None = None, **settings) -> dict:
+    """settings: guidance_scale and top_k of mask-free editing (task "edit" only)."""
     fn = {"inpaint": eval_inpaint, "edit": eval_edit, "outpaint": eval_outpaint}[task]
     with torch.inference_mode():
-        return fn(pipe, n, seed)
+        return fn(pipe, n, seed, **settings)

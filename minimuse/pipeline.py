@@ -116,7 +116,7 @@ class MusePipeline:
         if cascade:
             ids, sr_history = self.upscale_ids(ids, prompts, generator=generator, precision=precision,
                                                return_history=return_history)
-            history = history + sr_history if return_history else None
+            history = [{**h, "stage": "base"} for h in history] + sr_history if return_history else None
         images = self.decode(ids, "superres" if cascade else "base")                       # (B, H, W, 3)
         return (images, history) if return_history else images
 

@@ -98,7 +98,17 @@ def train_step_inputs(pool: dict, table, cfg: Config, step: int, batch_size: int
     text, text_mask = table[0][cap], table[1][cap]  # (B, T, E), (B, T)
     T = int(text_mask.sum(1).max())  # trim shared padding: attention cost follows the longest caption in the batch
     out = (add_noise(ids, mask, mask_id), make_labels(ids, mask), text[:, :T], text_mask[:, :T])
-    return out + (pool["lowres_ids"][rows].long(),) if "lowres_ids" in pool else out
+    if "lowres_ids" not in pool:
+        return out
+    low = pool["lowres_ids"][rows].long()  # (B, h', w')
+    p = cfg.superres.lowres_noise if cfg.superres is not None else 0.0
+    if p > 0:  # conditioning augmentation: the base model's tokens at sampling are not the true ones. Drawn for the
+        # whole global batch after everything else, so p = 0 runs keep their exact batches
+        K = cfg.tokenizer.codebook_size
+        flip = torch.rand((batch_size * world, *low.shape[1:]), generator=g)[sl] < p
+        noise = torch.randint(0, K, (batch_size * world, *low.shape[1:]), generator=g)[sl]
+        low = torch.where(flip, noise, low)
+    return out + (low,)
 
 
 def _row_weights(pool: dict, cfg: Config) -> torch.Tensor:

@@ -107,6 +107,23 @@ def test_mask_free_editing_resamples_ceil_frac_of_the_tokens_per_iteration(pipe,
     assert np.array_equal(out, pipe.edit(scenes(2), "a green circle", num_iters=5, resample_frac=0.2))
 
 
+def test_mask_free_editing_defaults_come_from_the_checkpoints_edit_settings(pipe, monkeypatch):
+    import dataclasses
+    from minimuse.config import EditConfig
+    seen, real = [], sampler_mod.sample
+    monkeypatch.setattr(sampler_mod, "sample", lambda *a, **k: (seen.append((k["guidance_scale"], k["top_k"],
+                                                                             int(k["init_mask"].sum()))), real(*a, **k))[1])
+    monkeypatch.setattr(pipe, "config", dataclasses.replace(pipe.config, edit=EditConfig(
+        num_iters=3, resample_frac=0.2, guidance_scale=1.5, top_k=2)))
+    by_config = pipe.edit(scenes(1), "a green circle", seed=4)
+    assert seen == [(1.5, 2, math.ceil(0.2 * 16))] * 3  # three iterations, each with the configured settings
+    explicit = pipe.edit(scenes(1), "a green circle", num_iters=3, resample_frac=0.2, guidance_scale=1.5, top_k=2, seed=4)
+    assert np.array_equal(by_config, explicit)
+    seen.clear()
+    pipe.edit(scenes(1), "a green circle", guidance_scale=0.0, top_k=1, seed=4)  # an argument beats the config
+    assert seen == [(0.0, 1, math.ceil(0.2 * 16))] * 3
+
+
 @pytest.mark.parametrize("call,error,fragment", [
     (lambda p, im: p.inpaint(im, np.zeros((1, 8, 8), bool), "a red circle"), ValueError, "must have its image's size"),
     (lambda p, im: p.inpaint(im, np.zeros((1, 16, 16), bool), "a red circle"), ValueError, "selects nothing"),
@@ -118,6 +135,8 @@ def test_mask_free_editing_resamples_ceil_frac_of_the_tokens_per_iteration(pipe,
     (lambda p, im: p.edit(im, ["a", "b"]), ValueError, "2 prompts for 1 images"),
     (lambda p, im: p.edit(im, "a red circle", num_iters=0), ValueError, "num_iters must be a positive integer"),
     (lambda p, im: p.edit(im, "a red circle", resample_frac=0), ValueError, "resample_frac must lie in"),
+    (lambda p, im: p.edit(im, "a red circle", top_k=0), ValueError, "top_k must be a positive integer"),
+    (lambda p, im: p.edit(im, "a red circle", guidance_scale=-1.0), ValueError, "'guidance_scale': must be 0 or more"),
     (lambda p, im: p.outpaint(im, "x", extend="right:6"), ValueError, "multiple of the 4 px token cell"),
     (lambda p, im: p.outpaint(im, "x", extend="up:8"), ValueError, "SIDE:PIXELS"),
 ])
@@ -190,6 +209,8 @@ def test_outpaint_cli_writes_the_bigger_image(capsys, pipe, ckpt, tmp_path):
     ("jobs-line", "line 2: not JSON"),
     ("jobs-field", "line 1: expected"),
     ("jobs-no-out-dir", "--jobs needs --out-dir"),
+    ("top-k", "--top-k must be at least 1"),
+    ("guidance", "--guidance must be 0 or more"),
 ])
 def test_edit_cli_bad_input_is_one_line_and_writes_nothing(capsys, ckpt, tmp_path, case, fragment):
     img = save_png(tmp_path / "a.png", scenes(1)[0])
@@ -211,6 +232,7 @@ def test_edit_cli_bad_input_is_one_line_and_writes_nothing(capsys, ckpt, tmp_pat
                          "jobs-field": '{"image": 3, "prompt": "x"}\n',
                          "jobs-no-out-dir": f'{{"image": "{img}", "prompt": "x"}}\n'}[case])
         argv = ["edit", "--jobs", jobs] + ([] if case == "jobs-no-out-dir" else ["--out-dir", tmp_path / "d"])
+    argv += {"top-k": ["--top-k", 0], "guidance": ["--guidance", -1]}.get(case, [])
     argv += ["--checkpoint", ckpt, "--device", "cpu"] + ([] if case.startswith("jobs") else ["--out", tmp_path / "o.png"])
     code, out, err = run_cli(capsys, *argv)
     lines = err.strip().splitlines()

@@ -52,3 +52,21 @@ def test_eval_task_cli(ckpt, capsys):
     assert main(["eval", "--checkpoint", str(ckpt), "--task", "inpaint", "--n", "2"]) == 0
     r = json.loads(capsys.readouterr().out)["inpaint"]
     assert r["n"] == 2 and r["unmasked_tokens_kept"] == 1.0
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--task", "edit", "--steps", "3"], "--task edit takes --guidance and --top-k only; drop --steps"),
+    (["--task", "inpaint", "--guidance", "2"], "measures the checkpoint's own settings"),
+    (["--top-k", "3"], "--top-k is mask-free editing's"),
+    (["--task", "edit", "--top-k", "0"], "--top-k must be at least 1"),
+])
+def test_eval_edit_settings_flags_are_checked(ckpt, capsys, argv, fragment):
+    assert main(["eval", "--checkpoint", str(ckpt), "--n", "1", *argv]) != 0
+    err = capsys.readouterr().err
+    assert fragment in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_edit_measures_the_settings_it_is_given(ckpt, capsys):
+    assert main(["eval", "--checkpoint", str(ckpt), "--task", "edit", "--n", "2", "--guidance", "0.5", "--top-k", "2"]) == 0
+    r = json.loads(capsys.readouterr().out)["edit"]
+    assert r["settings"]["guidance_scale"] == 0.5 and r["settings"]["top_k"] == 2 and r["n"] == 2

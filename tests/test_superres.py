@@ -160,6 +160,24 @@ def test_superres_batches_mask_only_high_res_tokens_and_loss_reads_only_them(tok
     torch.testing.assert_close(masked_ce(changed, labels), masked_ce(logits, labels))
 
 
+def test_lowres_noise_replaces_that_share_of_low_res_tokens_and_nothing_else(tokenizers):
+    lo_tok, hi_tok = tokenizers
+    pool = build_token_pool(CI, hi_tok, 16, lowres_tokenizer=lo_tok)
+    table = (torch.randn(len(pool["vocab"]), 4, 384), torch.ones(len(pool["vocab"]), 4, dtype=torch.bool))
+    mask_id = CI.superres.tokenizer.codebook_size
+    clean = train_step_inputs(pool, table, CI, 3, 64, mask_id)
+    noisy_cfg = get_config("ci", **{"superres.lowres_noise": 0.25})
+    noisy = train_step_inputs(pool, table, noisy_cfg, 3, 64, mask_id)
+    for a, b in zip(clean[:4], noisy[:4]):  # the high-res inputs, labels and text are the same batch
+        assert torch.equal(a, b)
+    flipped = (clean[4] != noisy[4]).float().mean().item()
+    # a replaced token keeps its code with chance 1/K, so about 0.25 * (1 - 1/K) of them differ (4,096 tokens here)
+    assert 0.19 < flipped < 0.31 and int(noisy[4].max()) < CI.tokenizer.codebook_size
+    assert torch.equal(noisy[4], train_step_inputs(pool, table, noisy_cfg, 3, 64, mask_id)[4])  # a function of the step
+    two = [train_step_inputs(pool, table, noisy_cfg, 3, 32, mask_id, rank=r, world=2)[4] for r in (0, 1)]
+    assert torch.equal(torch.cat(two), noisy[4])  # two processes split the one global batch
+
+
 # ---------------------------------------------------------------------------------------------------- the loop
 def test_resume_equals_uninterrupted_run(tmp_path, tokenizers):
     lo_tok, hi_tok = tokenizers
@@ -198,6 +216,8 @@ def test_superres_config_is_checked():
         get_config("ci", **{"superres.temperature": -1.0})
     with pytest.raises(ConfigError, match="superres.num_steps"):
         get_config("ci", **{"superres.num_steps": 0})
+    with pytest.raises(ConfigError, match="superres.lowres_noise"):
+        get_config("ci", **{"superres.lowres_noise": 1.5})
 
 
 # ------------------------------------------------------------------------------------------------- the pipeline
@@ -207,7 +227,7 @@ def test_cascade_returns_high_res_and_superres_false_the_base(cascade):
     big, hist = pipe(["a red circle", "two blue squares"], seed=3, return_history=True)
     small = pipe(["a red circle", "two blue squares"], seed=3, superres=False)
     assert big.shape == (2, S2, S2, 3) and small.shape == (2, S, S, 3)
-    stages = [h.get("stage", "base") for h in hist]
+    stages = [h["stage"] for h in hist]  # the docstring's promise: every step of a cascade names its stage
     assert stages == ["base"] * CI.sample.num_steps + ["superres"] * CI.superres.num_steps
     # the cascade's base stage is the base output: its last base grid decodes to `small`
     np.testing.assert_array_equal(pipe.decode(hist[CI.sample.num_steps - 1]["ids"]), small)
@@ -255,6 +275,14 @@ def test_shipped_cascade_loads_strictly():
     pipe = load_pipeline(device="cpu")
     assert pipe.superres is not None and pipe.superres.lowres_grid == pipe.transformer.grid
     assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in pipe.superres.parameters())
+    # the finetuned decoder (Muse §2.5) decodes the cascade; its encoder and codebook are the tokenizer's, bit for bit
+    original = Tokenizer.from_pretrained(DEFAULT_CHECKPOINT / "superres_tokenizer")
+    finetuned = Tokenizer.from_pretrained(DEFAULT_CHECKPOINT / "superres_decoder")
+    a, b = original.state_dict(), finetuned.state_dict()
+    frozen = [k for k in a if not k.startswith("decoder.")]
+    assert frozen and all(torch.equal(a[k], b[k]) for k in frozen)
+    assert sum(p.numel() for p in finetuned.decoder.parameters()) > sum(p.numel() for p in original.decoder.parameters())
+    assert all(torch.equal(v, finetuned.state_dict()[k]) for k, v in pipe.superres_tokenizer.state_dict().items())
 
 
 # ------------------------------------------------------------------------------------------------ the commands
