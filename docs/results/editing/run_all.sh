@@ -7,8 +7,8 @@ cd "$(dirname "$0")/../../.."
 R=docs/results/editing
 export HF_HUB_OFFLINE=1 TQDM_DISABLE=1
 for g in 0 1 2 4; do for k in 1 3; do
-  [ -s $R/edit_g${g}_k${k}.json ] || .venv/bin/minimuse eval --task edit --n 256 --guidance $g --top-k $k > $R/edit_g${g}_k${k}.json.tmp \
-    && mv $R/edit_g${g}_k${k}.json.tmp $R/edit_g${g}_k${k}.json
+  [ -s $R/edit_g${g}_k${k}.json ] || { .venv/bin/minimuse eval --task edit --n 256 --guidance $g --top-k $k > $R/edit_g${g}_k${k}.json.tmp \
+    && mv $R/edit_g${g}_k${k}.json.tmp $R/edit_g${g}_k${k}.json; }
   echo "edit g=$g k=$k done $(date +%T)"
 done; done
 for p in 0 0.15; do
