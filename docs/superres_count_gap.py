@@ -1,7 +1,10 @@
 """The cascade's count gap at a larger n (docs/SUPERRES.md): base against cascade on held-out count prompts, with the
 super-res stage's sampling settings varied. The base stage draws the same tokens in every row (same seeds).
 
-    .venv/bin/python docs/superres_count_gap.py 256 docs/results/superres/cpu/count_gap.json
+    .venv/bin/python docs/superres_count_gap.py 256 docs/results/superres/cpu/count_gap.json [CASCADE_DIR]
+
+CASCADE_DIR (default: the shipped data/checkpoints/laptop) is any cascade checkpoint, e.g. a copy of the shipped one
+whose superres/ is replaced by a new train-superres run's.
 """
 import dataclasses
 import json
@@ -13,8 +16,8 @@ import torch
 import minimuse
 from minimuse.eval import faithfulness_at
 
-pipe = minimuse.load_pipeline("data/checkpoints/laptop", device="cpu")
 n, out_path = int(sys.argv[1]), sys.argv[2]
+pipe = minimuse.load_pipeline(sys.argv[3] if len(sys.argv) > 3 else "data/checkpoints/laptop", device="cpu")
 out = {"n_per_kind": n}
 with torch.inference_mode():
     t = time.time()
