@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -120,9 +121,31 @@ def save_checkpoint(out_dir, kind: str, config: dict, state_dict: dict[str, torc
     return out_dir
 
 
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def resolve_checkpoint(name_or_path) -> Path:
+    """A local folder as it is; otherwise a Hugging Face Hub repo id ("owner/name"), fetched with
+    huggingface_hub.snapshot_download into its cache, so a checkpoint folder pushed to the Hub loads by name as
+    ModelHubMixin's from_pretrained does (same config.json + model.safetensors layout). A path whose first folder
+    exists here (runs/typo) is a local path, never a repo id. Under HF_HUB_OFFLINE=1 (as `make demo` and the tests
+    run) only the local cache is read; otherwise a typed repo id is downloaded, and nothing else ever is."""
+    p = Path(name_or_path)
+    if p.exists() or not _REPO_ID.fullmatch(str(name_or_path)) or Path(p.parts[0]).exists():
+        return p
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    try:
+        return Path(snapshot_download(str(name_or_path), allow_patterns=["*.json", "*.safetensors"]))
+    except (LocalEntryNotFoundError, HFValidationError, OSError) as e:
+        raise CheckpointError(f"no checkpoint at {name_or_path}: no such local folder, and no such Hub repo in the "
+                              f"Hugging Face cache ({type(e).__name__}; with network and HF_HUB_OFFLINE unset it is "
+                              "fetched)") from None
+
+
 def read_config(ckpt_dir, kind: str | None = None) -> dict:
     """Return the full config.json of a checkpoint, checking it exists, parses and is of `kind`."""
-    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir = resolve_checkpoint(ckpt_dir)
     path = ckpt_dir / CONFIG_NAME
     if ckpt_dir.exists() and not ckpt_dir.is_dir():
         raise CheckpointError(f"checkpoint {ckpt_dir} is a file; give the directory that holds {CONFIG_NAME} and {WEIGHTS_NAME}")
@@ -143,6 +166,7 @@ def read_config(ckpt_dir, kind: str | None = None) -> dict:
 
 def load_checkpoint(ckpt_dir, kind: str | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """Return (config.json contents, state_dict on CPU)."""
+    ckpt_dir = resolve_checkpoint(ckpt_dir)
     meta = read_config(ckpt_dir, kind)
     try:
         state = load_file(Path(ckpt_dir) / WEIGHTS_NAME, device="cpu")

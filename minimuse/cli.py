@@ -8,24 +8,14 @@ notebooks/00_overview.ipynb list every command.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import sys
-from pathlib import Path
 
-from .config import EVAL_TASKS, PRESETS, SAMPLER_NAMES, SCHEDULE_NAMES, ConfigError, SampleConfig, apply_override, get_config
-
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "laptop"
-MAX_DATASET_N = 1_000_000   # images per `minimuse dataset`; more is a typo, not a plan
-MAX_DATASET_SIZE = 1024     # pixels; shapes are drawn at 4x supersampling, so 1024 px is already 16M sub-pixels
-# SampleConfig field -> the argparse dest of its flag, so an error names what the user typed
-SAMPLING_FLAGS = {"num_steps": "steps", "guidance_scale": "guidance", "guidance_schedule": "guidance_schedule",
-                  "sampler": "sampler", "schedule": "schedule", "choice_temperature": "choice_temperature"}
-
-
-class CLIError(Exception):
-    """A user mistake the CLI reports in one line."""
+from .commands import (DEFAULT_CHECKPOINT, MAX_DATASET_N, MAX_DATASET_SIZE, SAMPLING_FLAGS, CLIError,  # noqa: F401
+                       _at_least_1, _config, _device, _read_prompts, _sampling, cmd_bench, cmd_dataset, cmd_edit,
+                       cmd_eval, cmd_finetune_decoder, cmd_generate, cmd_outpaint, cmd_pretokenize, cmd_train,
+                       cmd_train_superres, cmd_train_tokenizer, cmd_upscale)
+from .config import EVAL_TASKS, PRESETS, SAMPLER_NAMES, SCHEDULE_NAMES, ConfigError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,219 +25,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"minimuse: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _config(args):
-    cfg = get_config(args.preset)
-    for item in args.set or []:
-        if "=" not in item:
-            raise CLIError(f"--set expects FIELD=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        cfg = apply_override(cfg, key.strip(), value.strip())
-    return cfg
-
-
-def _at_least_1(**flags):
-    """Counts the config does not check (batch sizes, repeats): the first one below 1, named as its flag."""
-    for name, values in flags.items():
-        for v in values if isinstance(values, list) else [values]:
-            if v is not None and v < 1:
-                raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-
-
-def _device(args):
-    """--device checked before any model is loaded (None: CUDA when present, else the CPU)."""
-    from .pipeline import check_device
-    try:
-        return None if args.device is None else check_device(args.device)
-    except ValueError as e:
-        raise CLIError(f"--device: {e}") from None
-
-
-def _sampling(args) -> dict:
-    """The sampling flags given, checked by SampleConfig now (not after a model is loaded) and named as typed."""
-    given = {field: getattr(args, dest) for field, dest in SAMPLING_FLAGS.items() if getattr(args, dest) is not None}
-    for field, value in given.items():
-        try:
-            dataclasses.replace(SampleConfig(), **{field: value})
-        except ConfigError as e:  # "invalid config field 'sample.guidance_scale': must be ..." -> "--guidance must be ..."
-            raise CLIError(f"--{SAMPLING_FLAGS[field].replace('_', '-')} {str(e).split(': ', 1)[-1]}") from None
-    return given
-
-
-def _read_prompts(path: Path) -> list[str]:
-    """One prompt per non-blank line of a UTF-8 file."""
-    if path.is_dir():
-        raise CLIError(f"prompts file {path} is a directory; give a text file with one prompt per line")
-    if not path.exists():
-        raise CLIError(f"prompts file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM from a Windows editor is not part of the first prompt
-    except UnicodeDecodeError as e:
-        raise CLIError(f"prompts file {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
-    except OSError as e:
-        raise CLIError(f"cannot read prompts file {path}: {e.strerror or e}") from None
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise CLIError(f"prompts file {path} holds no prompts")
-    return prompts
-
-
-def cmd_dataset(args):
-    if not 1 <= args.n <= MAX_DATASET_N:
-        raise CLIError(f"--n must be at least 1 and at most {MAX_DATASET_N}, got {args.n}")
-    if not (8 <= args.size <= MAX_DATASET_SIZE and args.size % 8 == 0):
-        raise CLIError(f"--size must be a positive multiple of 8 up to {MAX_DATASET_SIZE} (16, 32, 64, ...), got {args.size}")
-    from .data import write_dataset
-    write_dataset(args.n, args.out_dir, size=args.size, seed=args.seed, overwrite=args.overwrite)
-    print(f"wrote {args.n} images, captions.jsonl and grid.png to {args.out_dir}")
-
-
-def cmd_train_tokenizer(args):
-    cfg = _config(args)
-    from .train import train_tokenizer
-    out = args.out or f"runs/{cfg.name}/{'superres_tokenizer' if args.stage == 'superres' else 'tokenizer'}"
-    train_tokenizer(cfg, out, resume=args.resume, stage=args.stage, overwrite=args.overwrite)
-    print(f"tokenizer saved to {out}")
-
-
-def cmd_train(args):
-    cfg = _config(args)
-    from .train import train_transformer
-    out = args.out or f"runs/{cfg.name}"
-    train_transformer(cfg, out, resume=args.resume, tokenizer_dir=args.tokenizer, overwrite=args.overwrite,
-                      report=args.report)
-    _saved(f"model saved to {out}", out, args.report)
-
-
-def _saved(line: str, out, report: bool) -> None:
-    print(line)
-    if report:  # the one-line summary train --report writes beside the run
-        from .bench import format_train_report
-        print(format_train_report(json.loads((Path(out) / "report.json").read_text())))
-
-
-def cmd_train_superres(args):
-    cfg = _config(args)
-    if cfg.superres is None:
-        raise CLIError(f"preset '{cfg.name}' has no super-res stage; choose one of: "
-                       f"{', '.join(n for n, c in PRESETS.items() if c.superres is not None)}")
-    from .train import train_superres
-    out = args.out or f"runs/{cfg.name}-superres"
-    train_superres(cfg, out, resume=args.resume, tokenizer_dir=args.tokenizer,
-                   superres_tokenizer_dir=args.superres_tokenizer, overwrite=args.overwrite, report=args.report)
-    _saved(f"super-res model saved to {out}", out, args.report)
-
-
-def cmd_finetune_decoder(args):
-    cfg = _config(args)
-    from .train_tokenizer import finetune_decoder
-    out = Path(args.out or f"runs/{cfg.name}-decoder")
-    r = finetune_decoder(cfg, args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, out,
-                         resume=args.resume, overwrite=args.overwrite, eval_n=args.eval_n)
-    print(f"held-out {args.eval_n} images at {cfg.superres.image_size} px: PSNR {r['before']['psnr']:.2f} dB -> "
-          f"{r['after']['psnr']:.2f} dB ({r['gain_db']:+.2f} dB; {out / 'eval.json'}). The pipeline decodes with it when "
-          f"it sits in the checkpoint as superres_decoder/.")
-
-
-def cmd_upscale(args):
-    from .superres import upscale_cli
-    _at_least_1(batch_size=args.batch_size)
-    outs = upscale_cli(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, image=args.image,
-                       prompt=args.prompt, out=args.out, in_dir=args.in_dir, out_dir=args.out_dir, seed=args.seed,
-                       num_steps=args.steps, guidance_scale=args.guidance, batch_size=args.batch_size,
-                       device=_device(args), overwrite=args.overwrite)
-    print(f"wrote {outs[0]}" + (f" ... and {len(outs) - 1} more" if len(outs) > 1 else ""))
-
-
-def cmd_eval(args):
-    from .eval import evaluate
-    _at_least_1(n=args.n)
-    if args.tokenizer_n < 0:
-        raise CLIError(f"--tokenizer-n must be 0 (skip the tokenizer metrics) or more, got {args.tokenizer_n}")
-    sampling = {**_sampling(args), "precision": args.precision}
-    _at_least_1(top_k=args.top_k)
-    if args.task == "edit":  # mask-free editing's own two settings (config.EditConfig); the others are the sampler's
-        other = sorted(set(_sampling(args)) - {"guidance_scale"})
-        if other:
-            raise CLIError(f"--task edit takes --guidance and --top-k only; drop --{SAMPLING_FLAGS[other[0]].replace('_', '-')}")
-        sampling = {k: v for k, v in (("guidance_scale", args.guidance), ("top_k", args.top_k)) if v is not None}
-    elif args.task != "generate" and (_sampling(args) or args.top_k is not None):
-        raise CLIError(f"--task {args.task} measures the checkpoint's own settings; drop the sampling flags")
-    elif args.top_k is not None:
-        raise CLIError("--top-k is mask-free editing's (--task edit); generation samples from the full softmax")
-    result = evaluate(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, n=args.n,
-                      tokenizer_n=args.tokenizer_n, seed=args.seed, device=_device(args), task=args.task,
-                      **({} if args.task not in ("generate", "edit") else sampling))
-    print(json.dumps(result, indent=2))
-
-
-def cmd_generate(args):
-    sampling = _sampling(args)
-    _at_least_1(batch_size=args.batch_size)
-    if args.prompts_file is not None:
-        if args.prompt is not None:
-            raise CLIError("give either a prompt or --prompts-file, not both")
-        if args.out_dir is None:
-            raise CLIError("--prompts-file needs --out-dir")
-        prompts = _read_prompts(Path(args.prompts_file))
-    elif args.prompt is not None:
-        prompts = [args.prompt]
-    else:
-        raise CLIError("give a prompt, or --prompts-file FILE --out-dir DIR")
-    from .pipeline import generate_cli
-    # `is not None`, not `or`: an empty --checkpoint "" must fail, not quietly load the shipped model
-    generate_cli(prompts, checkpoint=args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT,
-                 out=args.out, out_dir=args.out_dir, seed=args.seed, negative_prompt=args.negative_prompt,
-                 history=args.history, batch_size=args.batch_size, upscale_factor=args.upscale,
-                 precision=args.precision, overwrite=args.overwrite, device=_device(args),
-                 superres=False if args.no_superres else None, **sampling)
-
-
-def cmd_edit(args):
-    from .editing import edit_cli, read_jobs
-    _at_least_1(num_iters=args.num_iters, top_k=args.top_k)
-    if args.guidance is not None and not args.guidance >= 0:
-        raise CLIError(f"--guidance must be 0 or more, got {args.guidance}")
-    if args.jobs is not None:
-        if args.image is not None or args.prompt is not None or args.mask is not None:
-            raise CLIError("--jobs takes every image, prompt and mask from its file; give no IMAGE, --prompt or --mask")
-        if args.out_dir is None:
-            raise CLIError("--jobs needs --out-dir")
-        jobs = read_jobs(args.jobs)
-        outs = [Path(args.out_dir) / f"{i:03d}.png" for i in range(len(jobs))]
-    else:
-        if args.image is None or args.prompt is None:
-            raise CLIError("give IMAGE and --prompt TEXT (and --mask MASK.png to inpaint), or --jobs JOBS.jsonl --out-dir DIR")
-        jobs = [{"image": args.image, "prompt": args.prompt, "mask": args.mask, "seed": args.seed}]
-        outs = [Path(args.out if args.out is not None else "edited.png")]
-    edit_cli(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, jobs, outs,
-             num_iters=args.num_iters, overwrite=args.overwrite, device=_device(args), guidance_scale=args.guidance,
-             top_k=args.top_k)
-    print(f"wrote {outs[0]}" + (f" ... and {len(outs) - 1} more" if len(outs) > 1 else ""))
-
-
-def cmd_outpaint(args):
-    from .editing import outpaint_cli
-    out = outpaint_cli(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, args.image, args.prompt,
-                       args.extend, args.out, seed=args.seed, device=_device(args), overwrite=args.overwrite)
-    print(f"wrote {out}")
-
-
-def cmd_bench(args):
-    cfg = _config(args)
-    _at_least_1(batch_sizes=args.batch_sizes, steps=args.steps, repeats=args.repeats, threads=args.threads)
-    from .bench import run_bench
-    result = run_bench(cfg, checkpoint=args.checkpoint, batch_sizes=args.batch_sizes, steps=args.steps,
-                       repeats=args.repeats, threads=args.threads, precision=args.precision)
-    print(json.dumps(result, indent=2))
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="minimuse", description="Muse-style masked generative text-to-image, small enough to read.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("dataset", help="write shapes-world images, captions.jsonl and a contact sheet")
-    d.add_argument("--n", type=int, required=True)
+    d = sub.add_parser("dataset", help="write shapes-world (or digits) images with their captions")
+    d.add_argument("--n", type=int, default=None, help="images to draw (shapes)")
     d.add_argument("--out-dir", required=True)
+    d.add_argument("--format", choices=["pngs", "imagefolder"], default="pngs",
+                   help="pngs: captions.jsonl and grid.png; imagefolder: Hugging Face's metadata.jsonl layout")
+    d.add_argument("--source", choices=["shapes", "digits"], default="shapes",
+                   help="digits: scikit-learn's 1,797 handwritten scans, upsampled, in train/ and test/")
     d.add_argument("--size", type=int, default=32)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--overwrite", action="store_true", help="replace files already in --out-dir")
@@ -279,15 +67,38 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, faster on CPUs with bf16")
         q.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
 
+    def add_data(q, images: bool = False):
+        if images:
+            q.add_argument("--data", help="an image folder or saved Hugging Face dataset (default: the shapes world)")
+            q.add_argument("--caption-column", default="text")
+        else:
+            q.add_argument("--data", help="shards from `minimuse pretokenize` (default: the shapes world)")
+
+    k = sub.add_parser("pretokenize", help="encode an image-text dataset once into token and caption shards")
+    add_preset(k)
+    k.add_argument("--data", required=True, help="an image folder (metadata.jsonl) or a dataset saved with save_to_disk")
+    k.add_argument("--tokenizer", required=True, help="tokenizer checkpoint dir (the base one)")
+    k.add_argument("--superres-tokenizer", help="also: shards for train-superres (high-res ids + low-res ids)")
+    k.add_argument("--out", required=True)
+    k.add_argument("--caption-column", default="text")
+    k.add_argument("--split", default="train")
+    k.add_argument("--streaming", action="store_true", help="read the dataset as a stream, without an Arrow copy")
+    k.add_argument("--shard-size", type=int, default=10_000)
+    k.add_argument("--batch-size", type=int, default=256)
+    k.add_argument("--overwrite", action="store_true", help="replace shards made with another tokenizer or source")
+    k.set_defaults(fn=cmd_pretokenize)
+
     t = sub.add_parser("train-tokenizer", help="train the VQ/FSQ image tokenizer")
     add_preset(t)
     add_run(t)
+    add_data(t, images=True)
     t.add_argument("--stage", choices=["base", "superres"], default="base")
     t.set_defaults(fn=cmd_train_tokenizer)
 
     t = sub.add_parser("train", help="train the masked transformer on a trained tokenizer")
     add_preset(t)
     add_run(t)
+    add_data(t)
     t.add_argument("--tokenizer", help="tokenizer checkpoint dir (default: OUT/tokenizer, else the shipped one)")
     t.add_argument("--report", action="store_true",
                    help="end with one line (and OUT/report.json): minutes, steps/s, achieved GFLOP/s, %% of the measured matmul peak")
@@ -296,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train-superres", help="train the super-resolution transformer (Muse §2.4) on both tokenizers")
     add_preset(t)
     add_run(t)
+    add_data(t)
     t.add_argument("--tokenizer", help="base tokenizer dir (default: OUT/tokenizer, else the shipped one)")
     t.add_argument("--superres-tokenizer", help="high-res tokenizer dir (default: OUT/superres_tokenizer, else the shipped one)")
     t.add_argument("--report", action="store_true", help="end with the minutes, steps/s and %% of peak line (OUT/report.json)")

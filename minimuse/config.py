@@ -12,7 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-EVAL_TASKS = ("generate", "superres", "inpaint", "edit", "outpaint")  # `minimuse eval --task`
+EVAL_TASKS = ("generate", "superres", "inpaint", "edit", "outpaint", "digits")  # `minimuse eval --task`
 CAPTION_KINDS = ("single", "count", "relation", "pair", "mixed")
 SCHEDULE_NAMES = ("cosine", "linear", "square", "cubic", "log", "exp")  # MaskGIT's mask schedules gamma
 SAMPLER_NAMES = ("confidence", "halton", "random")                    # commit rules of the sampler
@@ -189,6 +189,7 @@ class TrainConfig:
     kind_weights: tuple = ()             # training mix over data.kinds, one weight per kind; () = as drawn (uniform)
     mixed_precision: str = "no"          # "no", "bf16", "fp16", or "auto": bf16 where the hardware has it (train.resolve_precision)
     torch_compile: bool = False          # torch.compile the transformer (through Accelerate); pays on a GPU, docs/GPU.md
+    grad_accum: int = 1                  # micro-batches per step: the same batch and gradient in 1/grad_accum the memory
     seed: int = 0
     log_every: int = 50
     ckpt_every: int = 500
@@ -197,7 +198,9 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_types(self)
-        _positive(self, "steps", "batch_size", "log_every", "ckpt_every", "eval_prompts")
+        _positive(self, "steps", "batch_size", "log_every", "ckpt_every", "eval_prompts", "grad_accum")
+        _check(self.batch_size % self.grad_accum == 0, "train.grad_accum",
+               f"must divide train.batch_size {self.batch_size}, got {self.grad_accum}")
         _check(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
         _check(self.warmup_steps >= 0 and self.eval_every >= 0, "train.warmup_steps",
                "warmup_steps and eval_every must be 0 or more")

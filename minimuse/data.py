@@ -3,7 +3,7 @@
 Muse (Chang et al. 2023) trains on image-text pairs; here a seeded generator draws 1-4 flat-colored circles,
 squares and triangles on black, anti-aliased by 4x supersampling, with a caption in a small canonical grammar and
 the structured `Spec` behind it (DESIGN.md §3); judge.py checks an image against its spec. `ImageFolderDataset`
-reads Hugging Face imagefolder data.
+reads Hugging Face imagefolder data (through hfdata.py).
 Taught in notebooks/01_shapes_world.ipynb.
 """
 from __future__ import annotations
@@ -283,36 +283,11 @@ def eval_prompts(n_per_kind: int, seed: int = 10_000, kinds=CAPTION_KINDS) -> li
 # ---------------------------------------------------------------------------------------------------------------------
 # Real images (Hugging Face imagefolder) and writing the shapes dataset to disk.
 
-class ImageFolderDataset(torch.utils.data.Dataset):
-    """A folder of images with metadata.jsonl lines {"file_name": ..., "text": ...}; resized and center-cropped to S."""
-
-    def __init__(self, root, size: int = 32):
-        self.root, self.size = Path(root), size
-        meta = self.root / "metadata.jsonl"
-        if not meta.is_file():
-            raise ValueError(f"{meta} not found: an image folder needs metadata.jsonl with one "
-                             f'{{"file_name": ..., "text": ...}} per line (Hugging Face imagefolder)')
-        self.items = []
-        for n, line in enumerate(meta.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if not isinstance(row.get("file_name"), str) or not isinstance(row.get("text"), str):
-                raise ValueError(f"{meta} line {n}: needs string fields 'file_name' and 'text', got {sorted(row)}")
-            self.items.append((row["file_name"], row["text"]))
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict:
-        name, text = self.items[index]
-        im = Image.open(self.root / name).convert("RGB")
-        scale = self.size / min(im.size)                                     # shorter side -> S, then crop the middle
-        w, h = max(self.size, round(im.width * scale)), max(self.size, round(im.height * scale))
-        im = im.resize((w, h), Image.BICUBIC)
-        left, top = (w - self.size) // 2, (h - self.size) // 2
-        im = im.crop((left, top, left + self.size, top + self.size))
-        return dict(image=to_tensor(np.asarray(im)), caption=text, spec=None, kind="real")
+def ImageFolderDataset(root, size: int = 32, caption_column: str = "text", split: str = "train"):
+    """A Hugging Face image folder (images + metadata.jsonl {"file_name", "text"}) read through `datasets`:
+    items {image (3, S, S), caption, spec=None, kind="real"}, resized and center-cropped to S (hfdata.py)."""
+    from .hfdata import ImageTextDataset
+    return ImageTextDataset(root, size, caption_column, split)
 
 
 def spec_to_json(spec: Spec) -> dict:

@@ -198,7 +198,7 @@ def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None
     transformer/), the tokenizer metrics plus faithfulness per caption kind and per count under the checkpoint's
     sampling defaults, or the `sampling` overrides (num_steps, guidance_scale, sampler, ...). task="superres" is
     eval_superres on a cascade checkpoint (n prompts per kind); "inpaint", "edit" and "outpaint" are eval_edits' (n
-    held-out scenes)."""
+    held-out scenes); "digits" is digits.eval_digits (n images per digit)."""
     from pathlib import Path
     from .checkpoint import CheckpointError
     root = Path(checkpoint)
@@ -212,6 +212,9 @@ def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None
     pipe = load_pipeline(root, device=device)
     if task == "superres":
         return {"checkpoint": str(root), "superres": eval_superres(pipe, n, seed=seed)}
+    if task == "digits":  # a model trained on the handwritten digits, judged by the classifier of digits.py
+        from .digits import eval_digits
+        return {"checkpoint": str(root), "digits": eval_digits(pipe, n, 0 if seed is None else seed, **sampling)}
     if task in ("inpaint", "edit", "outpaint"):
         from .eval_edits import evaluate_edits
         return {"checkpoint": str(root), task: evaluate_edits(pipe, task, n, seed, **sampling)}

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import editing
-from .checkpoint import CheckpointError, atomic_save_image, check_outputs, read_config
+from .checkpoint import CheckpointError, atomic_save_image, check_outputs, read_config, resolve_checkpoint
 from .config import Config, ConfigError, SampleConfig
 from .sampler import sample
 from .text_encoder import TextEncoder
@@ -26,6 +26,7 @@ from .tokenizer import Tokenizer
 from .superres import SuperResTransformer
 from .transformer import MaskedTransformer
 from .viz import history_strip, to_uint8, upscale
+from .vqmodel import is_diffusers_vq
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "laptop"
 MAX_SEED = 2 ** 63   # seeds are non-negative 63-bit integers, as torch and numpy both take them
@@ -277,7 +278,7 @@ def load_pipeline(checkpoint=None, config: Config | None = None, device=None, su
     checkpoint without superres/ does). Any missing, corrupt or mismatched part is a CheckpointError naming it:
     nothing falls back to another model."""
     device = check_device(device if device is not None else default_device())
-    root = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+    root = resolve_checkpoint(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT  # a folder or a Hub repo id
     if root.exists() and not root.is_dir():
         raise CheckpointError(f"no pipeline checkpoint at {root}: it is a file; give the directory that holds "
                               "tokenizer/ and transformer/")
@@ -291,7 +292,8 @@ def load_pipeline(checkpoint=None, config: Config | None = None, device=None, su
         transformer = MaskedTransformer.from_pretrained(root / "transformer", config)
     else:
         saved = _saved_config(root / "superres", "superres")
-    _saved_config(root / "tokenizer", "tokenizer")
+    if not is_diffusers_vq(root / "tokenizer"):  # else a pretrained VQModel, checked against the config on load
+        _saved_config(root / "tokenizer", "tokenizer")
     tokenizer = Tokenizer.from_pretrained(root / "tokenizer", saved)
     if transformer is not None and tokenizer.codebook_size != transformer.codebook_size:
         raise CheckpointError(f"{root}: tokenizer has K={tokenizer.codebook_size} codes but the transformer predicts {transformer.codebook_size}")

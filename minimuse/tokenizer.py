@@ -86,7 +86,11 @@ class Tokenizer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, ckpt_dir, config: Config | TokenizerConfig | None = None) -> "Tokenizer":
-        """Rebuild from the saved config and load strictly. A given config must match the saved architecture."""
+        """Rebuild from the saved config and load strictly. A given config must match the saved architecture.
+        A folder saved by diffusers' VQModel (aMUSEd's VQGAN) loads as vqmodel.VQTokenizer, checked against config."""
+        from .vqmodel import VQTokenizer, is_diffusers_vq
+        if is_diffusers_vq(ckpt_dir):
+            return VQTokenizer.from_pretrained(ckpt_dir, config)
         meta, state = load_checkpoint(ckpt_dir, "tokenizer")
         saved = Config.from_dict(meta["config"])
         stage = meta.get("stage", "base")

@@ -8,10 +8,12 @@ Taught in notebooks/05_training.ipynb; the super-res stage in notebooks/07_super
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType
 
 from .checkpoint import CheckpointError
 from .config import Config
@@ -24,16 +26,23 @@ from .train_tokenizer import train_tokenizer  # noqa: F401 (notebooks and tests 
 
 
 # ------------------------------------------------------------------------------------------- transformer training
+def micro_batches(batch: int, accum: int) -> list[slice]:
+    """The `accum` equal slices of a batch of `batch` rows that gradient accumulation runs one after another."""
+    m = batch // accum
+    return [slice(k * m, (k + 1) * m) for k in range(accum)]
+
+
 def _resolve_tokenizer_dir(out_dir: Path, tokenizer_dir, name: str = "tokenizer") -> Path:
     from .checkpoint import WEIGHTS_NAME
     from .pipeline import DEFAULT_CHECKPOINT
+    from .vqmodel import is_diffusers_vq
     flag = "--" + name.replace("_", "-")
     if tokenizer_dir is not None:  # a path the user typed is used or refused, never silently replaced
-        if not (Path(tokenizer_dir) / WEIGHTS_NAME).is_file():
+        if not (Path(tokenizer_dir) / WEIGHTS_NAME).is_file() and not is_diffusers_vq(tokenizer_dir):
             raise CheckpointError(f"{flag} {tokenizer_dir} is not a tokenizer checkpoint (no {WEIGHTS_NAME} there)")
         return Path(tokenizer_dir)
     for cand in (out_dir / name, DEFAULT_CHECKPOINT / name):
-        if (cand / WEIGHTS_NAME).is_file():
+        if (cand / WEIGHTS_NAME).is_file() or is_diffusers_vq(cand):
             return cand
     stage = " --stage superres" if name == "superres_tokenizer" else ""
     raise FileNotFoundError(f"no trained {name.replace('_', ' ')}: pass {flag} DIR, or run "
@@ -41,7 +50,7 @@ def _resolve_tokenizer_dir(out_dir: Path, tokenizer_dir, name: str = "tokenizer"
 
 
 def train_superres(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=None, superres_tokenizer_dir=None,
-                   on_step=None, overwrite: bool = False, report: bool = False) -> list[dict]:
+                   on_step=None, overwrite: bool = False, report: bool = False, data=None) -> list[dict]:
     """Train the super-res transformer of `cfg` (Muse §2.4) with the base model's loop and cfg.superres.train: pairs
     of one scene at both sizes (the base tokenizer reads the 2x box-decimated render, the super-res tokenizer the full
     one), the high-res tokens masked with the same cos(pi u / 2) law, loss on them only, 10% of the text dropped to "".
@@ -49,12 +58,12 @@ def train_superres(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=Non
     model never needs to draw a high-res image from nothing, and a dropped grid would only teach it to ignore its
     input. out_dir ends with tokenizer/, superres_tokenizer/, superres/, log.jsonl and the training state."""
     return train_transformer(cfg, out_dir, resume, tokenizer_dir, on_step, overwrite, report, stage="superres",
-                             superres_tokenizer_dir=superres_tokenizer_dir)
+                             superres_tokenizer_dir=superres_tokenizer_dir, data=data)
 
 
 def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=None, on_step=None,
                       overwrite: bool = False, report: bool = False, stage: str = "base",
-                      superres_tokenizer_dir=None) -> list[dict]:
+                      superres_tokenizer_dir=None, data=None) -> list[dict]:
     """Train the masked transformer of `cfg` on a trained tokenizer. out_dir ends as a pipeline checkpoint:
     out_dir/tokenizer, out_dir/transformer (safetensors + config), log.jsonl and the training state. Returns the log.
 
@@ -65,6 +74,9 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     An out_dir holding a run needs resume=True or overwrite=True. report=True ends by writing out_dir/report.json
     (bench.train_report: minutes, steps/s, achieved GFLOP/s and the fraction of the measured matmul peak).
     stage="superres" is `train_superres`: the same loop, on the super-res model, its pairs and cfg.superres.train.
+    data, if given, is a folder of shards from `minimuse pretokenize` (shards.py), read instead of the shapes pool;
+    they must come from this run's tokenizer(s) and text encoder. train.grad_accum splits each step's batch into
+    that many micro-batches, each weighted by its share of the masked tokens, so the step's gradient is the batch's.
     """
     import dataclasses
     from .scheduler import masked_ce
@@ -90,20 +102,38 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     out_dir = prepare_run_dir(out_dir, state_name, (export_name,), resume, overwrite, accelerator)
     tokenizer = Tokenizer.from_pretrained(tok_src, cfg)
     hi_tokenizer = Tokenizer.from_pretrained(sr_src, cfg) if sr else None
+    if sr and hi_tokenizer.stage != "superres":
+        raise CheckpointError(f"--superres-tokenizer {sr_src} is not a super-res stage tokenizer (a pretrained VQModel "
+                              "serves the base stage only)")
     seed_everything(tc.seed)
     for tok, src, name in ((tokenizer, tok_src, "tokenizer"), (hi_tokenizer, sr_src, "superres_tokenizer")):
         if tok is not None and src.resolve() != (out_dir / name).resolve() and accelerator.is_main_process:
             tok.save_pretrained(out_dir / name)  # out_dir becomes a complete (stage) checkpoint
 
     tokenizer.to(accelerator.device)
+    text_encoder = TextEncoder(cfg.text)
     if sr:
         hi_tokenizer.to(accelerator.device)
+    if data is not None:  # tokens read from shards, after checking they are this run's tokenizer's and encoder's
+        from .shards import load_shards
+        pool, table = load_shards(data, hi_tokenizer if sr else tokenizer, text_encoder, tokenizer if sr else None,
+                                  tokenizer_src=sr_src if sr else tok_src)
+        grid = (cfg.superres.image_size // hi_tokenizer.downsample,) * 2 if sr else cfg.grid
+        for name, want in (("ids", grid), ("lowres_ids", cfg.grid)):
+            if name in pool and tuple(pool[name].shape[1:]) != tuple(want):
+                raise ValueError(f"shards in {data} hold {tuple(pool[name].shape[1:])} {name} grids; preset "
+                                 f"'{cfg.name}' trains on {tuple(want)} (pretokenize at its image sizes)")
+        if tc.kind_weights and not set(pool["kinds"]) <= set(cfg.data.kinds):
+            raise ValueError(f"train.kind_weights weighs caption kinds, but the shards in {data} have none; set "
+                             "train.kind_weights=[] to train on them")
+    elif sr:
         pool = build_token_pool(cfg, hi_tokenizer, cfg.data.pool_size, out_dir if accelerator.is_main_process else None,
                                 lowres_tokenizer=tokenizer)
     else:
         pool = build_token_pool(cfg, tokenizer, cfg.data.pool_size, out_dir if accelerator.is_main_process else None)
-    text_encoder = TextEncoder(cfg.text)
-    table = text_table(text_encoder, pool["vocab"])
+    if data is None:
+        table = text_table(text_encoder, pool["vocab"])
+    data_key = pool["key"] if data is not None else None  # a resume must read the same shards
 
     model = cls.from_config(cfg)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
@@ -126,6 +156,9 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         state = load_training_state(out_dir / state_name)
         if _saved(state) != cfg.to_dict():
             raise ValueError(f"cannot resume {out_dir}: it was trained with another config; use a new --out")
+        if state.get("data") != data_key:
+            raise ValueError(f"cannot resume {out_dir}: it was trained on other data "
+                             f"({(state.get('data') or {}).get('source', 'the shapes pool')}); pass the same --data")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
@@ -135,23 +168,36 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         timing = state.get("timing", timing)
         set_rng_states(state["rng"])
 
+    # FSDP (configs/accelerate/fsdp.yaml) shards every Block's weights across the processes: exports gather them;
+    # the sharded optimizer state is not saved, so an FSDP run cannot --resume (docs/GPU.md)
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if fsdp and (resume or ema is not None or tc.eval_every):
+        raise ValueError("under FSDP, set train.ema_decay=0 and train.eval_every=0, and start a run (no --resume): "
+                         "the EMA, the quick eval and the training state are not sharded yet")
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model, keep_torch_compile=False)  # plain module: its state_dict keys carry no prefix
     if ema is not None:
         ema = [e.to(accelerator.device) for e in ema]  # beside the weights it follows (a GPU's, after prepare)
     logger = JsonlLogger(out_dir / LOG_NAME, resume_step=start if resume else None, enabled=accelerator.is_main_process)
     b = tc.batch_size // accelerator.num_processes
-    if b * accelerator.num_processes != tc.batch_size:
-        raise ValueError(f"train.batch_size {tc.batch_size} is not divisible by {accelerator.num_processes} processes")
+    if b * accelerator.num_processes != tc.batch_size or b % tc.grad_accum:
+        raise ValueError(f"train.batch_size {tc.batch_size} is not divisible by {accelerator.num_processes} processes "
+                         f"times train.grad_accum {tc.grad_accum}")
 
     def export(step: int):
         """Save what a user loads (EMA weights if enabled) and, beside it, everything needed to resume."""
         accelerator.wait_for_everyone()
+        full = accelerator.get_state_dict(model) if fsdp else None  # a collective: every process sends its shards
         if not accelerator.is_main_process:
+            return
+        if fsdp:
+            shadow = cls.from_config(cfg)
+            shadow.load_state_dict(full)
+            shadow.save_pretrained(out_dir / export_name, cfg)
             return
         save_training_state(out_dir / state_name, {
             "step": step, "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_states(),
-            "history": history, "config": cfg.to_dict(), "ema": ema, "window": window,
+            "history": history, "config": cfg.to_dict(), "ema": ema, "window": window, "data": data_key,
             "elapsed_s": elapsed + time.time() - t0, "timing": timing})
         if ema is None:
             raw.save_pretrained(out_dir / export_name, cfg)
@@ -162,7 +208,8 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
             shadow.save_pretrained(out_dir / export_name, cfg)
 
     eval_fn = None
-    if tc.eval_every and accelerator.is_main_process:
+    shapes = set(pool["kinds"]) <= set(cfg.data.kinds)  # the quick eval's judge reads the shapes world only
+    if tc.eval_every and accelerator.is_main_process and shapes:
         from .eval import quick_eval_fn, quick_superres_eval_fn
         eval_fn = (quick_superres_eval_fn(cfg, tokenizer, hi_tokenizer, text_encoder, tc.eval_prompts) if sr
                    else quick_eval_fn(cfg, tokenizer, text_encoder, tc.eval_prompts))
@@ -179,14 +226,23 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         extra = {"lowres_ids": lowres[0]} if sr else {}  # the super-res model reads the base grid beside the text
         last_batch = (inputs, labels, text, text_mask, extra)
         model.train()
-        with accelerator.autocast():
-            logits = model(inputs, text, text_mask, **extra)  # (B, L, K)
-            loss = masked_ce(logits, labels, tc.label_smoothing)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"transformer loss became {loss.item()} at step {step}; {_last_ckpt(last_ckpt, out_dir)}. "
-                                     f"Lower train.lr (now {tc.lr}) and --resume, or retrain.")
         optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
+        masked = labels != -100
+        loss, correct, n_masked = 0.0, 0, masked.sum()
+        for k, sl in enumerate(micro_batches(b, tc.grad_accum)):
+            # every micro-batch but the last skips DDP's gradient all-reduce; its loss is weighted by its share of
+            # the batch's masked tokens, so the summed gradient is the whole batch's mean (exactly 1 x when A = 1)
+            with (accelerator.no_sync(model) if k < tc.grad_accum - 1 else contextlib.nullcontext()):
+                with accelerator.autocast():
+                    logits = model(inputs[sl], text[sl], text_mask[sl], **{n: v[sl] for n, v in extra.items()})  # (B/A, L, K)
+                    part = masked_ce(logits, labels[sl], tc.label_smoothing) * (masked[sl].sum() / n_masked)
+                if not torch.isfinite(part):
+                    raise FloatingPointError(f"transformer loss became {part.item()} at step {step}; "
+                                             f"{_last_ckpt(last_ckpt, out_dir)}. Lower train.lr (now {tc.lr}) and "
+                                             "--resume, or retrain.")
+                accelerator.backward(part)
+            loss = loss + part.detach()
+            correct += (logits.detach().argmax(-1)[masked[sl]] == labels[sl][masked[sl]]).sum()
         if tc.grad_clip > 0:
             accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
         optimizer.step()
@@ -194,8 +250,7 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
             with torch.no_grad():
                 for e, p in zip(ema, raw.parameters()):
                     e.lerp_(p.detach(), 1 - tc.ema_decay)
-        masked = labels != -100
-        acc = (logits.detach().argmax(-1)[masked] == labels[masked]).float().mean().item()
+        acc = (correct / n_masked).item()
         window.append([loss.item(), acc])
         record = {"step": step + 1, "loss": loss.item(), "masked_acc": acc}
         timing["step_s"] += time.time() - t_step
@@ -223,7 +278,7 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         if on_step is not None:  # after the checkpoint, as in train_tokenizer: a stop here leaves this step saved
             on_step(step + 1, record, raw)
     bar.close()
-    if report and accelerator.is_main_process and last_batch is not None:
+    if report and accelerator.is_main_process and last_batch is not None and not fsdp:
         from .bench import write_train_report
         write_train_report(out_dir, scfg, raw, timing, elapsed + time.time() - t0, last_batch, resolve_precision(tc.mixed_precision))
     return history

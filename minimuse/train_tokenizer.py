@@ -8,6 +8,7 @@ Taught in notebooks/02_tokenizer.ipynb.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -18,7 +19,7 @@ from .runs import (LOG_NAME, STATE_NAME, JsonlLogger, _last_ckpt, _progress, _sa
 
 
 def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "base", on_step=None,
-                    overwrite: bool = False, finetune_from=None) -> list[dict]:
+                    overwrite: bool = False, finetune_from=None, data=None, caption_column: str = "text") -> list[dict]:
     """Train the base (or super-res) tokenizer of `cfg`; checkpoints and log.jsonl go to out_dir. Returns the log.
 
     on_step(step, record) is called after every step with the step's loss and PSNR (and, at log steps, the logged
@@ -26,6 +27,9 @@ def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "ba
     finetune_from (a tokenizer checkpoint of this stage) is `finetune-decoder` (Muse §2.5): its encoder and codebook
     are loaded and frozen, so every token keeps its meaning, and a decoder of cfg.superres.decoder's size is trained
     from scratch for cfg.superres.decoder.steps on the reconstruction loss.
+    data (an image folder or saved Hugging Face dataset, hfdata.py) replaces the shapes world: step s still reads
+    images [s*B, (s+1)*B) of an endless stream, each epoch a fresh seeded shuffle, and the usage monitor is the
+    data's first 256 images.
     """
     from .data import ShapesDataset  # the data module is only needed once training starts
     from .tokenizer import PatchDiscriminator, Tokenizer, codebook_usage, hinge_d_loss, hinge_g_loss, perplexity
@@ -67,11 +71,12 @@ def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "ba
     disc = PatchDiscriminator() if use_gan else None
     disc_opt = torch.optim.Adam(disc.parameters(), lr=tcfg.lr, betas=tcfg.betas) if use_gan else None
 
+    data_key = None if data is None else str(Path(data).resolve())  # a resume must read the same images
     start, history, elapsed = 0, [], 0.0  # elapsed: wall seconds of earlier runs of this training
     if resume:
         state = load_training_state(out_dir / STATE_NAME)
-        if _saved(state) != cfg.to_dict() or state["stage"] != stage:
-            raise ValueError(f"cannot resume {out_dir}: it was trained with another config or stage; use a new --out")
+        if _saved(state) != cfg.to_dict() or state["stage"] != stage or state.get("data") != data_key:
+            raise ValueError(f"cannot resume {out_dir}: it was trained with another config, stage or --data; use a new --out")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if use_gan:
@@ -85,9 +90,14 @@ def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "ba
         disc, disc_opt = accelerator.prepare(disc, disc_opt)
     raw = accelerator.unwrap_model(model)
 
-    train_set = ShapesDataset(size=size, seed=cfg.data.train_seed, length=tcfg.steps * tcfg.batch_size * accelerator.num_processes)
-    # A fixed held-out batch for usage and perplexity: the eval seed is never trained on.
-    monitor = load_batch(ShapesDataset(size=size, seed=cfg.data.eval_seed, length=256), range(256)).to(accelerator.device)
+    if data is None:
+        train_set = ShapesDataset(size=size, seed=cfg.data.train_seed, length=tcfg.steps * tcfg.batch_size * accelerator.num_processes)
+        # A fixed held-out batch for usage and perplexity: the eval seed is never trained on.
+        monitor = load_batch(ShapesDataset(size=size, seed=cfg.data.eval_seed, length=256), range(256)).to(accelerator.device)
+    else:
+        from .hfdata import ImageTextDataset
+        train_set = ImageTextDataset(data, size, caption_column, seed=cfg.data.train_seed, shuffle=True)
+        monitor = load_batch(train_set, range(min(256, len(train_set)))).to(accelerator.device)
     logger = JsonlLogger(out_dir / LOG_NAME, resume_step=start if resume else None, enabled=accelerator.is_main_process)
 
     def checkpoint(step: int):
@@ -96,7 +106,7 @@ def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "ba
             return
         save_training_state(out_dir / STATE_NAME, {
             "step": step, "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_states(),
-            "history": history, "config": cfg.to_dict(), "stage": stage, "elapsed_s": elapsed + time.time() - t0,
+            "history": history, "config": cfg.to_dict(), "stage": stage, "data": data_key, "elapsed_s": elapsed + time.time() - t0,
             **({"disc": accelerator.unwrap_model(disc).state_dict(), "disc_optimizer": disc_opt.state_dict()} if use_gan else {})})
         raw.save_pretrained(out_dir)  # the user-facing checkpoint, written after the state so both describe `step`
 
@@ -158,7 +168,6 @@ def finetune_decoder(cfg: Config, checkpoint, out_dir, resume: bool = False, ove
     codebook of checkpoint/superres_tokenizer, then measure PSNR before and after on eval_n held-out images. Writes
     out_dir/eval.json and returns it; the pipeline decodes with the new decoder once it sits in the checkpoint as
     superres_decoder/ (ship it only if PSNR rose)."""
-    from pathlib import Path
     from .checkpoint import atomic_write_json
     from .eval import eval_tokenizer
     if cfg.superres is None:

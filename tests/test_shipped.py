@@ -55,3 +55,15 @@ def test_shipped_model_uses_the_text_and_is_deterministic(pipe):
     first = pipe(["a red circle", "three blue squares"], seed=0)
     assert (first[0] != first[1]).any()
     assert (pipe(["a red circle", "three blue squares"], seed=0) == first).all()
+
+
+def test_shipped_digits_model_loads_strictly_and_draws_the_prompted_digit():
+    """data/checkpoints/digits (docs/REAL_DATA.md): the laptop architecture, loaded strictly, and its samples read as
+    the prompted digit by the digits judge for most of 30 prompts (measured 99.6% at n = 1,000)."""
+    from minimuse.digits import DigitJudge, digit_caption
+    root = DEFAULT_CHECKPOINT.parent / "digits"
+    digits = minimuse.load_pipeline(root)
+    assert digits.config.transformer == get_config("laptop").transformer and digits.transformer.grid == (8, 8)
+    prompts = [digit_caption(d) for d in range(10) for _ in range(3)]
+    hits = DigitJudge.fit().predict(digits(prompts, seed=0)) == [d for d in range(10) for _ in range(3)]
+    assert hits.sum() >= 25, f"{hits.sum()}/30 digits read as prompted"

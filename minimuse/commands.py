@@ -1,0 +1,260 @@
+"""The command line's commands: one function per `minimuse SUBCOMMAND`, and the checks they share.
+
+Each parses nothing (cli.py's argparse did), checks its arguments once, before anything slow, calls one package
+function and prints one line. Errors are raised; cli.main turns them into one line on stderr with exit code 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from .config import PRESETS, ConfigError, SampleConfig, apply_override, get_config
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "laptop"
+MAX_DATASET_N = 1_000_000   # images per `minimuse dataset`; more is a typo, not a plan
+MAX_DATASET_SIZE = 1024     # pixels; shapes are drawn at 4x supersampling, so 1024 px is already 16M sub-pixels
+# SampleConfig field -> the argparse dest of its flag, so an error names what the user typed
+SAMPLING_FLAGS = {"num_steps": "steps", "guidance_scale": "guidance", "guidance_schedule": "guidance_schedule",
+                  "sampler": "sampler", "schedule": "schedule", "choice_temperature": "choice_temperature"}
+
+
+class CLIError(Exception):
+    """A user mistake the CLI reports in one line."""
+
+
+def _config(args):
+    cfg = get_config(args.preset)
+    for item in args.set or []:
+        if "=" not in item:
+            raise CLIError(f"--set expects FIELD=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        cfg = apply_override(cfg, key.strip(), value.strip())
+    return cfg
+
+
+def _at_least_1(**flags):
+    """Counts the config does not check (batch sizes, repeats): the first one below 1, named as its flag."""
+    for name, values in flags.items():
+        for v in values if isinstance(values, list) else [values]:
+            if v is not None and v < 1:
+                raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+
+
+def _device(args):
+    """--device checked before any model is loaded (None: CUDA when present, else the CPU)."""
+    from .pipeline import check_device
+    try:
+        return None if args.device is None else check_device(args.device)
+    except ValueError as e:
+        raise CLIError(f"--device: {e}") from None
+
+
+def _sampling(args) -> dict:
+    """The sampling flags given, checked by SampleConfig now (not after a model is loaded) and named as typed."""
+    given = {field: getattr(args, dest) for field, dest in SAMPLING_FLAGS.items() if getattr(args, dest) is not None}
+    for field, value in given.items():
+        try:
+            dataclasses.replace(SampleConfig(), **{field: value})
+        except ConfigError as e:  # "invalid config field 'sample.guidance_scale': must be ..." -> "--guidance must be ..."
+            raise CLIError(f"--{SAMPLING_FLAGS[field].replace('_', '-')} {str(e).split(': ', 1)[-1]}") from None
+    return given
+
+
+def _read_prompts(path: Path) -> list[str]:
+    """One prompt per non-blank line of a UTF-8 file."""
+    if path.is_dir():
+        raise CLIError(f"prompts file {path} is a directory; give a text file with one prompt per line")
+    if not path.exists():
+        raise CLIError(f"prompts file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM from a Windows editor is not part of the first prompt
+    except UnicodeDecodeError as e:
+        raise CLIError(f"prompts file {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except OSError as e:
+        raise CLIError(f"cannot read prompts file {path}: {e.strerror or e}") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise CLIError(f"prompts file {path} holds no prompts")
+    return prompts
+
+
+def cmd_dataset(args):
+    if args.source == "digits" and (args.n is not None or args.format != "imagefolder"):
+        raise CLIError("--source digits writes all 1,797 scans as an image folder: pass --format imagefolder and no --n")
+    if args.source == "shapes" and args.n is None:
+        raise CLIError("the following arguments are required: --n (the number of shapes images to draw)")
+    if args.n is not None and not 1 <= args.n <= MAX_DATASET_N:
+        raise CLIError(f"--n must be at least 1 and at most {MAX_DATASET_N}, got {args.n}")
+    if not (8 <= args.size <= MAX_DATASET_SIZE and args.size % 8 == 0):
+        raise CLIError(f"--size must be a positive multiple of 8 up to {MAX_DATASET_SIZE} (16, 32, 64, ...), got {args.size}")
+    if args.format == "imagefolder":
+        from .hfdata import write_imagefolder
+        counts = write_imagefolder(args.out_dir, args.source, args.n or 0, args.size, args.seed, args.overwrite)
+        print(f"wrote {' and '.join(f'{v} {k}' for k, v in counts.items())} images with metadata.jsonl to {args.out_dir}")
+        return
+    from .data import write_dataset
+    write_dataset(args.n, args.out_dir, size=args.size, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {args.n} images, captions.jsonl and grid.png to {args.out_dir}")
+
+
+def cmd_pretokenize(args):
+    _at_least_1(shard_size=args.shard_size, batch_size=args.batch_size)
+    from .shards import pretokenize
+    from .text_encoder import TextEncoder
+    from .tokenizer import Tokenizer
+    cfg = _config(args)
+    tok = Tokenizer.from_pretrained(args.tokenizer)
+    saved = tok.full_config or cfg  # a diffusers VQModel carries no minimuse config: the preset's size applies
+    size = saved.data.image_size if tok.stage == "base" else saved.superres.image_size
+    hi = Tokenizer.from_pretrained(args.superres_tokenizer) if args.superres_tokenizer else None
+    if hi is not None and hi.stage != "superres":
+        raise CLIError(f"--superres-tokenizer {args.superres_tokenizer} is not a super-res stage tokenizer")
+    m = pretokenize(args.data, hi or tok, TextEncoder(cfg.text), args.out,
+                    size=hi.full_config.superres.image_size if hi else size, caption_column=args.caption_column,
+                    split=args.split, lowres_tokenizer=tok if hi else None, lowres_size=size if hi else None,
+                    shard_size=args.shard_size, batch_size=args.batch_size, streaming=args.streaming,
+                    overwrite=args.overwrite)
+    print(f"pre-tokenized {m['n']} images into {len(m['shards'])} shards in {args.out}")
+
+
+def cmd_train_tokenizer(args):
+    cfg = _config(args)
+    from .train import train_tokenizer
+    out = args.out or f"runs/{cfg.name}/{'superres_tokenizer' if args.stage == 'superres' else 'tokenizer'}"
+    train_tokenizer(cfg, out, resume=args.resume, stage=args.stage, overwrite=args.overwrite, data=args.data,
+                    caption_column=args.caption_column)
+    print(f"tokenizer saved to {out}")
+
+
+def cmd_train(args):
+    cfg = _config(args)
+    from .train import train_transformer
+    out = args.out or f"runs/{cfg.name}"
+    train_transformer(cfg, out, resume=args.resume, tokenizer_dir=args.tokenizer, overwrite=args.overwrite,
+                      report=args.report, data=args.data)
+    _saved(f"model saved to {out}", out, args.report)
+
+
+def _saved(line: str, out, report: bool) -> None:
+    print(line)
+    if report:  # the one-line summary train --report writes beside the run
+        from .bench import format_train_report
+        print(format_train_report(json.loads((Path(out) / "report.json").read_text())))
+
+
+def cmd_train_superres(args):
+    cfg = _config(args)
+    if cfg.superres is None:
+        raise CLIError(f"preset '{cfg.name}' has no super-res stage; choose one of: "
+                       f"{', '.join(n for n, c in PRESETS.items() if c.superres is not None)}")
+    from .train import train_superres
+    out = args.out or f"runs/{cfg.name}-superres"
+    train_superres(cfg, out, resume=args.resume, tokenizer_dir=args.tokenizer,
+                   superres_tokenizer_dir=args.superres_tokenizer, overwrite=args.overwrite, report=args.report,
+                   data=args.data)
+    _saved(f"super-res model saved to {out}", out, args.report)
+
+
+def cmd_finetune_decoder(args):
+    cfg = _config(args)
+    from .train_tokenizer import finetune_decoder
+    out = Path(args.out or f"runs/{cfg.name}-decoder")
+    r = finetune_decoder(cfg, args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, out,
+                         resume=args.resume, overwrite=args.overwrite, eval_n=args.eval_n)
+    print(f"held-out {args.eval_n} images at {cfg.superres.image_size} px: PSNR {r['before']['psnr']:.2f} dB -> "
+          f"{r['after']['psnr']:.2f} dB ({r['gain_db']:+.2f} dB; {out / 'eval.json'}). The pipeline decodes with it when "
+          f"it sits in the checkpoint as superres_decoder/.")
+
+
+def cmd_upscale(args):
+    from .superres import upscale_cli
+    _at_least_1(batch_size=args.batch_size)
+    outs = upscale_cli(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, image=args.image,
+                       prompt=args.prompt, out=args.out, in_dir=args.in_dir, out_dir=args.out_dir, seed=args.seed,
+                       num_steps=args.steps, guidance_scale=args.guidance, batch_size=args.batch_size,
+                       device=_device(args), overwrite=args.overwrite)
+    print(f"wrote {outs[0]}" + (f" ... and {len(outs) - 1} more" if len(outs) > 1 else ""))
+
+
+def cmd_eval(args):
+    from .eval import evaluate
+    _at_least_1(n=args.n)
+    if args.tokenizer_n < 0:
+        raise CLIError(f"--tokenizer-n must be 0 (skip the tokenizer metrics) or more, got {args.tokenizer_n}")
+    sampling = {**_sampling(args), "precision": args.precision}
+    _at_least_1(top_k=args.top_k)
+    if args.task == "edit":  # mask-free editing's own two settings (config.EditConfig); the others are the sampler's
+        other = sorted(set(_sampling(args)) - {"guidance_scale"})
+        if other:
+            raise CLIError(f"--task edit takes --guidance and --top-k only; drop --{SAMPLING_FLAGS[other[0]].replace('_', '-')}")
+        sampling = {k: v for k, v in (("guidance_scale", args.guidance), ("top_k", args.top_k)) if v is not None}
+    elif args.task != "generate" and (_sampling(args) or args.top_k is not None):
+        raise CLIError(f"--task {args.task} measures the checkpoint's own settings; drop the sampling flags")
+    elif args.top_k is not None:
+        raise CLIError("--top-k is mask-free editing's (--task edit); generation samples from the full softmax")
+    result = evaluate(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, n=args.n,
+                      tokenizer_n=args.tokenizer_n, seed=args.seed, device=_device(args), task=args.task,
+                      **({} if args.task not in ("generate", "edit") else sampling))
+    print(json.dumps(result, indent=2))
+
+
+def cmd_generate(args):
+    sampling = _sampling(args)
+    _at_least_1(batch_size=args.batch_size)
+    if args.prompts_file is not None:
+        if args.prompt is not None:
+            raise CLIError("give either a prompt or --prompts-file, not both")
+        if args.out_dir is None:
+            raise CLIError("--prompts-file needs --out-dir")
+        prompts = _read_prompts(Path(args.prompts_file))
+    elif args.prompt is not None:
+        prompts = [args.prompt]
+    else:
+        raise CLIError("give a prompt, or --prompts-file FILE --out-dir DIR")
+    from .pipeline import generate_cli
+    # `is not None`, not `or`: an empty --checkpoint "" must fail, not quietly load the shipped model
+    generate_cli(prompts, checkpoint=args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT,
+                 out=args.out, out_dir=args.out_dir, seed=args.seed, negative_prompt=args.negative_prompt,
+                 history=args.history, batch_size=args.batch_size, upscale_factor=args.upscale,
+                 precision=args.precision, overwrite=args.overwrite, device=_device(args),
+                 superres=False if args.no_superres else None, **sampling)
+
+
+def cmd_edit(args):
+    from .editing import edit_cli, read_jobs
+    _at_least_1(num_iters=args.num_iters, top_k=args.top_k)
+    if args.guidance is not None and not args.guidance >= 0:
+        raise CLIError(f"--guidance must be 0 or more, got {args.guidance}")
+    if args.jobs is not None:
+        if args.image is not None or args.prompt is not None or args.mask is not None:
+            raise CLIError("--jobs takes every image, prompt and mask from its file; give no IMAGE, --prompt or --mask")
+        if args.out_dir is None:
+            raise CLIError("--jobs needs --out-dir")
+        jobs = read_jobs(args.jobs)
+        outs = [Path(args.out_dir) / f"{i:03d}.png" for i in range(len(jobs))]
+    else:
+        if args.image is None or args.prompt is None:
+            raise CLIError("give IMAGE and --prompt TEXT (and --mask MASK.png to inpaint), or --jobs JOBS.jsonl --out-dir DIR")
+        jobs = [{"image": args.image, "prompt": args.prompt, "mask": args.mask, "seed": args.seed}]
+        outs = [Path(args.out if args.out is not None else "edited.png")]
+    edit_cli(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, jobs, outs,
+             num_iters=args.num_iters, overwrite=args.overwrite, device=_device(args), guidance_scale=args.guidance,
+             top_k=args.top_k)
+    print(f"wrote {outs[0]}" + (f" ... and {len(outs) - 1} more" if len(outs) > 1 else ""))
+
+
+def cmd_outpaint(args):
+    from .editing import outpaint_cli
+    out = outpaint_cli(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, args.image, args.prompt,
+                       args.extend, args.out, seed=args.seed, device=_device(args), overwrite=args.overwrite)
+    print(f"wrote {out}")
+
+
+def cmd_bench(args):
+    cfg = _config(args)
+    _at_least_1(batch_sizes=args.batch_sizes, steps=args.steps, repeats=args.repeats, threads=args.threads)
+    from .bench import run_bench
+    result = run_bench(cfg, checkpoint=args.checkpoint, batch_sizes=args.batch_sizes, steps=args.steps,
+                       repeats=args.repeats, threads=args.threads, precision=args.precision)
+    print(json.dumps(result, indent=2))

@@ -1,0 +1,230 @@
+"""Pre-tokenized shards: every image encoded once by the frozen tokenizer, every caption once by the frozen text
+encoder, so training reads tokens, not pixels (`minimuse pretokenize`, `minimuse train --data SHARDS`).
+
+On 2 cores the tokenizer costs more than a transformer step and the text encoder more than both (pool.py), and at
+scale the tokens of a dataset are read many times; Muse's training precomputes them too. The layout:
+- `shard-00000/`, ...: Arrow datasets (`datasets.map` with batching, `save_to_disk`) of `ids` (h, w) int16 token grids
+  (and `lowres_ids` for the super-res stage), `caption` and, where the data has one, `kind`. Each is written under a
+  temporary name and renamed into place when whole, so a killed run resumes by skipping the shards that exist;
+- `text_table.safetensors`: the distinct captions, each encoded once (U, T, E), with its padding mask;
+- `manifest.json`: the source, sizes and the identity (a hash of config and weights) of the tokenizer(s) and text
+  encoder. Training refuses shards made by another tokenizer or encoder, naming both.
+`load_shards` turns them into the pool and text table that pool.train_step_inputs draws every batch from, so a run
+from shards draws its batches exactly as a run from the shapes pool does: a pure function of (seed, step).
+Commands in docs/REAL_DATA.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError, atomic_write_json, load_tree, save_tree
+from .hfdata import DataError, caption_of, load_image_text, prepare_image
+
+FORMAT = "minimuse-shards/1"
+MANIFEST, TABLE = "manifest.json", "text_table.safetensors"
+
+
+class ShardError(CheckpointError):
+    """Shards that are unfinished, corrupt, or made by another tokenizer or text encoder than the run's."""
+
+
+def identity(config, module: torch.nn.Module) -> str:
+    """A short sha256 of a model's config and every tensor of its state (name, dtype, shape, bytes), in name order:
+    equal exactly when the two models map the same inputs to the same outputs."""
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def tokenizer_identity(tokenizer) -> str:
+    import dataclasses
+    cfg = tokenizer.config  # a TokenizerConfig, or a diffusers VQModel's config dict (vqmodel.py), whose "_" keys
+    # say where and by which version it was loaded, not what it computes
+    cfg = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {k: v for k, v in cfg.items() if not k.startswith("_")}
+    return identity(cfg, tokenizer)
+
+
+def text_identity(text_encoder) -> str:
+    return identity({"encoder": text_encoder.name, "max_length": text_encoder.cfg.max_length}, text_encoder.model)
+
+
+def _encode_fn(tokenizer, size: int, caption_column: str, image_column: str, lowres_tokenizer=None, lowres_size=None):
+    """The batched `datasets.map` function: decode and crop the images, tokenize them, keep caption (and kind)."""
+    from .superres import decimate
+    device = next(tokenizer.parameters()).device
+
+    def fn(batch: dict) -> dict:
+        rows = [dict(zip(batch, v)) for v in zip(*batch.values())]
+        pixels = np.stack([prepare_image(r[image_column], size) for r in rows])  # (b, S, S, 3) uint8
+        x = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float().div(255)  # (b, 3, S, S)
+        with torch.inference_mode():
+            out = {"ids": tokenizer.encode(x).short().cpu().numpy()}  # (b, h, w)
+            if lowres_tokenizer is not None:  # Muse §2.4: the same scene, box-decimated 2x and held as uint8
+                small = decimate(x, size // lowres_size).mul(255).round().div(255)  # (b, 3, S', S')
+                out["lowres_ids"] = lowres_tokenizer.encode(small).short().cpu().numpy()
+        out["caption"] = [caption_of(r, caption_column, image_column) for r in rows]
+        if "kind" in batch:
+            out["kind"] = [str(k) for k in batch["kind"]]
+        return out
+    return fn
+
+
+def pretokenize(data, tokenizer, text_encoder, out_dir, size: int, caption_column: str = "text", split: str = "train",
+                lowres_tokenizer=None, lowres_size: int | None = None, shard_size: int = 10_000, batch_size: int = 256,
+                streaming: bool = False, overwrite: bool = False) -> dict:
+    """Encode `data` (an image folder or a saved dataset) into shards in out_dir; returns the manifest.
+
+    With `lowres_tokenizer` the shards are the super-res stage's: `ids` of the image at `size` through `tokenizer`
+    (the high-res one) and `lowres_ids` of its box decimation to `lowres_size` through `lowres_tokenizer`. A killed run resumes:
+    shards already in place are skipped. A folder of shards from another tokenizer, encoder or source is refused
+    unless `overwrite`."""
+    import datasets
+    if lowres_tokenizer is not None and (lowres_size is None or size % lowres_size):
+        raise ValueError(f"a super-res pretokenize needs lowres_size dividing size {size}, got {lowres_size}")
+    ds, image_column = load_image_text(data, caption_column, split, streaming)
+    out = Path(out_dir)
+    key = {"format": FORMAT, "source": str(Path(data).resolve()), "split": split, "caption_column": caption_column,
+           "image_size": size, "lowres_size": lowres_size if lowres_tokenizer is not None else None, "shard_size": shard_size, "tokenizer": tokenizer_identity(tokenizer),
+           "lowres_tokenizer": tokenizer_identity(lowres_tokenizer) if lowres_tokenizer is not None else None,
+           "text_encoder": text_identity(text_encoder)}
+    if (out / MANIFEST).is_file():
+        try:
+            old = _read_manifest(out)
+        except ShardError:
+            if not overwrite:
+                raise
+            old = {}
+        if {k: old.get(k) for k in key} != key:
+            if not overwrite:
+                diff = next(k for k in key if old.get(k) != key[k])
+                raise ShardError(f"{out} holds shards made with another {diff} ({old.get(diff)!r}, now {key[diff]!r}); "
+                                 "pass --overwrite to replace them, or choose another --out")
+            shutil.rmtree(out)
+    elif out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ShardError(f"{out} exists and holds no shards; choose an empty or new --out (or pass --overwrite)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / MANIFEST, {**key, "complete": False})
+
+    h = size // tokenizer.downsample
+    int_type = lambda tok: "int16" if tok.codebook_size <= 2 ** 15 else "int32"  # ids of any codebook, never wrapped
+    feats = {"ids": datasets.Array2D((h, h), int_type(tokenizer)), "caption": datasets.Value("string")}
+    if lowres_tokenizer is not None:
+        lh = lowres_size // lowres_tokenizer.downsample
+        feats["lowres_ids"] = datasets.Array2D((lh, lh), int_type(lowres_tokenizer))
+    if "kind" in (ds.features or {}):
+        feats["kind"] = datasets.Value("string")
+    fn = _encode_fn(tokenizer, size, caption_column, image_column, lowres_tokenizer, lowres_size)
+    tokenizer.eval()
+    if lowres_tokenizer is not None:
+        lowres_tokenizer.eval()
+    names, n, wrote, stream = [], 0, False, None
+    fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    while True:
+        name = f"shard-{len(names):05d}"
+        if (out / name / "state.json").is_file():  # renamed into place only when whole: a finished shard
+            rows = datasets.load_from_disk(str(out / name)).num_rows
+        else:
+            if streaming:  # one pass over the stream: skip what the finished shards hold, then take shard by shard
+                stream = stream if stream is not None else iter(ds.skip(n))
+                chunk = list(itertools.islice(stream, shard_size))
+                part = datasets.Dataset.from_list(chunk, features=ds.features) if chunk else None
+            else:
+                part = ds.select(range(n, min(n + shard_size, len(ds)))) if n < len(ds) else None
+            if part is None:
+                break
+            enc = part.map(fn, batched=True, batch_size=batch_size, remove_columns=part.column_names,
+                           features=datasets.Features(feats), keep_in_memory=True, desc=f"pretokenize {name}",
+                           new_fingerprint=f"{fingerprint}-{name}")  # not a hash of the tokenizer's weights per shard
+            tmp = out / f".{name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            enc.save_to_disk(str(tmp))
+            shutil.rmtree(out / name, ignore_errors=True)  # a folder of that name without state.json is not a shard
+            os.replace(tmp, out / name)
+            rows, wrote = enc.num_rows, True
+        names.append(name)
+        n += rows
+        if rows < shard_size or (not streaming and n >= len(ds)):
+            break
+    if n == 0:
+        raise DataError(f"dataset {data} holds no images")
+
+    if wrote or not (out / TABLE).is_file() or _table_text_id(out) != key["text_encoder"]:
+        vocab = sorted(set().union(*(set(datasets.load_from_disk(str(out / s))["caption"]) for s in names)))
+        vocab = [""] + [c for c in vocab if c != ""]  # index 0 is the unconditional prompt
+        emb, mask = text_encoder(vocab)  # (U, T, E), (U, T): T is the longest caption, not text.max_length
+        save_tree(out / TABLE, {"vocab": vocab, "emb": emb.cpu(), "mask": mask.cpu(), "text_encoder": key["text_encoder"]})
+    manifest = {**key, "complete": True, "n": n, "shards": names}
+    atomic_write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def _table_text_id(out: Path):
+    try:
+        return load_tree(out / TABLE).get("text_encoder")
+    except CheckpointError:
+        return None
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        m = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise ShardError(f"{path} holds no pre-tokenized shards ({MANIFEST} missing); run `minimuse pretokenize` "
+                         f"--out {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ShardError(f"corrupt {path / MANIFEST}: {e}") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise ShardError(f"{path / MANIFEST} is not a {FORMAT} manifest")
+    return m
+
+
+def load_shards(path, tokenizer, text_encoder, lowres_tokenizer=None, tokenizer_src=None) -> tuple[dict, tuple]:
+    """(pool, text table) from finished shards, after checking that they were made by this run's tokenizer(s) and
+    text encoder. The pool has the keys pool.build_token_pool gives, so train_step_inputs reads it unchanged."""
+    import datasets
+    path = Path(path)
+    m = _read_manifest(path)
+    if not m.get("complete"):
+        raise ShardError(f"{path}: pretokenize did not finish; run the same `minimuse pretokenize` again to resume it")
+    made = f"re-run `minimuse pretokenize --out {path} --overwrite` with this run's models, or train with the ones that made them"
+    for name, model, ident in (("tokenizer", tokenizer, tokenizer_identity),
+                               ("lowres_tokenizer", lowres_tokenizer, tokenizer_identity),
+                               ("text_encoder", text_encoder, text_identity)):
+        if name == "lowres_tokenizer" and (model is None) != (m.get(name) is None):
+            raise ShardError(f"{path} holds {'super-res' if m.get(name) else 'base-model'} shards; this run is a "
+                             f"{'super-res' if model is not None else 'base-model'} training. Pretokenize "
+                             f"{'with' if model is not None else 'without'} --superres-tokenizer")
+        if model is not None and m.get(name) != ident(model):
+            src = f" ({tokenizer_src})" if name == "tokenizer" and tokenizer_src else ""
+            raise ShardError(f"{path} was tokenized by {name.replace('_', ' ')} {m.get(name)}, but this run's is "
+                             f"{ident(model)}{src}; {made}")
+    parts = [datasets.load_from_disk(str(path / s)) for s in m["shards"]]
+    ds = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    table = load_tree(path / TABLE)
+    index = {c: i for i, c in enumerate(table["vocab"])}
+    captions = list(ds["caption"])
+    stale = next((c for c in captions if c not in index), None)
+    if stale is not None:
+        raise ShardError(f"{path / TABLE} lacks the caption {stale!r}: run the same `minimuse pretokenize` again")
+    cols = ["ids", "lowres_ids"] if "lowres_ids" in ds.column_names else ["ids"]
+    arrays = ds.with_format("numpy", columns=cols)[:]  # int16 (N, h, w) as stored ("torch" would widen to int64)
+    pool = {"key": {k: m[k] for k in ("source", "split", "image_size", "tokenizer", "lowres_tokenizer", "text_encoder", "n")},
+            "ids": torch.from_numpy(arrays["ids"]), "vocab": table["vocab"],
+            "caption_idx": torch.tensor([index[c] for c in captions]),
+            "kinds": list(ds["kind"]) if "kind" in ds.column_names else ["real"] * len(ds)}
+    if "lowres_ids" in cols:
+        pool["lowres_ids"] = torch.from_numpy(arrays["lowres_ids"])
+    return pool, (table["emb"], table["mask"])
