@@ -14,7 +14,7 @@ import sys
 from .commands import (DEFAULT_CHECKPOINT, MAX_DATASET_N, MAX_DATASET_SIZE, SAMPLING_FLAGS, CLIError,  # noqa: F401
                        _at_least_1, _config, _device, _read_prompts, _sampling, cmd_bench, cmd_dataset, cmd_edit,
                        cmd_eval, cmd_finetune_decoder, cmd_generate, cmd_outpaint, cmd_pretokenize, cmd_train,
-                       cmd_train_superres, cmd_train_tokenizer, cmd_upscale)
+                       cmd_train_features, cmd_train_superres, cmd_train_tokenizer, cmd_upscale)
 from .config import EVAL_TASKS, PRESETS, SAMPLER_NAMES, SCHEDULE_NAMES, ConfigError
 
 
@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--overwrite", action="store_true", help="replace shards made with another tokenizer or source")
     k.set_defaults(fn=cmd_pretokenize)
 
+    t = sub.add_parser("train-features", help="train the shapes feature network that FID is measured in")
+    add_preset(t)
+    add_run(t)
+    t.set_defaults(fn=cmd_train_features)
+
     t = sub.add_parser("train-tokenizer", help="train the VQ/FSQ image tokenizer")
     add_preset(t)
     add_run(t)
@@ -130,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(docs/SUPERRES.md); inpaint, edit, outpaint: success and preservation on n held-out scenes")
     add_sampling(e)
     e.add_argument("--top-k", type=int, default=None, help="--task edit: top-k of mask-free editing (default: the checkpoint's)")
+    e.add_argument("--fid", action="store_true", help="also FID against true renders and diversity over 8 seeds")
+    e.add_argument("--fid-features", help="the FID feature network (default: data/checkpoints/features)")
     e.set_defaults(fn=cmd_eval)
 
     g = sub.add_parser("generate", help="draw images from prompts")

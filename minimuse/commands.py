@@ -193,10 +193,24 @@ def cmd_eval(args):
         raise CLIError(f"--task {args.task} measures the checkpoint's own settings; drop the sampling flags")
     elif args.top_k is not None:
         raise CLIError("--top-k is mask-free editing's (--task edit); generation samples from the full softmax")
+    if args.fid and args.task != "generate":
+        raise CLIError(f"--fid measures generation; drop it with --task {args.task}")
+    fid_features = None
+    if args.fid:  # checked before any image is drawn
+        from .features import ShapesFeatures
+        fid_features = ShapesFeatures.from_pretrained(args.fid_features or DEFAULT_CHECKPOINT.parent / "features")
     result = evaluate(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, n=args.n,
                       tokenizer_n=args.tokenizer_n, seed=args.seed, device=_device(args), task=args.task,
-                      **({} if args.task not in ("generate", "edit") else sampling))
+                      fid_features=fid_features, **({} if args.task not in ("generate", "edit") else sampling))
     print(json.dumps(result, indent=2))
+
+
+def cmd_train_features(args):
+    cfg = _config(args)
+    from .features import train_features
+    out = args.out or "runs/features"
+    train_features(cfg, out, resume=args.resume, overwrite=args.overwrite)
+    print(f"feature network saved to {out}: {(Path(out) / 'eval.json').read_text().strip()}")
 
 
 def cmd_generate(args):

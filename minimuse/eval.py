@@ -1,4 +1,4 @@
-"""Evaluation: how well the tokenizer reconstructs held-out images (and, later, prompt faithfulness and FID).
+"""Evaluation: how well the tokenizer reconstructs held-out images, prompt faithfulness, FID and diversity.
 
 Tokenizer quality is measured the way the VQGAN/Muse papers report it, on images never seen in training:
 PSNR of decode(encode(x)) against x, the share of the K codes in use, and the perplexity of the code histogram
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import torch
 
 from .checkpoint import read_config
@@ -28,6 +29,57 @@ def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     c = (p + z * z / (2 * n)) / d
     h = z * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n)) / d
     return max(c - h, 0.0), min(c + h, 1.0)
+
+
+def fid(real: torch.Tensor, fake: torch.Tensor, features, batch_size: int = 500) -> float:
+    """Fréchet distance between two image sets (float (N, 3, S, S) in [0, 1]) in `features`' space (a trained
+    features.ShapesFeatures), computed by torchmetrics' FrechetInceptionDistance with it as the custom network."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    metric = FrechetInceptionDistance(feature=features, normalize=True, input_img_size=(3, *real.shape[2:]))
+    with torch.no_grad():
+        for images, is_real in ((real, True), (fake, False)):
+            for i in range(0, len(images), batch_size):
+                metric.update(images[i:i + batch_size].float(), real=is_real)
+    return float(metric.compute())
+
+
+def diversity(images, features) -> dict:
+    """Spread of one prompt's samples (uint8 (n, S, S, 3), n seeds): the mean pairwise distance of their feature
+    vectors, and the mean distance of the judge's object centroids from their mean, in pixels (0 = the same layout)."""
+    from .judge import find_objects
+    x = torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float().div(255)  # (n, 3, S, S)
+    with torch.no_grad():
+        f = features(x)  # (n, F)
+    n = len(f)
+    pair = torch.cdist(f, f).sum() / (n * (n - 1))
+    found = [find_objects(im) for im in images]
+    cents = [np.mean([o["centroid"] for o in objs], axis=0) for objs in found if objs]  # each image's mean centroid
+    spread = float(np.linalg.norm(np.asarray(cents) - np.mean(cents, axis=0), axis=1).mean()) if len(cents) > 1 else 0.0
+    return {"feature_distance": round(float(pair), 4), "centroid_spread_px": round(spread, 3), "n": n}
+
+
+def eval_fid(pipe, features, n_per_kind: int = 64, seed: int | None = None, n_diversity: int = 8, **sampling) -> dict:
+    """`minimuse eval --fid`: FID between the model's images for the held-out prompts and true renders of the same
+    prompts (each spec drawn once more, at the base size), beside the FID of a second set of true renders (the floor
+    at this n), and the mean diversity of n_diversity prompts over 8 seeds."""
+    from .data import eval_prompts, render, to_tensor
+    seed = pipe.config.data.eval_seed if seed is None else seed
+    S = pipe.config.data.image_size
+    prompts = eval_prompts(n_per_kind, seed)
+    fake = np.concatenate([pipe([c for c, _, _ in prompts[i:i + 128]], seed=seed + i, superres=False, **sampling)
+                           for i in range(0, len(prompts), 128)])
+    real = np.stack([render(spec, S, np.random.default_rng((seed, i, 7))) for i, (_, spec, _) in enumerate(prompts)])
+    # the floor: a second true render of each prompt, so FID's own finite-sample bias at this n is in the JSON too
+    again = np.stack([render(spec, S, np.random.default_rng((seed, i, 8))) for i, (_, spec, _) in enumerate(prompts)])
+    to_x = lambda a: torch.stack([to_tensor(im) for im in a])  # (N, 3, S, S)
+    picks = prompts[::max(1, len(prompts) // n_diversity)][:n_diversity]
+    div = [diversity(np.concatenate([pipe([c], seed=k, superres=False, **sampling) for k in range(8)]), features)
+           for c, _, _ in picks]
+    return {"fid": round(fid(to_x(real), to_x(fake), features), 3), "n": len(prompts),
+            "fid_real_vs_real": round(fid(to_x(real), to_x(again), features), 3),
+            "diversity": {"feature_distance": round(float(np.mean([d["feature_distance"] for d in div])), 4),
+                          "centroid_spread_px": round(float(np.mean([d["centroid_spread_px"] for d in div])), 3),
+                          "prompts": len(div), "seeds": 8}}
 
 
 @torch.no_grad()
@@ -193,7 +245,7 @@ def eval_superres(pipe, n: int = 64, n_images: int = 256, seed: int | None = Non
 
 
 def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None = None, device=None,
-             task: str = "generate", **sampling) -> dict:
+             task: str = "generate", fid_features=None, **sampling) -> dict:
     """What `minimuse eval` prints: tokenizer metrics for a tokenizer dir; for a pipeline dir (tokenizer/ and
     transformer/), the tokenizer metrics plus faithfulness per caption kind and per count under the checkpoint's
     sampling defaults, or the `sampling` overrides (num_steps, guidance_scale, sampler, ...). task="superres" is
@@ -221,6 +273,10 @@ def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None
     if task != "generate":
         raise ValueError(f"unknown eval task {task!r}; choose one of: {', '.join(EVAL_TASKS)}")
     out = {"checkpoint": str(root), "faithfulness": eval_faithfulness(pipe, n, seed, **sampling)}
+    if fid_features is not None:  # --fid: FID and diversity in the shapes feature network's space (features.py)
+        res = eval_fid(pipe, fid_features, n, seed, **{k: v for k, v in sampling.items() if k != "precision"})
+        out.update(fid=res["fid"], fid_n=res["n"], fid_real_vs_real=res["fid_real_vs_real"], diversity=res["diversity"],
+                   fid_features=getattr(fid_features, "held_out", None))
     if tokenizer_n > 0:  # 0 skips the tokenizer metrics, e.g. in a sweep over sampling settings
         out["tokenizer"] = eval_tokenizer(root / "tokenizer", tokenizer_n)
     return out
