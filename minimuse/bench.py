@@ -3,11 +3,13 @@
 Muse's case for parallel decoding (§1, Table 5: 0.5 s per image against Parti's 6.4 s) is speed, so minimuse
 measures it rather than assuming it: the matmul peak (fp32 and bf16: the best over square sizes, torch's two CPU GEMM
 backends and the model's own GEMM shapes, `honest_peak`) is measured in the same run, FLOPs of a sampling call are
-counted by torch's FlopCounterMode (not estimated), and the same transformer decoding one token per forward pass
-gives the autoregressive contrast. `minimuse bench` prints the JSON; docs/BENCHMARKS.md records it.
+counted by torch's FlopCounterMode (not estimated). `compare_ar` times parallel decoding against the cached
+autoregressive baseline of equal size (autoregressive.py) at 64, 256 and 1024 tokens. `minimuse bench` prints the
+JSON; docs/BENCHMARKS.md and docs/AUTOREGRESSIVE.md record it.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -142,19 +144,6 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def autoregressive(transformer, text, text_mask):
-    """The contrast: the same bidirectional transformer filling one token per forward pass in raster order, greedily."""
-    B = text.shape[0]
-    h, w = transformer.grid
-    ids = torch.full((B, h * w), transformer.mask_id, dtype=torch.long)
-    with torch.inference_mode():
-        ctx = transformer.encode_text(text, text_mask)
-        for i in range(h * w):
-            logits = transformer(ids, ctx=ctx, head_index=torch.full((B, 1), i))  # (B, 1, K)
-            ids[:, i] = logits[:, 0].argmax(-1)
-    return ids
-
-
 def run_bench(cfg: Config, checkpoint=None, batch_sizes=(1, 16), steps=(8, 12, 24), repeats: int = 3,
               threads: int | None = None, text_tokens: int = 16, precision: str = "fp32",
               peak_repeats: int = 5, peak_sizes=(256, 512, 1024, 2048, 3072)) -> dict:
@@ -204,12 +193,58 @@ def run_bench(cfg: Config, checkpoint=None, batch_sizes=(1, 16), steps=(8, 12, 2
                     "tokens_per_s": round(B * L / sec, 1), "gflop_per_image": round(flops / B / 1e9, 4),
                     # 4 significant figures, not decimals: a tiny model under load runs well under 1 GFLOP/s
                     "achieved_gflops": float(f"{flops / sec / 1e9:.4g}"), "fraction_of_peak": float(f"{flops / sec / 1e9 / peak:.4g}")})
-        sec = _timed(lambda: autoregressive(transformer, text, text_mask), 1)
-        result["runs"].append({"batch": B, "steps": L, "guidance": 0.0, "autoregressive": True,
-                               "ms_per_image": round(1000 * sec / B, 2), "tokens_per_s": round(B * L / sec, 1)})
     if cfg.superres is not None:
         result["cascade"] = cascade_bench(cfg, transformer, checkpoint, batch_sizes, repeats, text_tokens, precision)
     return result
+
+
+def compare_ar(cfg: Config, tokens=(64, 256, 1024), batch_sizes=(1, 16), repeats: int = 3, text_tokens: int = 16,
+               checkpoints: dict | None = None) -> list[dict]:
+    """Latency of Muse's parallel decoding (cfg.sample's steps, schedule and guidance) against the cached
+    autoregressive model of the same width and depth (L passes, the same guidance), per image, at every token count
+    (a square grid) and batch size, interleaved: each repetition times both, and the medians are kept. Random weights
+    (the time does not depend on them) unless `checkpoints` {"masked": dir, "autoregressive": dir} gives trained
+    models of that grid. A pass is one forward of the guided batch (2B rows): parallel_passes = steps,
+    autoregressive_passes = L; each parallel pass runs all L tokens, each autoregressive pass one token per row."""
+    from .autoregressive import ARTransformer
+    s, E, out = cfg.sample, cfg.text.text_dim, []
+    w = s.guidance_scale or 1.0  # both with guidance, as the paper's samplers run
+    for L in tokens:
+        side = math.isqrt(L)
+        if side * side != L:
+            raise ValueError(f"compare_ar times square grids: {L} tokens is not a square")
+        models = {}
+        for kind, cls in (("masked", MaskedTransformer), ("autoregressive", ARTransformer)):
+            ckpt = (checkpoints or {}).get(kind)
+            torch.manual_seed(0)
+            m = (cls.from_pretrained(os.path.join(ckpt, "transformer")) if ckpt and L == cfg.num_tokens else
+                 cls(dataclasses.replace(cfg.transformer, kind=cls.ARCH), cfg.tokenizer.codebook_size, (side, side), E))
+            models[kind] = m.eval()
+        for B in batch_sizes:
+            text, text_mask = torch.randn(B, text_tokens, E), torch.ones(B, text_tokens, dtype=torch.bool)
+            uncond = torch.randn(1, 2, E)  # "" is [CLS][SEP]
+            calls = {kind: (lambda m=m: sample(m, text, text_mask, uncond, None, num_steps=min(s.num_steps, L),
+                                               schedule=s.schedule, guidance_scale=w, guidance_schedule=s.guidance_schedule,
+                                               choice_temperature=s.choice_temperature, generator=torch.Generator().manual_seed(0)))
+                     for kind, m in models.items()}
+            times = {kind: [] for kind in calls}
+            for fn in calls.values():
+                fn()  # warm-up
+            for _ in range(repeats):
+                for kind, fn in calls.items():
+                    t = time.perf_counter()
+                    fn()
+                    times[kind].append(time.perf_counter() - t)
+            med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+            out.append({"tokens": L, "batch": B, "parallel_steps": min(s.num_steps, L), "guidance": w,
+                        "parallel_ms": round(1000 * med["masked"] / B, 2),
+                        "autoregressive_ms": round(1000 * med["autoregressive"] / B, 2),
+                        "speedup": round(med["autoregressive"] / med["masked"], 2),
+                        "parallel_passes": min(s.num_steps, L), "autoregressive_passes": L,
+                        "parallel_gflop": round(count_flops(calls["masked"]) / B / 1e9, 4),
+                        "autoregressive_gflop": round(count_flops(calls["autoregressive"]) / B / 1e9, 4),
+                        "repeats": repeats, "trained": bool(checkpoints) and L == cfg.num_tokens})
+    return out
 
 
 def cascade_bench(cfg: Config, transformer, checkpoint, batch_sizes, repeats: int, text_tokens: int, precision: str) -> list:

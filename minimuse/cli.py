@@ -14,8 +14,9 @@ import sys
 from .commands import (DEFAULT_CHECKPOINT, MAX_DATASET_N, MAX_DATASET_SIZE, SAMPLING_FLAGS, CLIError,  # noqa: F401
                        _at_least_1, _config, _device, _read_prompts, _sampling, cmd_bench, cmd_dataset, cmd_edit,
                        cmd_eval, cmd_finetune_decoder, cmd_generate, cmd_outpaint, cmd_pretokenize, cmd_train,
-                       cmd_train_features, cmd_train_superres, cmd_train_tokenizer, cmd_upscale)
+                       cmd_sweep, cmd_train_critic, cmd_train_features, cmd_train_superres, cmd_train_tokenizer, cmd_upscale)
 from .config import EVAL_TASKS, PRESETS, SAMPLER_NAMES, SCHEDULE_NAMES, ConfigError
+from .sweep import PARAMS as SWEEP_PARAMS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--sampler", choices=SAMPLER_NAMES, default=None)
         q.add_argument("--schedule", choices=SCHEDULE_NAMES, default=None)
         q.add_argument("--choice-temperature", type=float, default=None)
+        q.add_argument("--temperature", type=float, default=None, help="softmax temperature of the token draws")
+        q.add_argument("--top-k", type=int, default=None, help="draw from the k most likely tokens (0: all)")
+        q.add_argument("--remask-prob", type=float, default=None, help="sampler remask: chance a committed token rejoins")
         q.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, faster on CPUs with bf16")
         q.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
 
@@ -118,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--report", action="store_true", help="end with the minutes, steps/s and %% of peak line (OUT/report.json)")
     t.set_defaults(fn=cmd_train_superres)
 
+    t = sub.add_parser("train-critic", help="train a Token-Critic on a generator's samples (sampler critic)")
+    t.add_argument("--preset", default="laptop-critic", help=f"one of: {', '.join(PRESETS)} (default: laptop-critic)")
+    t.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a config field")
+    add_run(t)
+    add_data(t)
+    t.add_argument("--generator", required=True, help="the pipeline checkpoint whose samples it judges (with tokenizer/)")
+    t.set_defaults(fn=cmd_train_critic)
+
     t = sub.add_parser("finetune-decoder", help="train a larger decoder on the frozen super-res tokens (Muse §2.5)")
     add_preset(t)
     add_run(t)
@@ -134,7 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="superres: upscaling PSNR against bicubic, the leak test and the cascade's faithfulness "
                         "(docs/SUPERRES.md); inpaint, edit, outpaint: success and preservation on n held-out scenes")
     add_sampling(e)
-    e.add_argument("--top-k", type=int, default=None, help="--task edit: top-k of mask-free editing (default: the checkpoint's)")
     e.add_argument("--fid", action="store_true", help="also FID against true renders and diversity over 8 seeds")
     e.add_argument("--fid-features", help="the FID feature network (default: data/checkpoints/features)")
     e.set_defaults(fn=cmd_eval)
@@ -186,6 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_io(o)
     o.set_defaults(fn=cmd_outpaint)
 
+    w = sub.add_parser("sweep", help="faithfulness (Wilson 95%%), FID and diversity over a grid of sampling settings")
+    w.add_argument("--checkpoint", help="a pipeline checkpoint folder (default: the shipped laptop checkpoint)")
+    w.add_argument("--param", action="append", required=True, help=f"a setting to vary: {', '.join(SWEEP_PARAMS)}")
+    w.add_argument("--values", action="append", required=True, help="its comma-separated values, one --values per --param")
+    w.add_argument("--n", type=int, default=64, help="held-out prompts per caption kind, per seed")
+    w.add_argument("--seeds", type=int, default=1, help="prompt seeds per point (n * kinds * seeds images judged)")
+    w.add_argument("--out", required=True, help="folder for sweep.jsonl and sweep.png")
+    w.add_argument("--fid-features", help="the FID feature network (default: data/checkpoints/features)")
+    w.add_argument("--resume", action="store_true", help="continue the sweep in --out, skipping finished points")
+    w.add_argument("--overwrite", action="store_true", help="start over in an --out that already holds a sweep")
+    w.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+    w.set_defaults(fn=cmd_sweep)
+
     b = sub.add_parser("bench", help="print JSON: ms/image, tokens/s, achieved GFLOP/s against the matmul peak")
     add_preset(b)
     b.add_argument("--checkpoint", help="time a trained pipeline instead of a random-initialised model")
@@ -195,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: the sampler under bf16 autocast, measured against the bf16 peak")
+    b.add_argument("--compare-ar", action="store_true",
+                   help="time parallel decoding against the cached autoregressive model of equal size instead")
+    b.add_argument("--tokens", type=int, nargs="+", default=[64, 256, 1024],
+                   help="with --compare-ar: image tokens per image (square grids)")
+    b.add_argument("--ar-checkpoint", help="with --compare-ar: a trained autoregressive pipeline (e.g. "
+                   "data/checkpoints/laptop-ar), used with --checkpoint at its own token count")
     b.set_defaults(fn=cmd_bench)
     return p
 

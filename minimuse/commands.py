@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 from .config import PRESETS, ConfigError, SampleConfig, apply_override, get_config
@@ -16,7 +17,8 @@ MAX_DATASET_N = 1_000_000   # images per `minimuse dataset`; more is a typo, not
 MAX_DATASET_SIZE = 1024     # pixels; shapes are drawn at 4x supersampling, so 1024 px is already 16M sub-pixels
 # SampleConfig field -> the argparse dest of its flag, so an error names what the user typed
 SAMPLING_FLAGS = {"num_steps": "steps", "guidance_scale": "guidance", "guidance_schedule": "guidance_schedule",
-                  "sampler": "sampler", "schedule": "schedule", "choice_temperature": "choice_temperature"}
+                  "sampler": "sampler", "schedule": "schedule", "choice_temperature": "choice_temperature",
+                  "temperature": "temperature", "top_k": "top_k", "remask_prob": "remask_prob"}
 
 
 class CLIError(Exception):
@@ -136,6 +138,19 @@ def cmd_train(args):
     _saved(f"model saved to {out}", out, args.report)
 
 
+def cmd_train_critic(args):
+    cfg = _config(args)
+    if cfg.transformer.kind != "critic":
+        raise CLIError(f"preset '{cfg.name}' builds a {cfg.transformer.kind} transformer, not a critic; use "
+                       "--preset laptop-critic or --set transformer.kind=critic")
+    if not (Path(args.generator) / "transformer").is_dir() or not (Path(args.generator) / "tokenizer").is_dir():
+        raise CLIError(f"--generator {args.generator} is not a pipeline checkpoint (no transformer/ and tokenizer/)")
+    from .train import train_critic
+    out = args.out or f"runs/{cfg.name}"
+    train_critic(cfg, out, args.generator, resume=args.resume, overwrite=args.overwrite, data=args.data)
+    print(f"critic saved to {out}/critic; copy it into {args.generator}/critic to sample with --sampler critic")
+
+
 def _saved(line: str, out, report: bool) -> None:
     print(line)
     if report:  # the one-line summary train --report writes beside the run
@@ -183,16 +198,14 @@ def cmd_eval(args):
     if args.tokenizer_n < 0:
         raise CLIError(f"--tokenizer-n must be 0 (skip the tokenizer metrics) or more, got {args.tokenizer_n}")
     sampling = {**_sampling(args), "precision": args.precision}
-    _at_least_1(top_k=args.top_k)
     if args.task == "edit":  # mask-free editing's own two settings (config.EditConfig); the others are the sampler's
-        other = sorted(set(_sampling(args)) - {"guidance_scale"})
+        _at_least_1(top_k=args.top_k)
+        other = sorted(set(_sampling(args)) - {"guidance_scale", "top_k"})
         if other:
             raise CLIError(f"--task edit takes --guidance and --top-k only; drop --{SAMPLING_FLAGS[other[0]].replace('_', '-')}")
         sampling = {k: v for k, v in (("guidance_scale", args.guidance), ("top_k", args.top_k)) if v is not None}
-    elif args.task != "generate" and (_sampling(args) or args.top_k is not None):
+    elif args.task != "generate" and _sampling(args):
         raise CLIError(f"--task {args.task} measures the checkpoint's own settings; drop the sampling flags")
-    elif args.top_k is not None:
-        raise CLIError("--top-k is mask-free editing's (--task edit); generation samples from the full softmax")
     if args.fid and args.task != "generate":
         raise CLIError(f"--fid measures generation; drop it with --task {args.task}")
     fid_features = None
@@ -265,9 +278,39 @@ def cmd_outpaint(args):
     print(f"wrote {out}")
 
 
+def cmd_sweep(args):
+    _at_least_1(n=args.n, seeds=args.seeds)
+    from .sweep import parse_grid, run_sweep
+    try:
+        grid = parse_grid(args.param, args.values)  # every value checked before a model loads
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    from .features import ShapesFeatures
+    from .pipeline import load_pipeline
+    features = ShapesFeatures.from_pretrained(args.fid_features or DEFAULT_CHECKPOINT.parent / "features")
+    pipe = load_pipeline(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, device=_device(args),
+                         superres=False)
+    run_sweep(pipe, features, grid, args.n, args.seeds, args.out, resume=args.resume, overwrite=args.overwrite)
+    print(f"wrote {Path(args.out) / 'sweep.jsonl'} and {Path(args.out) / 'sweep.png'}")
+
+
 def cmd_bench(args):
     cfg = _config(args)
     _at_least_1(batch_sizes=args.batch_sizes, steps=args.steps, repeats=args.repeats, threads=args.threads)
+    if args.compare_ar:
+        _at_least_1(tokens=args.tokens)
+        bad = [t for t in args.tokens if math.isqrt(t) ** 2 != t]
+        if bad:
+            raise CLIError(f"--tokens {bad[0]} is not a square number of tokens (64, 256, 1024 are 8x8, 16x16, 32x32)")
+        from .bench import _cpu_name, compare_ar
+        import torch
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        ckpts = {k: v for k, v in (("masked", args.checkpoint), ("autoregressive", args.ar_checkpoint)) if v}
+        rows = compare_ar(cfg, args.tokens, args.batch_sizes, args.repeats, checkpoints=ckpts or None)
+        print(json.dumps({"machine": {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+                          "preset": cfg.name, "compare_ar": rows}, indent=2))
+        return
     from .bench import run_bench
     result = run_bench(cfg, checkpoint=args.checkpoint, batch_sizes=args.batch_sizes, steps=args.steps,
                        repeats=args.repeats, threads=args.threads, precision=args.precision)

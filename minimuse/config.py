@@ -15,8 +15,11 @@ from dataclasses import dataclass
 EVAL_TASKS = ("generate", "superres", "inpaint", "edit", "outpaint", "digits")  # `minimuse eval --task`
 CAPTION_KINDS = ("single", "count", "relation", "pair", "mixed")
 SCHEDULE_NAMES = ("cosine", "linear", "square", "cubic", "log", "exp")  # MaskGIT's mask schedules gamma
-SAMPLER_NAMES = ("confidence", "halton", "random")                    # commit rules of the sampler
+SAMPLER_NAMES = ("confidence", "halton", "random", "remask", "critic")  # commit rules of the sampler
 MAX_STEPS = 4096  # decoding steps; the sampler further refuses more steps than the tokens it has to generate
+
+
+MODEL_KINDS = ("masked", "autoregressive", "critic")
 
 
 class ConfigError(ValueError):
@@ -161,6 +164,7 @@ class TransformerConfig:
     mlp_ratio: float = 4.0               # MLP hidden = mlp_ratio * D
     qk_norm: bool = False                # LayerNorm on queries and keys (stabilises large models)
     dropout: float = 0.0
+    kind: str = "masked"                 # masked (Muse), autoregressive (the raster baseline) or critic (Token-Critic)
 
     def __post_init__(self):
         _check_types(self)
@@ -168,6 +172,7 @@ class TransformerConfig:
         _within(self, "dropout", 0.0, 1.0, hi_open=True)
         _check(self.width > 0 and self.depth > 0 and self.heads > 0, "transformer.width", "width, depth and heads must be positive")
         _check(self.width % self.heads == 0, "transformer.width", f"width {self.width} is not divisible by heads {self.heads}")
+        _check(self.kind in MODEL_KINDS, "transformer.kind", f"must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
 
 
 @dataclass(frozen=True)
@@ -229,9 +234,11 @@ class SampleConfig:
     choice_temperature: float = 1.0      # tau of the annealed Gumbel noise on confidences (MaskGIT 4.5)
     temperature: float = 1.0             # softmax temperature for sampling tokens
     top_k: int = 0                       # 0 = no top-k filter
+    remask_prob: float = 0.05            # sampler "remask": chance that a committed token competes to be masked again
 
     def __post_init__(self):
         _check_types(self)
+        _within(self, "remask_prob", 0.0, 1.0)
         _check(self.num_steps >= 1, "sample.num_steps", f"must be at least 1, got {self.num_steps}")
         _check(self.num_steps <= MAX_STEPS, "sample.num_steps", f"must be at most {MAX_STEPS}, got {self.num_steps}")
         _check(self.guidance_scale >= 0, "sample.guidance_scale", f"must be 0 or more, got {self.guidance_scale}")

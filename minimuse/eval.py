@@ -124,8 +124,10 @@ def eval_faithfulness(pipe, n_per_kind: int = 256, seed: int | None = None, kind
     return faithfulness_at(pipe, n_per_kind, seed, kinds, batch_size, (judge_size,), **sampling)[0]
 
 
-def faithfulness_at(pipe, n_per_kind: int, seed: int | None, kinds, batch_size: int, judge_sizes, **sampling) -> list:
-    """eval_faithfulness judged at each of `judge_sizes` (None: as drawn) from one set of images, drawn once."""
+def faithfulness_at(pipe, n_per_kind: int, seed: int | None, kinds, batch_size: int, judge_sizes, keep: list | None = None,
+                    **sampling) -> list:
+    """eval_faithfulness judged at each of `judge_sizes` (None: as drawn) from one set of images, drawn once; the
+    images are appended, batch by batch, to `keep` when it is a list (sweep.py measures FID on them)."""
     from .data import eval_prompts
     from .judge import score
     from .superres import decimate_uint8
@@ -136,6 +138,8 @@ def faithfulness_at(pipe, n_per_kind: int, seed: int | None, kinds, batch_size: 
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         drawn = pipe([c for c, _, _ in chunk], seed=seed + start, **sampling)
+        if keep is not None:
+            keep.append(drawn)
         for size, (ok_by_kind, ok_by_count, fails) in zip(judge_sizes, tallies):
             images = drawn if size in (None, drawn.shape[1]) else decimate_uint8(drawn, drawn.shape[1] // size)
             for (caption, spec, kind), image in zip(chunk, images):

@@ -56,7 +56,7 @@ class MusePipeline:
     §2.4). With transformer=None it is an upscaler only: `upscale` works, generation does not."""
 
     def __init__(self, config: Config, tokenizer: Tokenizer, text_encoder: TextEncoder, transformer: MaskedTransformer | None,
-                 superres: SuperResTransformer | None = None, superres_tokenizer: Tokenizer | None = None):
+                 superres: SuperResTransformer | None = None, superres_tokenizer: Tokenizer | None = None, critic=None):
         if (superres is None) != (superres_tokenizer is None):
             raise ValueError("the super-res stage needs both superres and superres_tokenizer")
         if transformer is None and superres is None:
@@ -65,6 +65,7 @@ class MusePipeline:
         self.transformer = transformer.eval() if transformer is not None else None
         self.superres = superres.eval() if superres is not None else None
         self.superres_tokenizer = superres_tokenizer.eval() if superres_tokenizer is not None else None
+        self.critic = critic.eval() if critic is not None else None  # critic.py: what sampler="critic" asks
 
     @property
     def device(self) -> torch.device:
@@ -74,7 +75,7 @@ class MusePipeline:
         """Move every model to `device`. Random draws come from a CPU generator wherever the model runs, so a seed
         gives the same draws on any device; a GPU's arithmetic differs from the CPU's in the last bits."""
         device = check_device(device)
-        for part in (self.transformer, self.tokenizer, self.text_encoder, self.superres, self.superres_tokenizer):
+        for part in (self.transformer, self.tokenizer, self.text_encoder, self.superres, self.superres_tokenizer, self.critic):
             if part is not None:
                 part.to(device)
         return self
@@ -97,7 +98,7 @@ class MusePipeline:
                  return_history: bool = False, sampler: str | None = None, negative_prompt: str | None = None,
                  schedule: str | None = None, guidance_schedule: str | None = None, choice_temperature: float | None = None,
                  temperature: float | None = None, top_k: int | None = None, generator: torch.Generator | None = None,
-                 precision: str = "fp32", superres: bool | None = None):
+                 precision: str = "fp32", superres: bool | None = None, remask_prob: float | None = None):
         """Draw one image per prompt. Returns uint8 (B, H, W, 3), and the per-step history if asked.
 
         With a super-res stage (superres=None or True) the base grid is then upscaled (Muse's cascade): 64 px images,
@@ -109,7 +110,7 @@ class MusePipeline:
         prompts, s = self.validate(prompts, negative_prompt, seed, return_history, generator, precision,
                                    num_steps=num_steps, guidance_scale=guidance_scale, sampler=sampler, schedule=schedule,
                                    guidance_schedule=guidance_schedule, choice_temperature=choice_temperature,
-                                   temperature=temperature, top_k=top_k)
+                                   temperature=temperature, top_k=top_k, remask_prob=remask_prob)
         cascade = self._use_superres(superres)
         generator = generator or torch.Generator(self.device).manual_seed(seed)  # one stream through both stages
         ids, history = self.sample_ids(prompts, s, generator=generator, negative_prompt=negative_prompt,
@@ -187,7 +188,7 @@ class MusePipeline:
                          guidance_scale=s.guidance_scale, guidance_schedule=s.guidance_schedule,
                          choice_temperature=s.choice_temperature, temperature=s.temperature, top_k=s.top_k,
                          generator=generator, return_history=return_history, init_ids=init_ids, init_mask=init_mask,
-                         lowres_ids=lowres_ids)
+                         lowres_ids=lowres_ids, remask_prob=s.remask_prob, critic=self.critic if model is None else None)
         ids, history = out if return_history else (out, None)
         if history is not None:  # on the host, wherever the model ran: plots and widgets read it with numpy
             history = [{k: v.cpu() for k, v in h.items()} for h in history]
@@ -262,6 +263,16 @@ class MusePipeline:
         return s
 
 
+def transformer_class(kind: str):
+    """The class of a base-stage transformer.kind: Muse's masked model or the autoregressive baseline."""
+    if kind == "autoregressive":
+        from .autoregressive import ARTransformer
+        return ARTransformer
+    if kind != "masked":
+        raise CheckpointError(f"a pipeline's transformer/ holds a masked or autoregressive model, not a {kind!r} one")
+    return MaskedTransformer
+
+
 def _saved_config(ckpt_dir: Path, kind: str) -> Config:
     try:
         return Config.from_dict(read_config(ckpt_dir, kind)["config"])
@@ -289,7 +300,7 @@ def load_pipeline(checkpoint=None, config: Config | None = None, device=None, su
     transformer = None
     if (root / "transformer").is_dir():
         saved = _saved_config(root / "transformer", "transformer")
-        transformer = MaskedTransformer.from_pretrained(root / "transformer", config)
+        transformer = transformer_class(saved.transformer.kind).from_pretrained(root / "transformer", config)
     else:
         saved = _saved_config(root / "superres", "superres")
     if not is_diffusers_vq(root / "tokenizer"):  # else a pretrained VQModel, checked against the config on load
@@ -315,7 +326,16 @@ def load_pipeline(checkpoint=None, config: Config | None = None, device=None, su
                                   f"text, but the base stage makes a {base_grid} grid and {saved.text.text_dim}-d text")
         # the stage's own settings (size, steps, guidance) come from its own checkpoint
         saved = sr_saved if transformer is None else dataclasses.replace(saved, superres=sr_saved.superres)
-    return MusePipeline(config or saved, tokenizer, TextEncoder(saved.text), transformer, superres, sr_tokenizer).to(device)
+    critic = None
+    if (root / "critic").is_dir() and transformer is not None:  # Token-Critic for sampler="critic" (critic.py)
+        from .critic import TokenCritic
+        critic = TokenCritic.from_pretrained(root / "critic")
+        if (critic.codebook_size, critic.grid, critic.text_dim) != (transformer.codebook_size, transformer.grid,
+                                                                     transformer.text_dim):
+            raise CheckpointError(f"{root / 'critic'} judges {critic.grid} grids of K={critic.codebook_size} codes, but "
+                                  f"the transformer draws {transformer.grid} grids of K={transformer.codebook_size}")
+    return MusePipeline(config or saved, tokenizer, TextEncoder(saved.text), transformer, superres, sr_tokenizer,
+                        critic).to(device)
 
 
 def generate_cli(prompts: list[str], checkpoint, out=None, out_dir=None, history=None, batch_size: int = 64,

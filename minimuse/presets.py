@@ -117,6 +117,23 @@ PRESETS: dict[str, Config] = {
 }
 
 
+# The autoregressive baseline (autoregressive.py) at the laptop model's width and depth, trained by the same loop on
+# the same batches, steps and learning rate: equal compute (docs/AUTOREGRESSIVE.md). No super-res stage.
+# Its sampling defaults were chosen on a selection set of held-out prompts apart from the reported one (guidance 0/1/2 x
+# top-k 0..20 x temperature 1/0.7, docs/AUTOREGRESSIVE.md): at temperature 1 over the full softmax it draws 22%.
+PRESETS["laptop-ar"] = dataclasses.replace(
+    PRESETS["laptop"], name="laptop-ar", superres=None,
+    transformer=dataclasses.replace(PRESETS["laptop"].transformer, kind="autoregressive"),
+    sample=SampleConfig(guidance_scale=2.0, top_k=5, temperature=0.7))
+
+# Token-Critic (critic.py) for the laptop model: half its depth; trained on the shipped generator's samples with the
+# same batches (`minimuse train-critic --generator data/checkpoints/laptop`). BCE has no label smoothing.
+PRESETS["laptop-critic"] = dataclasses.replace(
+    PRESETS["laptop"], name="laptop-critic", superres=None,
+    transformer=TransformerConfig(width=128, depth=2, heads=4, kind="critic"),
+    train=dataclasses.replace(PRESETS["laptop"].train, steps=3000, warmup_steps=200, label_smoothing=0.0, eval_every=0))
+
+
 def get_config(name: str | None = None, **overrides) -> Config:
     """Return the preset `name` (default: $MINIMUSE_PRESET, else 'laptop') with overrides applied.
 

@@ -28,6 +28,7 @@ from .config import Config
 STATE_NAME = "training_state.safetensors"   # the tokenizer's; the transformer's is TRANSFORMER_STATE
 TRANSFORMER_STATE = "transformer_state.safetensors"
 SUPERRES_STATE = "superres_state.safetensors"
+CRITIC_STATE = "critic_state.safetensors"
 POOL_NAME = "pool.safetensors"
 LOG_NAME = "log.jsonl"
 

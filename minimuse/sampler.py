@@ -2,8 +2,9 @@
 
 Each step predicts every masked token at once, samples one token per masked position, commits the most confident
 and re-masks the rest, so that floor(N gamma((t+1)/T)) stay masked (scheduler.py). Commit rules: `confidence`
-(MaskGIT/Muse: log p + annealed Gumbel noise), `halton` (a fixed 2-D low-discrepancy order, Besnier et al. 2025) and
-`random`. Classifier-free guidance runs the unconditional pass in the same batch; Muse's linear ramp and negative
+(MaskGIT/Muse: log p + annealed Gumbel noise), `halton` (a fixed 2-D low-discrepancy order, Besnier et al. 2025),
+`random`, and two that may mask committed tokens again: `remask` (after ReMDM) and `critic` (Token-Critic, critic.py).
+An autoregressive model (autoregressive.py) is handed to its own raster loop. Classifier-free guidance runs the unconditional pass in the same batch; Muse's linear ramp and negative
 prompts are options. Inpainting, outpainting and mask-free editing reuse the same loop. Taught in
 notebooks/06_sampling.ipynb; the per-step history feeds viz.py.
 """
@@ -129,7 +130,7 @@ def _head_positions(mask: torch.Tensor, same_count: bool) -> torch.Tensor | None
 def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, *, num_steps=12, schedule="cosine",
            sampler="confidence", guidance_scale=0.0, guidance_schedule="constant", negative_emb=None,
            negative_mask=None, choice_temperature=1.0, temperature=1.0, top_k=0, generator=None, init_ids=None,
-           init_mask=None, lowres_ids=None, return_history=False):
+           init_mask=None, lowres_ids=None, return_history=False, remask_prob=0.05, critic=None):
     """Generate token grids (B, h, w) for text embeddings (B, T, E) with padding masks (B, T).
 
     `lowres_ids` (B, h', w') conditions a super-res transformer (superres.py) on the base model's grid; guidance then
@@ -140,11 +141,28 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
     the step, mask_id where still masked), `mask`, `committed`, `confidence` = the model's probability of the token
     drawn at each position (positions committed earlier keep the value from their last draw; given tokens 1.0) and
     `entropy` of the distribution sampled from (given tokens 0.0). Same generator seed, same tokens.
+
+    Two samplers revise committed tokens. `remask` (training-free, after ReMDM, Wang et al. 2025): at each step every
+    committed token of the region joins the masked positions as a candidate with probability `remask_prob`, scored by
+    the model's current log p of it. `critic` (Token-Critic, Lezama et al. 2022): the masked positions are filled, and
+    `critic` (critic.py) scores every token of the region in the filled grid. Count rule, the same for all five
+    samplers: after step t exactly floor(N gamma((t+1)/T)) positions of the region are masked, the least confident
+    candidates (for the three others the candidates are the masked positions only); the last step leaves none.
     """
     # the same checks as the config and the CLI (finite, in range, known names): one mechanism, one message style
     SampleConfig(num_steps=num_steps, schedule=schedule, sampler=sampler, guidance_scale=guidance_scale,
                  guidance_schedule=guidance_schedule, choice_temperature=choice_temperature, temperature=temperature,
-                 top_k=top_k)
+                 top_k=top_k, remask_prob=remask_prob)
+    if sampler == "critic" and critic is None:
+        raise ValueError("sampler 'critic' needs a trained critic (a checkpoint's critic/ folder: `minimuse train-critic`)")
+    if getattr(transformer, "ARCH", "masked") == "autoregressive":  # raster order, one token per pass: its own loop
+        from .autoregressive import generate
+        if init_ids is not None or lowres_ids is not None or return_history:
+            raise ValueError("the autoregressive model draws whole images in raster order: no init_ids (editing), "
+                             "lowres_ids or step history")
+        return generate(transformer, text_emb, text_mask, uncond_emb, uncond_mask, guidance_scale=guidance_scale,
+                        guidance_schedule=guidance_schedule, negative_emb=negative_emb, negative_mask=negative_mask,
+                        temperature=temperature, top_k=top_k, generator=generator)
     h, w = transformer.grid
     if num_steps > h * w:
         # every step commits at least one token, so more steps than tokens only adds passes that commit nothing
@@ -185,8 +203,12 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
             conf_map = torch.ones(B, L, device=device)
             ent_map = torch.zeros(B, L, device=device)
             history = []
+            region = mask  # the positions this call generates; tokens outside it are given and never change
+            revise = sampler in ("remask", "critic")
+            critic_ctx = critic.encode_text(text_emb, text_mask) if sampler == "critic" else None
 
-            same_count = bool((N == N[0]).all())  # else inpainting regions differ in size: the full head
+            # else inpainting regions differ in size, or remask scores committed tokens too: the full head
+            same_count = bool((N == N[0]).all()) and sampler != "remask"
             for t in range(num_steps):
                 head_index = _head_positions(mask, same_count)
                 logits = model(ids, weights[t], head_index)  # (B, M, K) or (B, L, K)
@@ -200,25 +222,52 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
                     if return_history:
                         entropy = torch.zeros(B, L, device=device).scatter(1, head_index, entropy)
 
-                if sampler == "confidence":  # log p under the distribution drawn from (MaskGIT's at temperature 1)
-                    tau = choice_temperature * (1.0 - (t + 1) / num_steps)  # noise annealed to 0 (MaskGIT)
+                tau = choice_temperature * (1.0 - (t + 1) / num_steps)  # noise annealed to 0 (MaskGIT)
+                candidates = mask
+                if sampler in ("confidence", "remask"):  # log p under the distribution drawn from
                     confidence = token_logp + tau * _gumbel((B, L), generator, device)
+                elif sampler == "critic":  # the critic's logit that a token is wrong, on the grid with every gap filled
+                    filled = torch.where(mask, token, ids)  # (B, L)
+                    wrong = critic(filled, ctx=critic_ctx)  # (B, L)
+                    confidence = -wrong.float() + tau * _gumbel((B, L), generator, device)
+                    candidates = region
                 else:
                     confidence = priority
-                new_mask = scheduler.step(confidence, mask, t, N)  # (B, L); known tokens get +inf inside
+                if sampler == "remask" and remask_prob > 0:  # committed tokens rejoin the draw with probability remask_prob, scored by
+                    # log p of the token they hold under this step's (temperature-scaled) logits
+                    held = F.log_softmax(logits.float() / (temperature or 1.0), -1).gather(-1, ids.clamp_max(K - 1)[..., None])[..., 0]
+                    confidence = torch.where(mask, confidence, held + tau * _gumbel((B, L), generator, device))
+                    candidates = mask | (region & (_uniform((B, L), generator, device) < remask_prob))
+                new_mask = scheduler.step(confidence, candidates, t, N)  # (B, L); non-candidates get +inf inside
                 committed = mask & ~new_mask
                 ids = torch.where(committed, token, ids)
+                if revise:
+                    ids = torch.where(new_mask, mask_id, ids)  # revised tokens are masked again
                 if return_history:
                     conf_map = torch.where(mask, token_logp.exp(), conf_map)
                     ent_map = torch.where(mask, entropy, ent_map)
                     history.append({"ids": ids.view(B, h, w).clone(), "mask": new_mask.view(B, h, w).clone(),
                                     "committed": committed.view(B, h, w), "confidence": conf_map.view(B, h, w),
-                                    "entropy": ent_map.view(B, h, w)})  # each (B, L) -> (B, h, w)
+                                    "entropy": ent_map.view(B, h, w),
+                                    "remasked": (~mask & new_mask).view(B, h, w)})  # each (B, L) -> (B, h, w)
                 mask = new_mask
     finally:
         transformer.train(was_training)
     ids = ids.view(B, h, w)  # (B, L) -> (B, h, w)
     return (ids, history) if return_history else ids
+
+
+def revisions(history: list[dict]) -> list[float]:
+    """Per step, the mean number of tokens per image that differ from their first commit: masked again, or holding
+    another token. 0 at every step for the samplers that never revise (confidence, halton, random)."""
+    first = None  # (B, h, w) the first committed token at each position, -1 before it
+    out = []
+    for hs in history:
+        ids, mask = hs["ids"], hs["mask"]
+        now = torch.where(mask, -1, ids)  # (B, h, w) the committed token, -1 where masked
+        first = torch.where(now >= 0, now, -1) if first is None else torch.where((first < 0) & (now >= 0), now, first)
+        out.append(float(((first >= 0) & (now != first)).sum()) / ids.shape[0])
+    return out
 
 
 def edit(transformer, ids, text_emb, text_mask, uncond_emb=None, uncond_mask=None, *, num_iters=100,

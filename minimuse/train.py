@@ -18,7 +18,7 @@ from accelerate.utils import DistributedType
 from .checkpoint import CheckpointError
 from .config import Config
 from .pool import build_token_pool, text_table, train_step_inputs  # noqa: F401 (notebook 05 imports them from here)
-from .runs import (LOG_NAME, POOL_NAME, STATE_NAME, SUPERRES_STATE, TRANSFORMER_STATE, JsonlLogger, _last_ckpt,  # noqa: F401
+from .runs import (CRITIC_STATE, LOG_NAME, POOL_NAME, STATE_NAME, SUPERRES_STATE, TRANSFORMER_STATE, JsonlLogger, _last_ckpt,  # noqa: F401
                    _progress, _saved, batch_indices, cosine_lr, keep_freed_memory, load_batch, make_accelerator, psnr,
                    resolve_precision, seed_everything, set_lr,
                    load_training_state, prepare_run_dir, rng_states, save_training_state, set_rng_states)
@@ -61,9 +61,20 @@ def train_superres(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=Non
                              superres_tokenizer_dir=superres_tokenizer_dir, data=data)
 
 
+def train_critic(cfg: Config, out_dir, generator, resume: bool = False, on_step=None, overwrite: bool = False,
+                 data=None) -> list[dict]:
+    """Train the Token-Critic of `cfg` (transformer.kind "critic", critic.py) on the samples of the frozen generator
+    in the pipeline checkpoint `generator`, with its tokenizer and the base model's loop: the same masked batches,
+    the gaps filled by the generator, binary cross-entropy against "differs from the real token" at every position.
+    out_dir ends with tokenizer/, critic/, log.jsonl and the training state; copy critic/ beside the generator's
+    transformer/ to sample with sampler="critic"."""
+    return train_transformer(cfg, out_dir, resume, Path(generator) / "tokenizer", on_step, overwrite, stage="critic",
+                             generator=generator, data=data)
+
+
 def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=None, on_step=None,
                       overwrite: bool = False, report: bool = False, stage: str = "base",
-                      superres_tokenizer_dir=None, data=None) -> list[dict]:
+                      superres_tokenizer_dir=None, data=None, generator=None) -> list[dict]:
     """Train the masked transformer of `cfg` on a trained tokenizer. out_dir ends as a pipeline checkpoint:
     out_dir/tokenizer, out_dir/transformer (safetensors + config), log.jsonl and the training state. Returns the log.
 
@@ -83,16 +94,23 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     from .superres import SuperResTransformer
     from .text_encoder import TextEncoder
     from .tokenizer import Tokenizer
-    from .transformer import MaskedTransformer
+    from .critic import TokenCritic, critic_batch, critic_loss
+    from .pipeline import transformer_class
 
-    if stage not in ("base", "superres"):
-        raise ValueError(f"stage must be 'base' or 'superres', got {stage!r}")
+    if stage not in ("base", "superres", "critic"):
+        raise ValueError(f"stage must be 'base', 'superres' or 'critic', got {stage!r}")
+    if (stage == "critic") != (cfg.transformer.kind == "critic") or (stage == "critic") != (generator is not None):
+        raise ValueError("a critic (transformer.kind=critic, e.g. preset laptop-critic) trains with `minimuse train-critic "
+                         "--generator CHECKPOINT`, and train-critic trains critics only")
     if stage == "superres" and cfg.superres is None:
         raise ValueError(f"preset '{cfg.name}' has no super-res stage; choose a preset with a superres section")
     sr = stage == "superres"
     scfg = dataclasses.replace(cfg, train=cfg.superres.train) if sr else cfg  # the stage's own TrainConfig as .train
+    critic = stage == "critic"
     cls, export_name, state_name = ((SuperResTransformer, "superres", SUPERRES_STATE) if sr
-                                    else (MaskedTransformer, "transformer", TRANSFORMER_STATE))
+                                    else (TokenCritic, "critic", CRITIC_STATE) if critic
+                                    else (transformer_class(cfg.transformer.kind), "transformer", TRANSFORMER_STATE))
+    ar = cls.ARCH == "autoregressive"
     tc = scfg.train
     t_enter = time.time()  # the whole command's clock: the token pool and the text table count, as a user waits for them
     keep_freed_memory()
@@ -134,6 +152,15 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     if data is None:
         table = text_table(text_encoder, pool["vocab"])
     data_key = pool["key"] if data is not None else None  # a resume must read the same shards
+    gen = None
+    if critic:  # the frozen generator whose samples the critic learns to judge; a resume must use the same one
+        from .shards import identity
+        gen = transformer_class("masked").from_pretrained(Path(generator) / "transformer").to(accelerator.device)
+        if (gen.codebook_size, gen.grid, gen.text_dim) != (cfg.tokenizer.codebook_size, cfg.grid, cfg.text.text_dim):
+            raise ValueError(f"the generator {generator} draws {gen.grid} grids of K={gen.codebook_size} codes from "
+                             f"{gen.text_dim}-d text; preset '{cfg.name}' describes {cfg.grid}, K="
+                             f"{cfg.tokenizer.codebook_size}, {cfg.text.text_dim}-d")
+        data_key = {"data": data_key, "generator": identity(gen.cfg.__dict__, gen)}
 
     model = cls.from_config(cfg)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
@@ -209,7 +236,7 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
 
     eval_fn = None
     shapes = set(pool["kinds"]) <= set(cfg.data.kinds)  # the quick eval's judge reads the shapes world only
-    if tc.eval_every and accelerator.is_main_process and shapes:
+    if tc.eval_every and accelerator.is_main_process and shapes and not critic:
         from .eval import quick_eval_fn, quick_superres_eval_fn
         eval_fn = (quick_superres_eval_fn(cfg, tokenizer, hi_tokenizer, text_encoder, tc.eval_prompts) if sr
                    else quick_eval_fn(cfg, tokenizer, text_encoder, tc.eval_prompts))
@@ -223,6 +250,11 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         set_lr(optimizer, lr)
         inputs, labels, text, text_mask, *lowres = (x.to(accelerator.device) for x in train_step_inputs(
             pool, table, scfg, step, b, raw.mask_id, accelerator.process_index, accelerator.num_processes))
+        if critic:  # the generator fills the gaps; the labels become "differs from the real token", every position
+            rng = torch.Generator().manual_seed(tc.seed * 1_000_003 + step + 7_919)  # its own stream: pure in (seed, step)
+            inputs, labels = critic_batch(gen, inputs, labels, text, text_mask, rng)
+        if ar:  # the same rows and text dropout; the mask is not used: every token is a target, read from the ones before
+            inputs = labels = torch.where(labels == -100, inputs, labels)  # (B, L) the true tokens
         extra = {"lowres_ids": lowres[0]} if sr else {}  # the super-res model reads the base grid beside the text
         last_batch = (inputs, labels, text, text_mask, extra)
         model.train()
@@ -235,14 +267,16 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
             with (accelerator.no_sync(model) if k < tc.grad_accum - 1 else contextlib.nullcontext()):
                 with accelerator.autocast():
                     logits = model(inputs[sl], text[sl], text_mask[sl], **{n: v[sl] for n, v in extra.items()})  # (B/A, L, K)
-                    part = masked_ce(logits, labels[sl], tc.label_smoothing) * (masked[sl].sum() / n_masked)
+                    part = ((critic_loss(logits, labels[sl]) if critic else masked_ce(logits, labels[sl], tc.label_smoothing))
+                            * (masked[sl].sum() / n_masked))
                 if not torch.isfinite(part):
                     raise FloatingPointError(f"transformer loss became {part.item()} at step {step}; "
                                              f"{_last_ckpt(last_ckpt, out_dir)}. Lower train.lr (now {tc.lr}) and "
                                              "--resume, or retrain.")
                 accelerator.backward(part)
             loss = loss + part.detach()
-            correct += (logits.detach().argmax(-1)[masked[sl]] == labels[sl][masked[sl]]).sum()
+            pred = (logits.detach() > 0).float() if critic else logits.detach().argmax(-1)  # (B/A, L)
+            correct += (pred[masked[sl]] == labels[sl][masked[sl]]).sum()
         if tc.grad_clip > 0:
             accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
         optimizer.step()
@@ -278,7 +312,7 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         if on_step is not None:  # after the checkpoint, as in train_tokenizer: a stop here leaves this step saved
             on_step(step + 1, record, raw)
     bar.close()
-    if report and accelerator.is_main_process and last_batch is not None and not fsdp:
+    if report and accelerator.is_main_process and last_batch is not None and not fsdp and not critic:
         from .bench import write_train_report
         write_train_report(out_dir, scfg, raw, timing, elapsed + time.time() - t0, last_batch, resolve_precision(tc.mixed_precision))
     return history

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import check_config, config_diff, load_checkpoint, load_state_strict, save_checkpoint
+from .checkpoint import CheckpointError, check_config, config_diff, load_checkpoint, load_state_strict, save_checkpoint
 from .config import Config, TransformerConfig
 
 
@@ -68,9 +68,12 @@ def attention(q, k, v, mask=None, dropout_p: float = 0.0, weights: bool = False)
 
 class MaskedTransformer(nn.Module):
     KIND = "transformer"  # the checkpoint kind in config.json; superres.py's subclass saves "superres"
+    ARCH = "masked"       # the transformer.kind it is built from (autoregressive.py, critic.py: the others)
 
     def __init__(self, cfg: TransformerConfig, codebook_size: int, grid: tuple[int, int], text_dim: int):
         super().__init__()
+        if cfg.kind != self.ARCH:
+            raise ValueError(f"{type(self).__name__} builds transformer.kind {self.ARCH!r}, not {cfg.kind!r}")
         self.cfg, self.codebook_size, self.grid, self.text_dim = cfg, codebook_size, tuple(grid), text_dim
         self.mask_id = codebook_size  # the one extra embedding row; the head never predicts it
         D, (h, w) = cfg.width, self.grid
@@ -145,12 +148,30 @@ class MaskedTransformer(nn.Module):
         (h, w), L = self.grid, ids.shape[1]
         if L != h * w:
             raise ValueError(f"ids hold {L} tokens per image; this transformer is built for a {h}x{w} grid ({h * w})")
+        layers = self.text_layers(self.resolve_ctx(text, text_mask, ctx), B, return_attn)
+        x = self.tok_emb(ids) + self.positions()  # (B, L, D)
+        x, attns = self.run_blocks(x, layers, return_attn)
+        if head_index is not None:
+            x = torch.gather(x, 1, head_index[..., None].expand(-1, -1, x.shape[-1]))  # (B, M, D)
+        logits = self.head(self.ln_f(x))  # (B, L, K) or (B, M, K)
+        return (logits, attns) if return_attn else logits
+
+    def positions(self) -> torch.Tensor:
+        """(L, D) raster-order position embeddings: row vector + column vector."""
+        return (self.row_emb[:, None, :] + self.col_emb[None, :, :]).reshape(-1, self.row_emb.shape[1])  # (h, w, D) -> (L, D)
+
+    def resolve_ctx(self, text, text_mask, ctx):
+        """The text given as (text, text_mask) or as a precomputed ctx, exactly one of them -> the ctx."""
         if (ctx is None) == (text is None):
             raise ValueError("pass the text either as (text, text_mask) or as ctx=model.encode_text(...), not both or neither")
         if ctx is None:
             if text_mask is None:
                 raise ValueError("text_mask (B, T) bool is required with text")
             ctx = self.encode_text(text, text_mask)
+        return ctx
+
+    def text_layers(self, ctx: TextContext | tuple[TextContext, ...], B: int, return_attn: bool = False) -> list:
+        """Per block, the (k, v, attn_mask) of each equal slice of a batch of B images (see `forward`'s ctx)."""
         parts = (ctx,) if isinstance(ctx, TextContext) else tuple(ctx)
         if B % len(parts) or (return_attn and len(parts) > 1):
             raise ValueError(f"{len(parts)} text contexts cannot split a batch of {B} images into equal slices"
@@ -165,14 +186,7 @@ class MaskedTransformer(nn.Module):
                 am = part.attn_mask
                 per_slice.append((k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1),
                                   None if am is None else am.expand(n, -1, -1, -1)))
-
-        pos = (self.row_emb[:, None, :] + self.col_emb[None, :, :]).reshape(L, -1)  # (h, w, D) -> (L, D)
-        x = self.tok_emb(ids) + pos  # (B, L, D)
-        x, attns = self.run_blocks(x, layers, return_attn)
-        if head_index is not None:
-            x = torch.gather(x, 1, head_index[..., None].expand(-1, -1, x.shape[-1]))  # (B, M, D)
-        logits = self.head(self.ln_f(x))  # (B, L, K) or (B, M, K)
-        return (logits, attns) if return_attn else logits
+        return layers
 
     def run_blocks(self, x, layers, return_attn: bool = False):
         """x (B, L, D) through every block; layers: per block, the (k, v, attn_mask) of each slice of the batch.
@@ -198,6 +212,10 @@ class MaskedTransformer(nn.Module):
         """Rebuild from the saved config and load strictly; with `config`, first check its architecture fields."""
         meta, state = load_checkpoint(ckpt_dir, cls.KIND)
         saved = Config.from_dict(meta["config"])
+        kind = cls._arch(saved)["transformer"]["kind"] if cls.KIND == "transformer" else cls.ARCH
+        if kind != cls.ARCH:
+            raise CheckpointError(f"{ckpt_dir} holds a {kind!r} transformer; {cls.__name__} loads {cls.ARCH!r} ones "
+                                  "(load_pipeline picks the class)")
         if config is not None:
             check_config(cls._arch(saved), cls._arch(config), ckpt_dir)
         model = cls.from_config(saved)
@@ -232,8 +250,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(OrderedDict(fc=Linear(D, hidden, act="gelu"), out=Linear(hidden, D)))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, text_slices=None, return_attn: bool = False):
-        x = x + self.drop(self.attn(self.ln1(x)))
+    def forward(self, x, text_slices=None, return_attn: bool = False, self_mask=None, cache=None):
+        x = x + self.drop(self.attn(self.ln1(x), self_mask, cache))
         attn = None
         if self.cross is not None:
             y, attn = self.cross(self.ln2(x), text_slices, return_attn)
@@ -243,7 +261,8 @@ class Block(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Bidirectional: no causal mask, every image token sees every other one."""
+    """Bidirectional in Muse: no mask, every image token sees every other one. The autoregressive baseline passes a
+    causal `mask` (L, L) in training and, while decoding, a `cache` (autoregressive.KVCache) of the earlier keys."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -254,11 +273,13 @@ class SelfAttention(nn.Module):
         self.q_norm = nn.LayerNorm(Dh) if cfg.qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(Dh) if cfg.qk_norm else nn.Identity()
 
-    def forward(self, x):
+    def forward(self, x, mask=None, cache=None):
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.H, D // self.H).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, Dh)
         q, k = self.q_norm(q), self.k_norm(k)
-        y, _ = attention(q, k, v, None, self.p if self.training else 0.0)  # (B, H, L, Dh)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, H, n + L, Dh): every key so far
+        y, _ = attention(q, k, v, mask, self.p if self.training else 0.0)  # (B, H, L, Dh)
         return self.out(y.transpose(1, 2).reshape(B, L, D))  # (B, L, D)
 
 

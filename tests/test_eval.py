@@ -78,7 +78,7 @@ def test_bench_reports_every_setting():
         assert p["gflops"] == max(p["square"]["gflops"], p["model_shapes"]["gflops"]) > 0
         assert p["square"]["gflops"] == max(c["gflops"] for c in p["square"]["candidates"])
     assert r["peak_gflops"] == r["machine"]["peak"]["fp32"]["gflops"]      # the figure every fraction uses
-    runs = [x for x in r["runs"] if not x.get("autoregressive")]
+    runs = r["runs"]
     assert [(x["steps"], x["guidance"] > 0) for x in runs] == [(2, False), (2, True), (3, False), (3, True)]
     for x in runs:
         assert x["ms_per_image"] > 0 and x["gflop_per_image"] > 0
@@ -87,8 +87,6 @@ def test_bench_reports_every_setting():
     by = {(x["steps"], x["guidance"] > 0): x["gflop_per_image"] for x in runs}
     assert by[(3, False)] > by[(2, False)]        # one more forward pass
     assert by[(2, True)] > by[(2, False)]         # the unconditional pass costs FLOPs
-    ar = [x for x in r["runs"] if x.get("autoregressive")]
-    assert len(ar) == 1 and ar[0]["steps"] == cfg.num_tokens
     (c,) = r["cascade"]  # ci has a super-res stage: base and super-res timed apart, the share is of their sum
     assert c["batch"] == 2 and c["superres_steps"] == cfg.superres.num_steps and c["base_steps"] == cfg.sample.num_steps
     assert c["cascade_ms_per_image"] == pytest.approx(c["base_ms_per_image"] + c["superres_ms_per_image"], abs=0.011)

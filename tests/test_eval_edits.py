@@ -57,7 +57,7 @@ def test_eval_task_cli(ckpt, capsys):
 @pytest.mark.parametrize("argv,fragment", [
     (["--task", "edit", "--steps", "3"], "--task edit takes --guidance and --top-k only; drop --steps"),
     (["--task", "inpaint", "--guidance", "2"], "measures the checkpoint's own settings"),
-    (["--top-k", "3"], "--top-k is mask-free editing's"),
+    (["--top-k", "-1"], "--top-k must be 0 (off) or more"),
     (["--task", "edit", "--top-k", "0"], "--top-k must be at least 1"),
 ])
 def test_eval_edit_settings_flags_are_checked(ckpt, capsys, argv, fragment):

@@ -23,7 +23,7 @@ from minimuse.transformer import MaskedTransformer
 from minimuse.viz import history_strip, to_uint8
 
 PROMPTS = ["two red circles", "a blue square to the left of a green triangle", "a yellow triangle"]
-HISTORY_KEYS = {"ids", "mask", "committed", "confidence", "entropy"}
+HISTORY_KEYS = {"ids", "mask", "committed", "confidence", "entropy", "remasked"}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_history_contract(pipe):
     B, (h, w), T = 2, pipe.config.grid, 5
     images, history = pipe(PROMPTS[:B], num_steps=T, return_history=True)
     assert len(history) == T
-    dtypes = {"ids": torch.long, "mask": torch.bool, "committed": torch.bool}
+    dtypes = {"ids": torch.long, "mask": torch.bool, "committed": torch.bool, "remasked": torch.bool}
     for step in history:
         assert set(step) == HISTORY_KEYS
         for key, value in step.items():
@@ -126,7 +126,10 @@ def test_halton_sampler_reaches_the_sampler(pipe):
 
 
 def test_every_sampler_name_gives_its_own_images(pipe):
-    outs = {name: pipe(PROMPTS, sampler=name) for name in SAMPLER_NAMES}
+    assert pipe.critic is None  # this tiny checkpoint has no critic/: that sampler is refused by name
+    with pytest.raises(ValueError, match="sampler 'critic' needs a trained critic"):
+        pipe(PROMPTS, sampler="critic")
+    outs = {name: pipe(PROMPTS, sampler=name) for name in SAMPLER_NAMES if name != "critic"}
     assert all(o.shape == outs["confidence"].shape for o in outs.values())
     names = list(outs)
     for i, a in enumerate(names):

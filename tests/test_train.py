@@ -60,7 +60,8 @@ EVERY_OPTION = {"train.mixed_precision": "bf16", "train.ema_decay": 0.9, "train.
                 "train.rect_mask_prob": 0.5, "train.label_smoothing": 0.1, "train.cond_drop_prob": 0.3}
 
 
-@pytest.mark.parametrize("options", [{}, EVERY_OPTION], ids=["defaults", "every-option"])
+@pytest.mark.parametrize("options", [{}, EVERY_OPTION, {"transformer.kind": "autoregressive"}],
+                         ids=["defaults", "every-option", "autoregressive"])
 def test_resume_equals_uninterrupted_run(tmp_path, tok_dir, options):
     cfg = get_config("ci", **{**_overrides(), **options})
     straight = tmp_path / "straight"

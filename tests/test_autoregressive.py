@@ -1,0 +1,113 @@
+"""The autoregressive baseline: causality, the KV cache against full re-runs, loading, and its training targets."""
+import dataclasses
+
+import pytest
+import torch
+
+from minimuse.autoregressive import ARTransformer, KVCache, generate
+from minimuse.checkpoint import CheckpointError
+from minimuse.config import get_config
+from minimuse.pipeline import load_pipeline
+from minimuse.sampler import sample
+from minimuse.transformer import MaskedTransformer
+from tests.tiny import make_tiny_pipeline
+
+CFG = get_config("ci", **{"transformer.kind": "autoregressive"})
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return ARTransformer.from_config(CFG).eval()
+
+
+def _text(B, T=6, pad_from=4):
+    g = torch.Generator().manual_seed(1)
+    text = torch.randn(B, T, CFG.text.text_dim, generator=g)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[1:, pad_from:] = False  # padded rows: the cache path must apply the text mask as the full pass does
+    return text, mask
+
+
+def test_logits_at_i_depend_only_on_earlier_tokens(model):
+    text, mask = _text(2)
+    L, K = model.grid[0] * model.grid[1], model.codebook_size
+    ids = torch.randint(0, K, (2, L), generator=torch.Generator().manual_seed(2))
+    j = L // 2
+    changed = ids.clone()
+    changed[:, j] = (ids[:, j] + 1) % K
+    with torch.no_grad():
+        a, b = model(ids, text, mask), model(changed, text, mask)
+    assert torch.equal(a[:, :j + 1], b[:, :j + 1])  # position j's own logits do not see token j (shifted input)
+    assert (a[:, j + 1] - b[:, j + 1]).abs().max() > 1e-4  # the next position does
+
+
+def test_decode_step_with_cache_equals_teacher_forcing(model):
+    text, mask = _text(3)
+    L = model.grid[0] * model.grid[1]
+    ids = torch.randint(0, model.codebook_size, (3, L), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = model(ids, text, mask)  # (B, L, K)
+        layers = model.text_layers(model.encode_text(text, mask), 3)
+        caches, prev, steps = [KVCache(L) for _ in model.blocks], torch.full((3,), model.bos_id), []
+        for i in range(L):
+            steps.append(model.decode_step(prev, i, layers, caches))
+            prev = ids[:, i]
+    torch.testing.assert_close(torch.stack(steps, 1), full, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("guidance", [0.0, 2.0])
+def test_cached_and_uncached_decoding_draw_identical_tokens(model, guidance):
+    text, mask = _text(3)
+    uncond = torch.randn(1, 2, CFG.text.text_dim, generator=torch.Generator().manual_seed(4))
+    draws = [generate(model, text, mask, uncond, None, guidance_scale=guidance, top_k=5, use_cache=c,
+                      generator=torch.Generator().manual_seed(5)) for c in (True, False)]
+    assert torch.equal(draws[0], draws[1])
+    assert draws[0].shape == (3, *model.grid) and int(draws[0].max()) < model.codebook_size
+
+
+def test_guidance_changes_the_draw(model):
+    text, mask = _text(2)
+    uncond = torch.randn(1, 2, CFG.text.text_dim, generator=torch.Generator().manual_seed(4))
+    a, b = (generate(model, text, mask, uncond, None, guidance_scale=w, generator=torch.Generator().manual_seed(5))
+            for w in (0.0, 3.0))
+    assert not torch.equal(a, b)
+
+
+def test_kv_cache_refuses_to_overflow():
+    cache = KVCache(2)
+    k = torch.zeros(1, 1, 2, 4)
+    cache.append(k, k)
+    with pytest.raises(ValueError, match="holds 2 positions"):
+        cache.append(k[:, :, :1], k[:, :, :1])
+
+
+def test_pipeline_loads_the_autoregressive_class_and_samples_through_sample(tmp_path):
+    root = make_tiny_pipeline(tmp_path / "masked")
+    torch.manual_seed(0)
+    ar = ARTransformer.from_config(CFG)
+    ar.save_pretrained(root / "transformer", CFG)  # same shapes and keys as the masked model: only the kind differs
+    pipe = load_pipeline(root, device="cpu")
+    assert isinstance(pipe.transformer, ARTransformer)
+    torch.testing.assert_close(pipe.transformer.state_dict()["head.weight"], ar.state_dict()["head.weight"])
+    with pytest.raises(CheckpointError, match="'autoregressive' transformer"):
+        MaskedTransformer.from_pretrained(root / "transformer")
+    text, mask = _text(2)
+    via_sample = sample(pipe.transformer, text, mask, generator=torch.Generator().manual_seed(6))
+    direct = generate(pipe.transformer, text, mask, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(via_sample, direct)
+    with pytest.raises(ValueError, match="raster order"):
+        sample(pipe.transformer, text, mask, init_ids=via_sample)
+
+
+def test_masked_class_refuses_an_autoregressive_config():
+    with pytest.raises(ValueError, match="builds transformer.kind 'masked'"):
+        MaskedTransformer.from_config(CFG)
+    with pytest.raises(ValueError, match="transformer.kind"):
+        get_config("ci", **{"transformer.kind": "diffusion"})
+
+
+def test_laptop_ar_preset_matches_laptop_budget():
+    ar, base = get_config("laptop-ar"), get_config("laptop")
+    assert ar.transformer == dataclasses.replace(base.transformer, kind="autoregressive")
+    assert ar.train == base.train and ar.tokenizer == base.tokenizer and ar.data == base.data and ar.text == base.text

@@ -1,0 +1,61 @@
+"""minimuse sweep: the grid, its error paths, an end-to-end sweep on tiny models, resume and refusal to overwrite."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from minimuse.features import ShapesFeatures
+from minimuse.pipeline import load_pipeline
+from minimuse.runs import RunExistsError
+from minimuse.sweep import parse_grid, run_sweep
+from tests.tiny import make_tiny_pipeline
+
+
+def test_grid_is_the_cartesian_product_in_config_types():
+    grid = parse_grid(["guidance", "steps", "sampler"], ["0,1.5", "4,8", "confidence"])
+    assert grid == [{"guidance_scale": g, "num_steps": s, "sampler": "confidence"} for g in (0.0, 1.5) for s in (4, 8)]
+    assert all(isinstance(p["num_steps"], int) for p in grid)
+
+
+@pytest.mark.parametrize("params, values, message", [
+    (["guidance"], [], "one --values list per --param"),
+    (["speed"], ["1"], "unknown --param 'speed'"),
+    (["steps"], ["4,x"], "cannot read '4,x' as ints"),
+    (["steps"], ["0"], "value 0: must be at least 1"),
+    (["sampler"], ["confident"], "unknown sampler 'confident'"),
+    (["guidance"], [" , "], "is empty"),
+])
+def test_grid_errors_name_the_problem(params, values, message):
+    with pytest.raises(ValueError, match=message):
+        parse_grid(params, values)
+
+
+def test_cli_error_is_one_line_before_any_model_loads(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "minimuse", "sweep", "--param", "steps", "--values", "4,-1",
+                        "--out", str(tmp_path / "s"), "--checkpoint", str(tmp_path / "missing")],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "--param steps value -1" in r.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_sweep_writes_jsonl_and_plot_and_resumes(tmp_path):
+    pipe = load_pipeline(make_tiny_pipeline(tmp_path / "ckpt"), device="cpu")
+    torch.manual_seed(0)
+    S = pipe.config.data.image_size
+    features = ShapesFeatures(width=8, num_features=16, image_size=S).eval()
+    grid = parse_grid(["guidance", "steps"], ["0,2", "2"])
+    out = tmp_path / "sweep"
+    rows = run_sweep(pipe, features, grid[:1], n=2, seeds=2, out_dir=out, log=lambda *_: None)
+    kinds = len(pipe.config.data.kinds)
+    (r,) = rows
+    assert r["n"] == 2 * kinds * 2 and r["params"] == grid[0] and r["ci95"][0] <= r["faithfulness"] <= r["ci95"][1]
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(RunExistsError, match="--resume"):
+        run_sweep(pipe, features, grid, n=2, seeds=2, out_dir=out)
+    with pytest.raises(ValueError, match="other --n/--seeds"):
+        run_sweep(pipe, features, grid, n=3, seeds=2, out_dir=out, resume=True)
+    rows = run_sweep(pipe, features, grid, n=2, seeds=2, out_dir=out, resume=True, log=lambda *_: None)
+    saved = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]
+    assert [x["params"] for x in saved] == grid and saved[0] == r  # the first point kept, not redrawn
