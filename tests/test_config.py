@@ -7,7 +7,7 @@ import pytest
 from minimuse.config import (PRESETS, Config, ConfigError, DataConfig, SampleConfig, TextConfig, TokenizerConfig, TrainConfig,
                              TransformerConfig, apply_override, get_config)
 
-PAPER_PRESETS = ["ci", "laptop", "gpu", "gpu-small", "muse-632m", "muse-3b", "muse-superres-268m"]
+PAPER_PRESETS = ["ci", "laptop", "gpu", "gpu-small", "muse-632m", "muse-3b", "muse-superres-268m", "laptop-ar", "laptop-critic"]
 
 
 def test_all_presets_exist_and_build():
