@@ -1,0 +1,11 @@
+#!/bin/sh
+# The sweeps behind docs/SWEEPS.md and notebooks/09_experiments.ipynb, on the shipped laptop checkpoint, one after
+# the other on an otherwise idle machine. Each writes DIR/sweep.jsonl and DIR/sweep.png; add --resume after a kill.
+set -e
+minimuse sweep --param steps --values 2,4,6,8,12,16,24,32 --param schedule --values cosine,linear --n 64 \
+    --out docs/results/sweeps/steps_schedule
+minimuse sweep --param guidance --values 0,0.5,1,2,3,4 --param guidance-schedule --values constant,linear --n 64 \
+    --out docs/results/sweeps/guidance
+minimuse sweep --param choice-temperature --values 0,1,2,4.5 --n 64 --out docs/results/sweeps/choice_temperature
+minimuse sweep --param sampler --values confidence,halton,random,remask,critic --param steps --values 8,12,24 \
+    --n 64 --out docs/results/sweeps/samplers --resume
