@@ -204,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--n", type=int, default=64, help="held-out prompts per caption kind, per seed")
     w.add_argument("--seeds", type=int, default=1, help="prompt seeds per point (n * kinds * seeds images judged)")
     w.add_argument("--out", required=True, help="folder for sweep.jsonl and sweep.png")
+    w.add_argument("--diversity-prompts", type=int, default=4, help="prompts whose 8 seeds measure diversity")
     w.add_argument("--fid-features", help="the FID feature network (default: data/checkpoints/features)")
     w.add_argument("--resume", action="store_true", help="continue the sweep in --out, skipping finished points")
     w.add_argument("--overwrite", action="store_true", help="start over in an --out that already holds a sweep")

@@ -279,7 +279,7 @@ def cmd_outpaint(args):
 
 
 def cmd_sweep(args):
-    _at_least_1(n=args.n, seeds=args.seeds)
+    _at_least_1(n=args.n, seeds=args.seeds, diversity_prompts=args.diversity_prompts)
     from .sweep import parse_grid, run_sweep
     try:
         grid = parse_grid(args.param, args.values)  # every value checked before a model loads
@@ -290,7 +290,8 @@ def cmd_sweep(args):
     features = ShapesFeatures.from_pretrained(args.fid_features or DEFAULT_CHECKPOINT.parent / "features")
     pipe = load_pipeline(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, device=_device(args),
                          superres=False)
-    run_sweep(pipe, features, grid, args.n, args.seeds, args.out, resume=args.resume, overwrite=args.overwrite)
+    run_sweep(pipe, features, grid, args.n, args.seeds, args.out, resume=args.resume, overwrite=args.overwrite,
+              n_diversity=args.diversity_prompts)
     print(f"wrote {Path(args.out) / 'sweep.jsonl'} and {Path(args.out) / 'sweep.png'}")
 
 

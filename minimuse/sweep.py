@@ -72,7 +72,9 @@ def sweep_point(pipe, features, n: int, seeds: int, n_diversity: int = 4, **samp
                                for i, (_, spec, _) in enumerate(eval_prompts(n, seed))]))
     total = n * len(by_kind) * seeds
     to_x = lambda a: torch.stack([to_tensor(im) for im in a])  # (N, 3, S, S)
-    picks = eval_prompts(1, cfg.data.eval_seed)[:n_diversity]
+    k, kinds = -(-n_diversity // len(cfg.data.kinds)), len(cfg.data.kinds)
+    grouped = eval_prompts(k, cfg.data.eval_seed)  # k per kind, kind after kind
+    picks = [grouped[j * k + i] for i in range(k) for j in range(kinds)][:n_diversity]  # round-robin over the kinds
     div = [diversity(np.concatenate([pipe([c], seed=k, superres=False, **sampling) for k in range(8)]), features)
            for c, _, _ in picks]
     lo, hi = wilson(oks / total, total)
@@ -85,7 +87,7 @@ def sweep_point(pipe, features, n: int, seeds: int, n_diversity: int = 4, **samp
 
 
 def run_sweep(pipe, features, grid: list[dict], n: int, seeds: int, out_dir, resume: bool = False,
-              overwrite: bool = False, log=print) -> list[dict]:
+              overwrite: bool = False, log=print, n_diversity: int = 4) -> list[dict]:
     """Every point of `grid` through sweep_point; DIR/sweep.jsonl rewritten atomically after each, then the plot."""
     from .checkpoint import atomic_write_text
     from .runs import RunExistsError
@@ -101,13 +103,13 @@ def run_sweep(pipe, features, grid: list[dict], n: int, seeds: int, out_dir, res
         raise ValueError(f"cannot resume: no {JSONL} in {out}")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if resume else []
     for r in rows:
-        if (r["n"], r["seeds"]) != (n * len(pipe.config.data.kinds) * seeds, seeds):
-            raise ValueError(f"cannot resume {out}: it was swept with other --n/--seeds; use a new --out")
+        if (r["n"], r["seeds"], r["diversity_prompts"]) != (n * len(pipe.config.data.kinds) * seeds, seeds, n_diversity):
+            raise ValueError(f"cannot resume {out}: it was swept with other --n/--seeds/--diversity-prompts; use a new --out")
     done = [r["params"] for r in rows]
     for i, params in enumerate(grid):
         if params in done:
             continue
-        r = sweep_point(pipe, features, n, seeds, **params)
+        r = sweep_point(pipe, features, n, seeds, n_diversity, **params)
         rows.append({"params": params, "seeds": seeds, **r})
         atomic_write_text(path, "".join(json.dumps(x) + "\n" for x in rows))
         log(f"[{i + 1}/{len(grid)}] {params}: faithfulness {r['faithfulness']:.3f} {r['ci95']} (n={r['n']}), "

@@ -111,3 +111,27 @@ def test_laptop_ar_preset_matches_laptop_budget():
     ar, base = get_config("laptop-ar"), get_config("laptop")
     assert ar.transformer == dataclasses.replace(base.transformer, kind="autoregressive")
     assert ar.train == base.train and ar.tokenizer == base.tokenizer and ar.data == base.data and ar.text == base.text
+
+
+def test_compare_ar_rows_carry_the_asked_keys_and_the_physics():
+    from minimuse.bench import compare_ar
+    cfg = get_config("ci", **{"sample.num_steps": 4})
+    rows = compare_ar(cfg, tokens=(16, 64), batch_sizes=(1, 2), repeats=3)
+    assert [(r["tokens"], r["batch"]) for r in rows] == [(16, 1), (16, 2), (64, 1), (64, 2)]
+    for r in rows:
+        assert {"tokens", "batch", "parallel_steps", "parallel_ms", "autoregressive_ms", "parallel_passes",
+                "autoregressive_passes"} <= set(r)
+        assert (r["parallel_passes"], r["autoregressive_passes"]) == (4, r["tokens"])
+        lo, hi = r["parallel_ms_range"]
+        assert lo <= r["parallel_ms"] <= hi and r["autoregressive_ms_range"][0] <= r["autoregressive_ms"]
+        # T full passes over L tokens against L one-token passes: the parallel sampler does more work per image
+        assert r["parallel_gflop"] > 2 * r["autoregressive_gflop"] > 0
+    with pytest.raises(ValueError, match="not a square"):
+        compare_ar(cfg, tokens=(20,), batch_sizes=(1,), repeats=1)
+
+
+def test_bench_compare_ar_cli_refuses_a_non_square_token_count(capsys):
+    from minimuse.cli import main
+    assert main(["bench", "--compare-ar", "--preset", "ci", "--tokens", "16", "50"]) != 0
+    err = capsys.readouterr().err
+    assert "--tokens 50 is not a square" in err and len(err.strip().splitlines()) == 1

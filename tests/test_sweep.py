@@ -54,8 +54,9 @@ def test_sweep_writes_jsonl_and_plot_and_resumes(tmp_path):
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(RunExistsError, match="--resume"):
         run_sweep(pipe, features, grid, n=2, seeds=2, out_dir=out)
-    with pytest.raises(ValueError, match="other --n/--seeds"):
-        run_sweep(pipe, features, grid, n=3, seeds=2, out_dir=out, resume=True)
+    for n, div in ((3, 4), (2, 5)):  # another n, or another number of diversity prompts, is another sweep
+        with pytest.raises(ValueError, match="other --n/--seeds/--diversity-prompts"):
+            run_sweep(pipe, features, grid, n=n, seeds=2, out_dir=out, resume=True, n_diversity=div)
     rows = run_sweep(pipe, features, grid, n=2, seeds=2, out_dir=out, resume=True, log=lambda *_: None)
     saved = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]
     assert [x["params"] for x in saved] == grid and saved[0] == r  # the first point kept, not redrawn

@@ -9,3 +9,6 @@ minimuse sweep --param guidance --values 0,0.5,1,2,3,4 --param guidance-schedule
 minimuse sweep --param choice-temperature --values 0,1,2,4.5 --n 64 --out docs/results/sweeps/choice_temperature
 minimuse sweep --param sampler --values confidence,halton,random,remask,critic --param steps --values 8,12,24 \
     --n 64 --out docs/results/sweeps/samplers --resume
+# claim (c) with diversity over 16 prompts (8 seeds each) instead of 4
+minimuse sweep --param guidance --values 0,0.5,1,2,3,4 --n 64 --diversity-prompts 16 \
+    --out docs/results/sweeps/guidance_div16
