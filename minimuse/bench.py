@@ -207,7 +207,7 @@ def compare_ar(cfg: Config, tokens=(64, 256, 1024), batch_sizes=(1, 16), repeats
     models of that grid. A pass is one forward of the guided batch (2B rows): parallel_passes = steps,
     autoregressive_passes = L; each parallel pass runs all L tokens, each autoregressive pass one token per row."""
     from .autoregressive import ARTransformer
-    s, E, out = cfg.sample, cfg.text.text_dim, []
+    s, E, out, ckpts = cfg.sample, cfg.text.text_dim, [], checkpoints or {}
     w = s.guidance_scale or 1.0  # both with guidance, as the paper's samplers run
     for L in tokens:
         side = math.isqrt(L)
@@ -246,7 +246,8 @@ def compare_ar(cfg: Config, tokens=(64, 256, 1024), batch_sizes=(1, 16), repeats
                         "parallel_passes": min(s.num_steps, L), "autoregressive_passes": L,
                         "parallel_gflop": round(count_flops(calls["masked"]) / B / 1e9, 4),
                         "autoregressive_gflop": round(count_flops(calls["autoregressive"]) / B / 1e9, 4),
-                        "repeats": repeats, "trained": bool(checkpoints) and L == cfg.num_tokens})
+                        "repeats": repeats, "trained": bool(checkpoints) and all(ckpts.get(k) for k in models)
+                        and L == cfg.num_tokens})
     return out
 
 

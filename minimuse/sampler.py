@@ -72,16 +72,21 @@ def _gumbel(shape, generator, device) -> torch.Tensor:
     return _gumbel_from(_uniform(shape, generator, device))
 
 
+def _log_probs(logits, temperature, top_k):
+    """log p of the distribution tokens are drawn from: top-k filtered, then softmax at `temperature`, (..., K)."""
+    logits = logits.float()
+    if top_k > 0:  # keep the k largest logits, as Muse's editing uses (top-k 3)
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    return F.log_softmax(logits / temperature if temperature > 0 else logits, dim=-1)
+
+
 def _sample_tokens(logits, temperature, top_k, gumbel, entropy: bool = True):
     """Sample one token per row of logits (..., K) by Gumbel-max; return (token, log p(token), entropy or None).
 
     A NaN or inf anywhere in a row makes its log p(token) non-finite, so one check on the (B, M) result catches a
     broken model without a pass over the (B, M, K) logits."""
-    logits = logits.float()
-    if top_k > 0:  # keep the k largest logits, as Muse's editing uses (top-k 3)
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, -math.inf)
-    logp = F.log_softmax(logits / temperature if temperature > 0 else logits, dim=-1)
+    logp = _log_probs(logits, temperature, top_k)
     token = (logp + gumbel).argmax(-1) if temperature > 0 else logp.argmax(-1)  # temperature 0 is greedy
     token_logp = logp.gather(-1, token[..., None])[..., 0]
     if not bool(torch.isfinite(token_logp).all()):
@@ -205,6 +210,8 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
             history = []
             region = mask  # the positions this call generates; tokens outside it are given and never change
             revise = sampler in ("remask", "critic")
+            if sampler == "critic":
+                critic.eval()
             critic_ctx = critic.encode_text(text_emb, text_mask) if sampler == "critic" else None
 
             # else inpainting regions differ in size, or remask scores committed tokens too: the full head
@@ -234,8 +241,8 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
                 else:
                     confidence = priority
                 if sampler == "remask" and remask_prob > 0:  # committed tokens rejoin the draw with probability remask_prob, scored by
-                    # log p of the token they hold under this step's (temperature-scaled) logits
-                    held = F.log_softmax(logits.float() / (temperature or 1.0), -1).gather(-1, ids.clamp_max(K - 1)[..., None])[..., 0]
+                    # log p of the token they hold under the distribution this step draws from (top-k included)
+                    held = _log_probs(logits, temperature, top_k).gather(-1, ids.clamp_max(K - 1)[..., None])[..., 0]
                     confidence = torch.where(mask, confidence, held + tau * _gumbel((B, L), generator, device))
                     candidates = mask | (region & (_uniform((B, L), generator, device) < remask_prob))
                 new_mask = scheduler.step(confidence, candidates, t, N)  # (B, L); non-candidates get +inf inside

@@ -62,20 +62,20 @@ def sweep_point(pipe, features, n: int, seeds: int, n_diversity: int = 4, **samp
     for s in range(seeds):
         seed = cfg.data.eval_seed + 1000 * s
         drawn = []
-        r = faithfulness_at(pipe, n, seed, None, 128, (None,), keep=drawn, superres=False, **sampling)[0]
-        for kind, acc in r["by_kind"].items():
+        r = faithfulness_at(pipe, n, seed, cfg.data.kinds, 128, (None,), keep=drawn, superres=False, **sampling)[0]
+        for kind, acc in r["by_kind"].items():  # rates rounded to 4 decimals: exact counts while n < 5,000
             by_kind[kind] = by_kind.get(kind, 0) + round(acc * n)
-        oks += round(r["overall"] * n * len(r["by_kind"]))
+            oks += round(acc * n)
         fakes.append(np.concatenate(drawn))
         S = cfg.data.image_size
-        reals.append(np.stack([render(spec, S, np.random.default_rng((seed, i, 7)))
-                               for i, (_, spec, _) in enumerate(eval_prompts(n, seed))]))
+        reals.append(np.stack([render(spec, S, np.random.default_rng((seed, i, 7)))  # the same prompts, truly drawn
+                               for i, (_, spec, _) in enumerate(eval_prompts(n, seed, kinds=cfg.data.kinds))]))
     total = n * len(by_kind) * seeds
     to_x = lambda a: torch.stack([to_tensor(im) for im in a])  # (N, 3, S, S)
     k, kinds = -(-n_diversity // len(cfg.data.kinds)), len(cfg.data.kinds)
-    grouped = eval_prompts(k, cfg.data.eval_seed)  # k per kind, kind after kind
+    grouped = eval_prompts(k, cfg.data.eval_seed, kinds=cfg.data.kinds)  # k per kind, kind after kind
     picks = [grouped[j * k + i] for i in range(k) for j in range(kinds)][:n_diversity]  # round-robin over the kinds
-    div = [diversity(np.concatenate([pipe([c], seed=k, superres=False, **sampling) for k in range(8)]), features)
+    div = [diversity(np.concatenate([pipe([c], seed=sd, superres=False, **sampling) for sd in range(8)]), features)
            for c, _, _ in picks]
     lo, hi = wilson(oks / total, total)
     return {"faithfulness": round(oks / total, 4), "ci95": [round(lo, 4), round(hi, 4)], "n": total,

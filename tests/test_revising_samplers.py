@@ -122,3 +122,51 @@ def test_train_critic_resumes_exactly_and_the_pipeline_samples_with_it(tmp_path)
     assert isinstance(pipe.critic, TokenCritic)
     ids, hist = pipe.sample_ids(["a red circle"], pipe.settings(sampler="critic", num_steps=4), return_history=True)
     assert ids.shape == (1, *pipe.transformer.grid) and not hist[-1]["mask"].any()
+
+
+def test_critic_sampler_masks_what_the_critic_distrusts():
+    """A critic sure that the tokens at a fixed set of positions are wrong, and the rest right: with no noise on the
+    scores, every masked slot after every step lies in that set while it has room (a flipped sign would do the
+    opposite)."""
+    class Distrust(torch.nn.Module):
+        def __init__(self, bad):
+            super().__init__()
+            self.bad = bad
+
+        def encode_text(self, text, text_mask):
+            return None
+
+        def forward(self, ids, ctx=None):
+            return torch.where(self.bad, 10.0, -10.0).expand(ids.shape[0], -1)  # (B, L)
+    gen = MaskedTransformer.from_config(CFG).eval()
+    L = gen.grid[0] * gen.grid[1]
+    bad = torch.zeros(L, dtype=torch.bool)
+    bad[::3] = True
+    _, hist = _draw(gen, "critic", critic=Distrust(bad), choice_temperature=0.0)
+    for h in hist:
+        m = h["mask"].flatten(1)  # (B, L)
+        if int(m[0].sum()) <= int(bad.sum()):
+            assert not (m & ~bad).any()
+
+
+@pytest.mark.parametrize("sampler", ["remask", "critic"])
+def test_revising_samplers_keep_the_tokens_outside_an_inpainting_region(models, sampler):
+    gen, critic = models
+    h, w = gen.grid
+    init = torch.randint(0, gen.codebook_size, (3, h, w), generator=torch.Generator().manual_seed(3))
+    region = torch.zeros(3, h, w, dtype=torch.bool)
+    region[:, 1:3, 1:3] = True
+    text, mask = _text()
+    ids, hist = sample(gen, text, mask, num_steps=4, sampler=sampler, critic=critic, remask_prob=1.0, init_ids=init,
+                       init_mask=region, generator=torch.Generator().manual_seed(4), return_history=True)
+    assert torch.equal(ids[~region], init[~region]) and not hist[-1]["mask"].any()
+    assert all(not (hs["mask"] & ~region).any() for hs in hist)
+
+
+def test_draws_and_held_scores_share_the_top_k_distribution():
+    """_log_probs is what both the draw and remask's score of a held token read: with top-k 1, a token outside the
+    top 1 scores -inf and the top token 0, so a held token the model no longer ranks is the first to be revised."""
+    from minimuse.sampler import _log_probs
+    logits = torch.tensor([[[2.0, 1.0, 0.0]]])
+    lp = _log_probs(logits, 1.0, 1)
+    assert lp[0, 0, 0] == 0 and torch.isinf(lp[0, 0, 1:]).all()

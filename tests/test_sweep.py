@@ -40,7 +40,7 @@ def test_cli_error_is_one_line_before_any_model_loads(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_sweep_writes_jsonl_and_plot_and_resumes(tmp_path):
+def test_sweep_writes_jsonl_and_plot_and_resumes(tmp_path, monkeypatch):
     pipe = load_pipeline(make_tiny_pipeline(tmp_path / "ckpt"), device="cpu")
     torch.manual_seed(0)
     S = pipe.config.data.image_size
@@ -57,6 +57,11 @@ def test_sweep_writes_jsonl_and_plot_and_resumes(tmp_path):
     for n, div in ((3, 4), (2, 5)):  # another n, or another number of diversity prompts, is another sweep
         with pytest.raises(ValueError, match="other --n/--seeds/--diversity-prompts"):
             run_sweep(pipe, features, grid, n=n, seeds=2, out_dir=out, resume=True, n_diversity=div)
+    assert abs(sum(r["by_kind"].values()) / kinds - r["faithfulness"]) < 1e-3  # overall = the kinds' mean (equal n)
+    import minimuse.sweep as sweep_mod
+    calls, point = [], sweep_mod.sweep_point
+    monkeypatch.setattr(sweep_mod, "sweep_point", lambda *a, **k: calls.append(k) or point(*a, **k))
     rows = run_sweep(pipe, features, grid, n=2, seeds=2, out_dir=out, resume=True, log=lambda *_: None)
     saved = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]
-    assert [x["params"] for x in saved] == grid and saved[0] == r  # the first point kept, not redrawn
+    assert [x["params"] for x in saved] == grid and saved[0] == r  # the first point kept,
+    assert calls == [grid[1]]                                        # and only the missing one drawn
