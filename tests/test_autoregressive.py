@@ -56,12 +56,12 @@ def test_decode_step_with_cache_equals_teacher_forcing(model):
     torch.testing.assert_close(torch.stack(steps, 1), full, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("guidance", [0.0, 2.0])
-def test_cached_and_uncached_decoding_draw_identical_tokens(model, guidance):
+@pytest.mark.parametrize("guidance, ramp", [(0.0, "constant"), (2.0, "constant"), (2.0, "linear")])
+def test_cached_and_uncached_decoding_draw_identical_tokens(model, guidance, ramp):
     text, mask = _text(3)
     uncond = torch.randn(1, 2, CFG.text.text_dim, generator=torch.Generator().manual_seed(4))
-    draws = [generate(model, text, mask, uncond, None, guidance_scale=guidance, top_k=5, use_cache=c,
-                      generator=torch.Generator().manual_seed(5)) for c in (True, False)]
+    draws = [generate(model, text, mask, uncond, None, guidance_scale=guidance, guidance_schedule=ramp, top_k=5,
+                      use_cache=c, generator=torch.Generator().manual_seed(5)) for c in (True, False)]
     assert torch.equal(draws[0], draws[1])
     assert draws[0].shape == (3, *model.grid) and int(draws[0].max()) < model.codebook_size
 
