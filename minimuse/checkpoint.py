@@ -111,11 +111,15 @@ def check_finite(state: dict[str, torch.Tensor], source) -> None:
             raise CheckpointError(f"{source} holds non-finite values (NaN or inf) in tensor '{k}'; retrain or use another checkpoint")
 
 
-def save_checkpoint(out_dir, kind: str, config: dict, state_dict: dict[str, torch.Tensor], extra: dict | None = None) -> Path:
-    """Save `state_dict` and its config. `kind` names the model type ("tokenizer", "transformer", ...)."""
+def save_checkpoint(out_dir, kind: str, config: dict, state_dict: dict[str, torch.Tensor], extra: dict | None = None,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Save `state_dict` and its config. `kind` names the model type ("tokenizer", "transformer", ...). With `dtype`
+    (torch.float16 for shipped checkpoints that must fit data/'s budget), floating tensors are stored in it; loading
+    casts them back to the model's dtype."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().to("cpu").contiguous()
+               for k, v in state_dict.items()}
     atomic_write_bytes(out_dir / WEIGHTS_NAME, st_save(tensors, metadata={"kind": kind}))
     atomic_write_json(out_dir / CONFIG_NAME, {"kind": kind, "config": config, **(extra or {})})
     return out_dir

@@ -39,9 +39,9 @@ def critic_batch(generator: MaskedTransformer, inputs, labels, text, text_mask, 
     masked = labels != -100  # (B, L)
     real = torch.where(masked, labels, inputs)  # (B, L) the true grid
     with torch.no_grad():
-        logits = generator(inputs, text, text_mask).float()  # (B, L, K)
-    u = torch.rand(logits.shape, generator=rng, device=rng.device).to(logits.device)  # (B, L, K)
-    drawn = (F.log_softmax(logits, -1) - torch.log(-torch.log(u.clamp_min(1e-20)))).argmax(-1)  # Gumbel-max: (B, L)
+        logits = generator(inputs, text, text_mask)  # (B, L, K)
+    from .sampler import _gumbel_from, _sample_tokens, _uniform
+    drawn = _sample_tokens(logits, 1.0, 0, _gumbel_from(_uniform(logits.shape, rng, logits.device)), entropy=False)[0]  # (B, L)
     filled = torch.where(masked, drawn, real)
     return filled, (filled != real).float()
 

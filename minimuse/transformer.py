@@ -199,13 +199,13 @@ class MaskedTransformer(nn.Module):
             attns.append(attn)
         return x, attns
 
-    def save_pretrained(self, out_dir, config: Config):
-        """Write config.json (the full Config, kind KIND) and model.safetensors atomically."""
+    def save_pretrained(self, out_dir, config: Config, dtype: torch.dtype | None = None):
+        """Write config.json (the full Config, kind KIND) and model.safetensors atomically (floats as `dtype` if given)."""
         diff = config_diff(self._arch(config), self._arch_of_self())
         if diff:
             raise ValueError(f"save_pretrained: `config` does not describe this model: field {diff}; "
                              "pass the Config the model was built from")
-        return save_checkpoint(out_dir, self.KIND, config.to_dict(), self.state_dict())
+        return save_checkpoint(out_dir, self.KIND, config.to_dict(), self.state_dict(), dtype=dtype)
 
     @classmethod
     def from_pretrained(cls, ckpt_dir, config: Config | None = None) -> "MaskedTransformer":

@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from minimuse.eval import wilson
 from minimuse.features import ShapesFeatures
 from minimuse.pipeline import load_pipeline
 from minimuse.runs import RunExistsError
@@ -50,7 +51,9 @@ def test_sweep_writes_jsonl_and_plot_and_resumes(tmp_path, monkeypatch):
     rows = run_sweep(pipe, features, grid[:1], n=2, seeds=2, out_dir=out, log=lambda *_: None)
     kinds = len(pipe.config.data.kinds)
     (r,) = rows
-    assert r["n"] == 2 * kinds * 2 and r["params"] == grid[0] and r["ci95"][0] <= r["faithfulness"] <= r["ci95"][1]
+    assert r["n"] == 2 * kinds * 2 and r["params"] == grid[0]
+    assert abs(r["faithfulness"] * r["n"] - round(r["faithfulness"] * r["n"])) < 1e-6  # a count of judged images
+    assert tuple(r["ci95"]) == tuple(round(x, 4) for x in wilson(r["faithfulness"], r["n"]))  # its interval at that n
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(RunExistsError, match="--resume"):
         run_sweep(pipe, features, grid, n=2, seeds=2, out_dir=out)
