@@ -199,13 +199,14 @@ def run_bench(cfg: Config, checkpoint=None, batch_sizes=(1, 16), steps=(8, 12, 2
 
 
 def compare_ar(cfg: Config, tokens=(64, 256, 1024), batch_sizes=(1, 16), repeats: int = 3, text_tokens: int = 16,
-               checkpoints: dict | None = None) -> list[dict]:
+               checkpoints: dict | None = None, device="cpu") -> list[dict]:
     """Latency of Muse's parallel decoding (cfg.sample's steps, schedule and guidance) against the cached
     autoregressive model of the same width and depth (L passes, the same guidance), per image, at every token count
     (a square grid) and batch size, interleaved: each repetition times both, and the medians are kept. Random weights
     (the time does not depend on them) unless `checkpoints` {"masked": dir, "autoregressive": dir} gives trained
     models of that grid. A pass is one forward of the guided batch (2B rows): parallel_passes = steps,
-    autoregressive_passes = L; each parallel pass runs all L tokens, each autoregressive pass one token per row."""
+    autoregressive_passes = L; each parallel pass runs all L tokens, each autoregressive pass one token per row.
+    On a CUDA `device` every timed call ends with a synchronize, so the clock sees the kernels, not their launch."""
     from .autoregressive import ARTransformer
     s, E, out, ckpts = cfg.sample, cfg.text.text_dim, [], checkpoints or {}
     w = s.guidance_scale or 1.0  # both with guidance, as the paper's samplers run
@@ -219,13 +220,16 @@ def compare_ar(cfg: Config, tokens=(64, 256, 1024), batch_sizes=(1, 16), repeats
             torch.manual_seed(0)
             m = (cls.from_pretrained(os.path.join(ckpt, "transformer")) if ckpt and L == cfg.num_tokens else
                  cls(dataclasses.replace(cfg.transformer, kind=cls.ARCH), cfg.tokenizer.codebook_size, (side, side), E))
-            models[kind] = m.eval()
+            models[kind] = m.eval().to(device)
+        sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
         for B in batch_sizes:
-            text, text_mask = torch.randn(B, text_tokens, E), torch.ones(B, text_tokens, dtype=torch.bool)
-            uncond = torch.randn(1, 2, E)  # "" is [CLS][SEP]
-            calls = {kind: (lambda m=m: sample(m, text, text_mask, uncond, None, num_steps=min(s.num_steps, L),
-                                               schedule=s.schedule, guidance_scale=w, guidance_schedule=s.guidance_schedule,
-                                               choice_temperature=s.choice_temperature, generator=torch.Generator().manual_seed(0)))
+            text = torch.randn(B, text_tokens, E).to(device)
+            text_mask = torch.ones(B, text_tokens, dtype=torch.bool, device=device)
+            uncond = torch.randn(1, 2, E).to(device)  # "" is [CLS][SEP]
+            calls = {kind: (lambda m=m: (sample(m, text, text_mask, uncond, None, num_steps=min(s.num_steps, L),
+                                                schedule=s.schedule, guidance_scale=w, guidance_schedule=s.guidance_schedule,
+                                                choice_temperature=s.choice_temperature,
+                                                generator=torch.Generator(device).manual_seed(0)), sync()))
                      for kind, m in models.items()}
             times = {kind: [] for kind in calls}
             for fn in calls.values():

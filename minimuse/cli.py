@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=None, help="prompt seed (default: the config's held-out eval seed)")
     e.add_argument("--task", choices=list(EVAL_TASKS), default="generate",
                    help="superres: upscaling PSNR against bicubic, the leak test and the cascade's faithfulness "
-                        "(docs/SUPERRES.md); inpaint, edit, outpaint: success and preservation on n held-out scenes")
+                        "(docs/SUPERRES.md); inpaint, edit, outpaint: success and preservation on n held-out scenes; "
+                        "counts: faithfulness per partition of the object count into groups, n prompts each")
     add_sampling(e)
     e.add_argument("--fid", action="store_true", help="also FID against true renders and diversity over 8 seeds")
     e.add_argument("--fid-features", help="the FID feature network (default: data/checkpoints/features)")
@@ -226,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --compare-ar: image tokens per image (square grids)")
     b.add_argument("--ar-checkpoint", help="with --compare-ar: a trained autoregressive pipeline (e.g. "
                    "data/checkpoints/laptop-ar), used with --checkpoint at its own token count")
+    b.add_argument("--device", default=None, help="with --compare-ar: where to time both decoders (cpu, the default, "
+                   "or cuda); on CUDA every timed call ends with a synchronize")
     b.set_defaults(fn=cmd_bench)
     return p
 

@@ -204,7 +204,7 @@ def cmd_eval(args):
         if other:
             raise CLIError(f"--task edit takes --guidance and --top-k only; drop --{SAMPLING_FLAGS[other[0]].replace('_', '-')}")
         sampling = {k: v for k, v in (("guidance_scale", args.guidance), ("top_k", args.top_k)) if v is not None}
-    elif args.task != "generate" and _sampling(args):
+    elif args.task not in ("generate", "counts") and _sampling(args):
         raise CLIError(f"--task {args.task} measures the checkpoint's own settings; drop the sampling flags")
     if args.fid and args.task != "generate":
         raise CLIError(f"--fid measures generation; drop it with --task {args.task}")
@@ -214,7 +214,7 @@ def cmd_eval(args):
         fid_features = ShapesFeatures.from_pretrained(args.fid_features or DEFAULT_CHECKPOINT.parent / "features")
     result = evaluate(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, n=args.n,
                       tokenizer_n=args.tokenizer_n, seed=args.seed, device=_device(args), task=args.task,
-                      fid_features=fid_features, **({} if args.task not in ("generate", "edit") else sampling))
+                      fid_features=fid_features, **({} if args.task not in ("generate", "edit", "counts") else sampling))
     print(json.dumps(result, indent=2))
 
 
@@ -298,6 +298,8 @@ def cmd_sweep(args):
 def cmd_bench(args):
     cfg = _config(args)
     _at_least_1(batch_sizes=args.batch_sizes, steps=args.steps, repeats=args.repeats, threads=args.threads)
+    if args.device is not None and not args.compare_ar:
+        raise CLIError("--device applies to --compare-ar only; bench times the CPU")
     if args.compare_ar:
         _at_least_1(tokens=args.tokens)
         bad = [t for t in args.tokens if math.isqrt(t) ** 2 != t]
@@ -308,8 +310,11 @@ def cmd_bench(args):
         if args.threads:
             torch.set_num_threads(args.threads)
         ckpts = {k: v for k, v in (("masked", args.checkpoint), ("autoregressive", args.ar_checkpoint)) if v}
-        rows = compare_ar(cfg, args.tokens, args.batch_sizes, args.repeats, checkpoints=ckpts or None)
-        print(json.dumps({"machine": {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+        device = _device(args) or "cpu"
+        rows = compare_ar(cfg, args.tokens, args.batch_sizes, args.repeats, checkpoints=ckpts or None, device=device)
+        gpu = {"gpu": torch.cuda.get_device_name(device)} if torch.device(device).type == "cuda" else {}
+        print(json.dumps({"machine": {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                                      "device": str(device), **gpu},
                           "preset": cfg.name, "compare_ar": rows}, indent=2))
         return
     from .bench import run_bench

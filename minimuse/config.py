@@ -12,7 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-EVAL_TASKS = ("generate", "superres", "inpaint", "edit", "outpaint", "digits")  # `minimuse eval --task`
+EVAL_TASKS = ("generate", "superres", "inpaint", "edit", "outpaint", "digits", "counts")  # `minimuse eval --task`
 CAPTION_KINDS = ("single", "count", "relation", "pair", "mixed")
 SCHEDULE_NAMES = ("cosine", "linear", "square", "cubic", "log", "exp")  # MaskGIT's mask schedules gamma
 SAMPLER_NAMES = ("confidence", "halton", "random", "remask", "critic")  # commit rules of the sampler

@@ -254,7 +254,8 @@ def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None
     transformer/), the tokenizer metrics plus faithfulness per caption kind and per count under the checkpoint's
     sampling defaults, or the `sampling` overrides (num_steps, guidance_scale, sampler, ...). task="superres" is
     eval_superres on a cascade checkpoint (n prompts per kind); "inpaint", "edit" and "outpaint" are eval_edits' (n
-    held-out scenes); "digits" is digits.eval_digits (n images per digit)."""
+    held-out scenes); "digits" is digits.eval_digits (n images per digit); "counts" is eval_counts (n prompts for
+    each partition of the object count into groups, under the sampling overrides)."""
     from pathlib import Path
     from .checkpoint import CheckpointError
     root = Path(checkpoint)
@@ -271,6 +272,9 @@ def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None
     if task == "digits":  # a model trained on the handwritten digits, judged by the classifier of digits.py
         from .digits import eval_digits
         return {"checkpoint": str(root), "digits": eval_digits(pipe, n, 0 if seed is None else seed, **sampling)}
+    if task == "counts":
+        from .eval_counts import eval_counts
+        return {"checkpoint": str(root), "counts": eval_counts(pipe, n, seed, **sampling)}
     if task in ("inpaint", "edit", "outpaint"):
         from .eval_edits import evaluate_edits
         return {"checkpoint": str(root), task: evaluate_edits(pipe, task, n, seed, **sampling)}

@@ -82,6 +82,9 @@ def sweep_point(pipe, features, n: int, seeds: int, n_diversity: int = 4, **samp
             "by_kind": {k: round(v / (n * seeds), 4) for k, v in by_kind.items()}, "n_per_kind": n * seeds,
             "fid": round(fid(to_x(np.concatenate(reals)), to_x(np.concatenate(fakes)), features), 3),
             "diversity": round(float(np.mean([d["feature_distance"] for d in div])), 4),
+            "diversity_se": round(float(np.std([d["feature_distance"] for d in div], ddof=1) / np.sqrt(len(div))), 4)
+            if len(div) > 1 else None,  # standard error over the prompts: the spread between prompts is the noise
+            "diversity_per_prompt": [d["feature_distance"] for d in div],
             "centroid_spread_px": round(float(np.mean([d["centroid_spread_px"] for d in div])), 3),
             "diversity_prompts": len(div), "seconds": round(time.time() - t0, 1)}
 
@@ -137,12 +140,15 @@ def plot_sweep(rows: list[dict], path) -> None:
             label = ", ".join(f"{k}={v}" for k, v in key) or None
             xs, ys = [r[x] for r in rs], [r["faithfulness"] for r in rs]
             err = np.array([[r["faithfulness"] - r["ci95"][0], r["ci95"][1] - r["faithfulness"]] for r in rs]).T
+            xerr = ([1.96 * (r.get("diversity_se") or 0) for r in rs] if x == "diversity" else None)  # 0: not stored
             ordered = not isinstance(rs[0]["params"][names[0]], str)  # a line only through ordered values
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label, linestyle="-" if ordered else "none")
+            ax.errorbar(xs, ys, yerr=err, xerr=xerr, marker="o", capsize=3, label=label, linestyle="-" if ordered else "none")
             for r in rs:
                 ax.annotate(str(r["params"][names[0]]), (r[x], r["faithfulness"]), fontsize=7,
                             xytext=(4, 4), textcoords="offset points")
-        ax.set_xlabel("FID (shapes features; lower is better)" if x == "fid" else "diversity (feature distance over 8 seeds)")
+        ax.set_xlabel("FID (shapes features; lower is better)" if x == "fid" else
+                      f"diversity (feature distance over 8 seeds, {rows[0]['diversity_prompts']} prompts"
+                      + (", ±1.96 SE)" if rows[0].get("diversity_se") is not None else ")"))
         ax.set_ylabel("faithfulness (judged)")
         if any(k for k in groups):
             ax.legend(fontsize=7)

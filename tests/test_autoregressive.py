@@ -135,6 +135,18 @@ def test_bench_compare_ar_cli_refuses_a_non_square_token_count(capsys):
     assert "--tokens 50 is not a square" in err and len(err.strip().splitlines()) == 1
 
 
+def test_bench_device_flag_belongs_to_compare_ar_and_is_recorded(capsys):
+    import json
+    from minimuse.cli import main
+    assert main(["bench", "--preset", "ci", "--device", "cpu"]) != 0
+    err = capsys.readouterr().err
+    assert "--device applies to --compare-ar only" in err and len(err.strip().splitlines()) == 1
+    assert main(["bench", "--compare-ar", "--preset", "ci", "--tokens", "16", "--batch-sizes", "1", "--repeats", "1",
+                 "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["machine"]["device"] == "cpu" and [r["tokens"] for r in out["compare_ar"]] == [16]
+
+
 def test_half_precision_storage_loads_back_as_the_rounded_fp32_weights(tmp_path, model):
     """How the shipped laptop-ar and critic fit data/'s budget: floats stored in fp16, loaded into fp32."""
     model.save_pretrained(tmp_path / "fp32", CFG)

@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,6 +55,9 @@ def test_sweep_writes_jsonl_and_plot_and_resumes(tmp_path, monkeypatch):
     assert r["n"] == 2 * kinds * 2 and r["params"] == grid[0]
     assert abs(r["faithfulness"] * r["n"] - round(r["faithfulness"] * r["n"])) < 1e-6  # a count of judged images
     assert tuple(r["ci95"]) == tuple(round(x, 4) for x in wilson(r["faithfulness"], r["n"]))  # its interval at that n
+    per = r["diversity_per_prompt"]  # the diversity's interval comes from the spread between its prompts
+    assert len(per) == r["diversity_prompts"] == 4 and abs(np.mean(per) - r["diversity"]) < 1e-3
+    assert abs(r["diversity_se"] - np.std(per, ddof=1) / np.sqrt(len(per))) < 1e-3
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(RunExistsError, match="--resume"):
         run_sweep(pipe, features, grid, n=2, seeds=2, out_dir=out)

@@ -9,8 +9,10 @@ minimuse sweep --param guidance --values 0,0.5,1,2,3,4 --param guidance-schedule
 minimuse sweep --param choice-temperature --values 0,1,2,4.5 --n 64 --out docs/results/sweeps/choice_temperature
 minimuse sweep --param sampler --values confidence,halton,random,remask,critic --param steps --values 8,12,24 \
     --n 64 --out docs/results/sweeps/samplers --overwrite
-# claim (c) with diversity over 16 prompts (8 seeds each) instead of 4
+# claim (c) with diversity over 16 prompts (8 seeds each) instead of 4, and its standard error over the prompts
 minimuse sweep --param guidance --values 0,0.5,1,2,3,4 --n 64 --diversity-prompts 16 \
-    --out docs/results/sweeps/guidance_div16
+    --out docs/results/sweeps/guidance_div16 --overwrite
+minimuse sweep --param choice-temperature --values 0,1,2,4.5 --n 64 --diversity-prompts 16 \
+    --out docs/results/sweeps/choice_temperature_div16 --overwrite
 minimuse sweep --param remask-prob --values 0.05,0.2 --param sampler --values remask --param steps --values 12 --n 64 \
     --out docs/results/sweeps/remask_prob
