@@ -6,6 +6,8 @@ is what makes Muse's parallel decoding watchable (MaskGIT Fig. 2). Plain numpy /
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -32,7 +34,7 @@ def decode_partial(tokenizer, ids: torch.Tensor, mask: torch.Tensor, mask_id: in
     images = to_uint8(tokenizer.decode(ids.to(next(tokenizer.parameters()).device)))  # (B, H, W, 3)
     f = images.shape[1] // ids.shape[1]
     pix = mask.cpu().numpy().repeat(f, axis=1).repeat(f, axis=2)                  # (B, H, W)
-    images[pix] = 96
+    images[pix] = MASKED_GREY
     return images
 
 
@@ -56,27 +58,48 @@ def step_panels(history: list[dict], tokenizer, mask_id, step: int, index: int =
     return {"image": image, **{k: h[k][index].float().cpu().numpy() for k in ("mask", "committed", "confidence", "entropy")}}
 
 
-def history_figure(history: list[dict], tokenizer, mask_id: int, index: int = 0, steps=None):
-    """A matplotlib figure: one row per step with the decoded image, the mask, the newly committed
-    positions, the confidence heatmap and the entropy heatmap."""
+MASKED_GREY = 96  # the one colour of a still-masked token, in decoded images and in mask panels alike
+
+
+def default_steps(T: int, n: int = 6) -> list[int]:
+    """About n steps spread over a history of T (first and last included): what a reader can take in at once."""
+    return sorted({round(i * (T - 1) / (n - 1)) for i in range(n)}) if T > n else list(range(T))
+
+
+def history_figure(history: list[dict], tokenizer, mask_id, index: int = 0, steps=None):
+    """A matplotlib figure: one row per chosen step (default: about 6, default_steps) with the decoded image, the
+    mask, the newly committed positions, the confidence and the entropy, each on a fixed scale with a colorbar
+    under its column: mask and committed 0/1 (masked in the grey of the decoded image), confidence (the drawn
+    token's probability) on [0, 1], entropy on [0, ln K] nats, K the codebook size."""
     import matplotlib.pyplot as plt
-    steps = list(range(len(history))) if steps is None else list(steps)
-    cols = [("image", None), ("mask", "gray_r"), ("committed", "Greens"), ("confidence", "viridis"), ("entropy", "magma")]
-    fig, axes = plt.subplots(len(steps), len(cols), figsize=(2.0 * len(cols), 2.0 * len(steps)), squeeze=False)
+    from matplotlib.colors import ListedColormap
+    steps = default_steps(len(history)) if steps is None else list(steps)
+    K = max(int(_for_stage(mask_id, history[t])) for t in steps)  # mask_id = K, per stage
+    grey = (MASKED_GREY / 255,) * 3
+    cols = [("image", None, None, ""), ("mask", ListedColormap(["white", grey]), 1.0, "masked (1) or not (0)"),
+            ("committed", ListedColormap(["white", "tab:green"]), 1.0, "committed this step (1)"),
+            ("confidence", "viridis", 1.0, "p(drawn token)"), ("entropy", "magma", math.log(K), f"entropy, nats (ln {K} max)")]
+    n = len(steps)  # a last, thin row holds the colorbars, so every row keeps the same height in every column
+    fig, axes = plt.subplots(n + 1, len(cols), figsize=(2.0 * len(cols), 2.0 * n + 0.7), squeeze=False,
+                             gridspec_kw={"height_ratios": [1.0] * n + [0.07]})
+    shown = {}
     for r, t in enumerate(steps):
         p = step_panels(history, tokenizer, mask_id, t, index)
-        for c, (key, cmap) in enumerate(cols):
+        for c, (key, cmap, vmax, _) in enumerate(cols):
             ax = axes[r][c]
-            if key == "image":
-                ax.imshow(p["image"])
-            else:
-                vmax = max(float(p["entropy"].max()), 1e-6) if key == "entropy" else 1.0
-                ax.imshow(p[key], cmap=cmap, vmin=0.0, vmax=vmax)
+            shown[key] = ax.imshow(p[key]) if key == "image" else ax.imshow(p[key], cmap=cmap, vmin=0.0, vmax=vmax)
             ax.set_xticks([]), ax.set_yticks([])
             if r == 0:
                 ax.set_title(key, fontsize=9)
             if c == 0:
                 ax.set_ylabel(f"step {t + 1}", fontsize=9)
+    axes[n][0].remove()  # the image column has no scale
+    for c, (key, _, _, label) in enumerate(cols[1:], start=1):  # one fixed-scale colorbar under each heat column
+        bar = fig.colorbar(shown[key], cax=axes[n][c], orientation="horizontal")
+        bar.set_label(label, fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+        if key in ("mask", "committed"):
+            bar.set_ticks([0, 1])
     fig.tight_layout()
     return fig
 

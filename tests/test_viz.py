@@ -3,6 +3,7 @@
 A random-initialised ci tokenizer (16 px, 4x4 grid, K = 32) and a tiny transformer give a real sampling history;
 nothing is trained. Expected values come from the documented formulas, checked pixel by pixel.
 """
+import math
 import matplotlib
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from minimuse.config import TransformerConfig, get_config
 from minimuse.sampler import sample
 from minimuse.tokenizer import Tokenizer
 from minimuse.transformer import MaskedTransformer
-from minimuse.viz import decode_partial, history_figure, history_strip, image_grid, step_panels, to_uint8, upscale
+from minimuse.viz import decode_partial, default_steps, history_figure, history_strip, image_grid, step_panels, to_uint8, upscale
 
 matplotlib.use("Agg")
 
@@ -126,8 +127,17 @@ def test_image_grid_size_and_tiles(B, ncol, captions):
 
 def test_history_figure_has_a_row_per_step(tokenizer, history):
     import matplotlib.pyplot as plt
-    fig = history_figure(history, tokenizer, tokenizer.codebook_size, steps=[0, 2])
-    assert len(fig.axes) == 2 * 5
+    K = tokenizer.codebook_size
+    fig = history_figure(history, tokenizer, K, steps=[0, 2])
+    assert len(fig.axes) == 2 * 5 + 4  # the panels, and a colorbar under each heat column
     assert [ax.get_title() for ax in fig.axes[:5]] == ["image", "mask", "committed", "confidence", "entropy"]
     assert fig.axes[5].get_ylabel() == "step 3"
+    # fixed scales, the same in every row: entropy on [0, ln K], confidence on [0, 1], whatever the step holds
+    for row in (fig.axes[:5], fig.axes[5:10]):
+        assert row[4].images[0].get_clim() == (0.0, pytest.approx(math.log(K)))
+        assert row[3].images[0].get_clim() == (0.0, 1.0)
     plt.close(fig)
+
+
+def test_default_steps_pick_about_six_including_both_ends():
+    assert default_steps(24) == [0, 5, 9, 14, 18, 23] and default_steps(4) == [0, 1, 2, 3] and default_steps(7)[-1] == 6
