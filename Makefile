@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PROMPT ?= two red circles
 
-.PHONY: demo test unit notebooks setup clean peers
+.PHONY: demo test unit notebooks setup browser clean peers
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,16 @@ setup: $(BIN)/.installed
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/minimuse generate "$(PROMPT)" --out out.png --overwrite
 
-unit: setup
-	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m pytest -q tests
+# The browser test (tests/browser) drives JupyterLab in Debian's chromium; as root we install it, elsewhere it skips.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    { apt-get install -y -qq chromium || { apt-get update -qq && apt-get install -y -qq chromium; }; } >/dev/null 2>&1 \
+	      || echo "could not install chromium: the browser test will skip"; \
+	  else echo "chromium is not installed and this is not root: the browser test will skip"; fi; }
+
+unit: setup browser
+	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m pytest -q -rs tests
 
 # Notebooks run one at a time with the seconds-long `ci` preset; stored outputs come from `laptop`.
 notebooks: setup
