@@ -73,7 +73,7 @@ PRESETS: dict[str, Config] = {
                           mixed_precision="auto", kind_weights=(1, 1, 1, 2, 1.5),
                           log_every=50, ckpt_every=500, eval_every=1000, eval_prompts=160),
         sample=SampleConfig(num_steps=24, guidance_scale=1.0, choice_temperature=1.0),  # best of docs/SAMPLING.md (Muse: 24 steps)
-        edit=EditConfig(guidance_scale=1.0),  # Muse's 4 overshoots at this size: 52% success after 100 iterations (docs/EDITING.md)
+        edit=EditConfig(guidance_scale=1.0),  # Muse's 4 (top-k 3) overshoots at this size: 30.5% success after 100 iterations (docs/EDITING.md)
         superres=_LAPTOP_SR),
     # One GPU, about 10 minutes: a 64 px base model on the shipped 64 px tokenizer (laptop's super-res tokenizer,
     # 16x16 tokens), trained with `--tokenizer data/checkpoints/laptop/superres_tokenizer` (docs/GPU.md)

@@ -147,3 +147,43 @@ def image_grid(images: np.ndarray, captions: list[str] | None = None, ncol: int 
         if captions:
             draw.text((x, y + H * scale), captions[i][: cw // 6], fill="black")
     return sheet
+
+
+# The course, in order: (notebook stem, short title, the package file it teaches). notebooks/00 prints this map.
+LESSONS = [
+    ("00_overview", "overview", "config.py, cli.py"),
+    ("01_shapes_world", "shapes world", "data.py, judge.py"),
+    ("02_tokenizer", "tokenizer", "tokenizer.py"),
+    ("03_text_encoder", "text encoder", "text_encoder.py"),
+    ("04_masking", "masking", "scheduler.py"),
+    ("05_training", "training", "transformer.py, train.py"),
+    ("06_sampling", "sampling", "sampler.py"),
+    ("07_superres", "super-res", "superres.py"),
+    ("08_editing", "editing", "editing.py"),
+    ("09_experiments", "experiments", "eval.py, sweep.py"),
+]
+
+
+def roadmap(current: str | int):
+    """The "you are here" strip at the top of every notebook: the lessons in order, those before `current` shaded,
+    `current` (a stem like "06_sampling" or its number) filled and marked. Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+    stems = [stem for stem, _, _ in LESSONS]
+    here = current if isinstance(current, int) else next((i for i, s in enumerate(stems) if s == current or s[:2] == current), None)
+    if here is None or not 0 <= here < len(LESSONS):
+        raise ValueError(f"unknown lesson {current!r}; choose one of: {', '.join(stems)}")
+    n = len(LESSONS)
+    fig, ax = plt.subplots(figsize=(11, 1.15))
+    ax.set_xlim(-0.05, n - 0.15), ax.set_ylim(-0.55, 0.55), ax.axis("off")
+    for i, (stem, title, _) in enumerate(LESSONS):
+        done, now = i < here, i == here
+        ax.add_patch(FancyBboxPatch((i, -0.3), 0.8, 0.6, boxstyle="round,pad=0.02", lw=1.6 if now else 0.8,
+                                    fc="#3b6fb6" if now else "#dbe6f5" if done else "white", ec="#3b6fb6" if now or done else "#999999"))
+        ax.text(i + 0.4, 0.07, stem[:2], ha="center", va="center", fontsize=8, color="white" if now else "black", weight="bold")
+        ax.text(i + 0.4, -0.13, title, ha="center", va="center", fontsize=7, color="white" if now else "#333333")
+        if i + 1 < n:
+            ax.annotate("", xy=(i + 1.0, 0), xytext=(i + 0.82, 0), arrowprops=dict(arrowstyle="->", lw=0.8, color="#777777"))
+    ax.text(here + 0.4, -0.46, "you are here", ha="center", va="center", fontsize=7.5, color="#3b6fb6", weight="bold")
+    fig.tight_layout(pad=0.1)
+    return fig

@@ -141,3 +141,23 @@ def test_history_figure_has_a_row_per_step(tokenizer, history):
 
 def test_default_steps_pick_about_six_including_both_ends():
     assert default_steps(24) == [0, 5, 9, 14, 18, 23] and default_steps(4) == [0, 1, 2, 3] and default_steps(7)[-1] == 6
+
+
+def test_roadmap_fills_the_current_lesson_shades_the_earlier_ones_and_names_bad_input():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from minimuse.viz import LESSONS, roadmap
+    fig = roadmap("06_sampling")
+    faces = [to_hex(p.get_facecolor()) for p in fig.axes[0].patches]
+    assert len(faces) == len(LESSONS)
+    assert len(set(faces[:6])) == 1 and len(set(faces[7:])) == 1  # before: one shade; after: another
+    assert len({faces[0], faces[6], faces[9]}) == 3  # and the current one differs from both
+    assert fig.axes[0].texts[-1].get_text() == "you are here"
+    assert [to_hex(p.get_facecolor()) for p in roadmap(6).axes[0].patches] == faces  # a number works as the stem
+    plt.close("all")
+    for bad in ("10_nothing", 10, -1):
+        with pytest.raises(ValueError, match="unknown lesson.*00_overview"):
+            roadmap(bad)
