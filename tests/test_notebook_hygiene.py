@@ -67,3 +67,108 @@ def test_plots_end_with_show_not_semicolon(nb):
         if cell["cell_type"] == "code":
             lines = [l for l in _text(cell).strip().splitlines() if l.strip()]
             assert not (lines and lines[-1].rstrip().endswith(";")), f"{nb.name}: cell ends with ';': use plt.show()"
+
+
+# ---- the course frame of issue 15: roadmap, captions, Discussion and References, runtimes, solutions ----
+import importlib.util  # noqa: E402
+
+from minimuse.viz import LESSONS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS = ROOT / "notebooks" / "solutions"
+_spec = importlib.util.spec_from_file_location("time_notebooks", ROOT / "benchmarks" / "time_notebooks.py")
+time_notebooks = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(time_notebooks)
+
+
+def _has_png(cell):
+    return any("image/png" in out.get("data", {}) for out in cell.get("outputs", []))
+
+
+def test_the_roadmap_lists_every_lesson_in_order():
+    assert [stem for stem, _, _ in LESSONS] == [nb.stem for nb in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_second_cell_draws_the_roadmap_at_this_notebook(nb):
+    cell = _cells(nb)[1]
+    assert cell["cell_type"] == "code" and f'roadmap("{nb.stem}")' in _text(cell), f"{nb.name}: cell 1 must call roadmap"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_figure_has_a_numbered_caption_under_it(nb):
+    cells, n = _cells(nb), 0
+    for i, cell in enumerate(cells[2:], start=2):  # cell 1 is the roadmap, which is navigation, not a figure
+        if cell["cell_type"] == "code" and _has_png(cell):
+            n += 1
+            nxt = cells[i + 1] if i + 1 < len(cells) else {}
+            assert nxt.get("cell_type") == "markdown" and _text(nxt).startswith(f"**Figure {n}.**"), \
+                f"{nb.name}: the figure of cell {i} needs a caption cell starting '**Figure {n}.**' under it"
+    captions = [c for c in cells if c["cell_type"] == "markdown" and _text(c).startswith("**Figure ")]
+    assert len(captions) == n, f"{nb.name}: {len(captions)} captions for {n} figures"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_footer_has_discussion_and_references_with_links(nb):
+    last = _text(_cells(nb)[-1])
+    assert last.index("## Where this lives in the package") < last.index("## Discussion") < last.index("## References")
+    refs = last[last.index("## References"):]
+    assert re.search(r"arxiv\.org/abs/\d{4}\.\d{4,5}", refs) or "github.com/" in refs, f"{nb.name}: references need links"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_header_runtime_is_the_recorded_measurement(nb):
+    record = json.loads((ROOT / "notebooks" / "timings.json").read_text())
+    assert nb.stem in record["notebooks"], f"{nb.name} has no timing: run benchmarks/time_notebooks.py"
+    header = _text(_cells(nb)[0])
+    line = next(l for l in header.splitlines() if l.startswith("**Runtime on a 2-core CPU:**"))
+    phrase = time_notebooks.runtime_phrase(record["notebooks"][nb.stem])
+    assert phrase in line, f"{nb.name}: header says {line!r}, timings.json says {phrase!r}"
+
+
+def test_the_lesson_sequence_fits_in_thirty_minutes_as_recorded():
+    record = json.loads((ROOT / "notebooks" / "timings.json").read_text())
+    assert set(record["notebooks"]) == {nb.stem for nb in NOTEBOOKS}
+    assert record["preset"] == "laptop" and record["machine"]["cpus"] <= 2 and not record["machine"]["gpu"]
+    assert record["total_s"] == pytest.approx(sum(record["notebooks"].values()), abs=0.5)
+    assert record["total_s"] <= 30 * 60
+
+
+def _exercises(cell_text):
+    block = cell_text.split("## Exercises", 1)[1].split("\n## ", 1)[0]
+    return [int(m) for m in re.findall(r"^(\d+)\. ", block, flags=re.M)]
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_exercise_has_a_solution(nb):
+    sol = SOLUTIONS / f"{nb.name[:2]}_solutions.ipynb"
+    assert sol.exists(), f"{nb.name}: no {sol.relative_to(ROOT)}"
+    wanted = _exercises(_text(_cells(nb)[-1]))
+    assert wanted == list(range(1, len(wanted) + 1)) and wanted
+    cells = _cells(sol)
+    headings = [int(m.group(1)) for c in cells if c["cell_type"] == "markdown"
+                for m in [re.match(r"## Exercise (\d+)\b", _text(c))] if m]
+    assert headings == wanted, f"{sol.name}: exercises {headings}, the lesson has {wanted}"
+    answers = sum(_text(c).startswith("**Answer.**") for c in cells if c["cell_type"] == "markdown")
+    assert answers >= len(wanted), f"{sol.name}: {answers} answers for {len(wanted)} exercises"
+
+
+SOLUTION_NOTEBOOKS = sorted(SOLUTIONS.glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("nb", SOLUTION_NOTEBOOKS, ids=lambda p: p.name)
+def test_solutions_are_clean_executed_and_banded(nb):
+    cells = _cells(nb)
+    counts = [c.get("execution_count") for c in cells if c["cell_type"] == "code" and _text(c).strip()]
+    assert counts == list(range(1, len(counts) + 1)), f"{nb.name}: re-run top to bottom, then nbstripout"
+    assert _text(cells[0]).startswith(f"# {nb.name[:2]} · Solutions")
+    assert "**Runtime on a 2-core CPU:**" in _text(cells[0])
+    assert any("assert" in _text(c) for c in cells if c["cell_type"] == "code"), f"{nb.name}: no checked band"
+    for cell in cells:
+        for out in cell.get("outputs", []):
+            assert out.get("output_type") != "error", f"{nb.name}: a stored output is an error"
+            text = json.dumps({k: v for k, v in out.items() if k != "data"}) + json.dumps(out.get("data", {}).get("text/plain", ""))
+            assert not ABS_PATH.search(text), f"{nb.name}: absolute path in an output"
+        if cell["cell_type"] == "code":
+            lines = [l for l in _text(cell).strip().splitlines() if l.strip()]
+            assert not (lines and lines[-1].rstrip().endswith(";")), f"{nb.name}: cell ends with ';'"
