@@ -5,7 +5,9 @@ nbval checks that the cells run; only a browser shows what a learner sees: that 
 with a random token and is stopped by its PID. Screenshots go to build/artifacts/browser/ (or $MINIMUSE_ARTIFACTS).
 Skips with one line where Playwright or the browser is missing (`make test` installs both when it can).
 """
+import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -54,12 +56,18 @@ def browser():
 def lab(tmp_path_factory):
     """A JupyterLab server on a copy of notebook 06, under the `ci` preset; yields its base URL and token."""
     work = tmp_path_factory.mktemp("lab")
-    shutil.copy(ROOT / "notebooks" / NOTEBOOK, work / NOTEBOOK)  # the run must not touch the stored notebook
+    # A copy, so the run cannot touch the stored notebook, without its stored outputs and counts: whatever the page
+    # shows afterwards came from this run.
+    nb = json.loads((ROOT / "notebooks" / NOTEBOOK).read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    (work / NOTEBOOK).write_text(json.dumps(nb))
     port, token = _free_port(), secrets.token_hex(16)
     # JupyterLab 4 renders only the cells in view by default; draw them all, so every prompt and output can be read
     settings = work / "settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
-    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none", "autoStartDefaultKernel": true}')
     env = {**os.environ, "MINIMUSE_PRESET": "ci", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "JUPYTER_PLATFORM_DIRS": "1",
            "JUPYTERLAB_SETTINGS_DIR": str(work / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(work / "workspaces")}
     env.pop("MPLBACKEND", None)  # the inline backend, as a learner gets it
@@ -105,19 +113,25 @@ def test_notebook_06_runs_and_its_slider_moves_the_figure(browser, lab):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{url}/lab/tree/{NOTEBOOK}?token={token}")
     page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for(timeout=120_000)
-    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=120_000)
+    select = page.locator(".jp-Dialog button", has_text="Select")  # a fresh Lab may still ask which kernel
+    try:
+        select.wait_for(timeout=5_000)
+        select.click()
+    except Exception:  # playwright's TimeoutError: no dialog, the kernel started by itself
+        pass
+    page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"\| Idle")).first.wait_for(timeout=120_000)
 
     # Run all cells through the Run menu, as a learner would.
     page.locator(".lm-MenuBar-item", has_text="Run").first.click()
     page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
     n_code = page.locator(".jp-CodeCell").count()
     prompts = page.locator(".jp-CodeCell .jp-InputPrompt")
-    # Done when every code cell shows a number: "[*]" while queued or running, "[ ]" before.
+    # Done when the code cells show 1..n: "[*]" while queued or running, "[ ]" before.
     deadline = time.monotonic() + RUN_ALL_TIMEOUT_S
     while True:
         texts = prompts.all_inner_texts()
-        if sum(t.strip().strip("[]:").isdigit() for t in texts) == n_code:
-            break
+        if [t.strip().strip("[]:") for t in texts] == [str(i) for i in range(1, n_code + 1)]:
+            break  # every cell ran, in order, in this session (the copy started with no counts)
         assert time.monotonic() < deadline, f"run-all did not finish in {RUN_ALL_TIMEOUT_S} s: {texts}"
         page.wait_for_timeout(1000)
     page.screenshot(path=str(ARTIFACTS / "06_after_run_all.png"), full_page=False)
