@@ -206,3 +206,22 @@ def test_torch_compile_reaches_accelerate_and_resets_with_the_backend():
     assert plain.state.dynamo_plugin.backend == DynamoBackend.NO
     model = plain.prepare(torch.nn.Linear(2, 2))
     assert not hasattr(model, "_orig_mod")  # not compiled
+
+
+def test_sampling_from_the_model_during_training_does_not_change_the_training(tmp_path, tok_dir):
+    """Notebook 05 draws snapshots from the model at wall-clock times, so at steps that differ from run to run; the
+    trained weights must not depend on when (or whether) that happened."""
+    from minimuse.pipeline import MusePipeline
+    from minimuse.text_encoder import TextEncoder
+    tok, text = Tokenizer.from_pretrained(tok_dir, CFG), TextEncoder(CFG.text)
+    weights = []
+    for snap_at in ((), (1, 4), (2, 3, 5)):
+        def snapshot(step, record, model, snap_at=snap_at):
+            if step in snap_at:
+                MusePipeline(CFG, tok, text, model)(["a red circle"], seed=step)
+                model.train()
+        out = tmp_path / f"run{len(snap_at)}"
+        train_transformer(CFG, out, tokenizer_dir=tok_dir, on_step=snapshot)
+        weights.append(load_file(out / "transformer" / "model.safetensors"))
+    a = weights[0]
+    assert all(w.keys() == a.keys() and all(torch.equal(w[k], a[k]) for k in a) for w in weights[1:])
