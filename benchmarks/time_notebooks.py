@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import shutil
@@ -41,8 +42,8 @@ def runtime_phrase(seconds: float) -> str:
     return f"about {round(minutes)} minutes"
 
 
-def execute(path: Path, preset: str, timeout: int) -> tuple[float, object]:
-    """Run one notebook in a fresh kernel, in its own folder; return (seconds, executed notebook)."""
+def execute(path: Path, timeout: int) -> tuple[float, object]:
+    """Run one notebook in a fresh kernel (which inherits MINIMUSE_PRESET), in its own folder; return (seconds, notebook)."""
     import nbformat
     from nbconvert.preprocessors import ExecutePreprocessor
     nb = nbformat.read(path, as_version=4)
@@ -60,8 +61,6 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=int, default=2400, help="seconds per cell")
     ap.add_argument("--out", type=Path, default=TIMINGS)
     args = ap.parse_args(argv)
-    import json
-
     from minimuse.checkpoint import atomic_write_json, atomic_write_text
     paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     if args.names:
@@ -74,7 +73,7 @@ def main(argv=None) -> int:
     import nbformat
     record = json.loads(args.out.read_text()) if args.out.exists() else {"notebooks": {}}  # other notebooks keep theirs
     for path in paths:
-        seconds, nb = execute(path, args.preset, args.timeout)
+        seconds, nb = execute(path, args.timeout)
         print(f"{path.stem:<18} {seconds:7.1f} s  ({runtime_phrase(seconds)})", flush=True)
         record["notebooks"][path.stem] = round(seconds, 1)
         if args.inplace:
