@@ -17,6 +17,13 @@ the machine's drift hits all of them alike; the JSON gives each variant's median
 - "Muse ramp": guidance ramped from 0, so the first step skips the unconditional half (less work, other images);
 - "bf16 autocast": the whole call under torch.autocast("cpu", dtype=torch.bfloat16) (other images);
 - "torch.compile": inductor on the blocks (`run_blocks`); its first call, compilation included, is reported apart.
+Three candidate speed-ups that were tried and not shipped are timed the same way (docs/BENCHMARKS.md):
+- "weights prepacked": every linear layer's weight reordered once per call into oneDNN's blocked layout for the
+  call's row count (`mkldnn._reorder_linear_weight`, what inductor's freezing does) instead of at every GEMM;
+- "residual adds in the GEMM": each block's three `x + out(y)` as oneDNN's linear with a fused binary add;
+- "torch.compile, oneDNN linear as an opaque op": inductor on the blocks, with the oneDNN linear wrapped in a
+  `torch.library.custom_op` so that inductor keeps it (and fuses the LayerNorms, adds and reshapes around it)
+  instead of lowering the layers to aten's matmul, MKL here.
 """
 import argparse
 import json
@@ -38,7 +45,7 @@ from minimuse.transformer import MaskedTransformer
 class _PaddedUncond(sampler._Guided):
     """_Guided as it was: the unconditional text expanded to B rows, padded to the prompt's length, one 2B context."""
 
-    def __init__(self, transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights):
+    def __init__(self, transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights, cond=None):
         super().__init__(transformer, text_emb, text_mask, None, None, [0.0])
         if any(w != 0 for w in weights):
             B = text_emb.shape[0]
@@ -53,7 +60,7 @@ class _PaddedUncond(sampler._Guided):
 class _RecomputeText(sampler._Guided):
     """_Guided, but paying for the text K/V at every call, as a loop without the cache would."""
 
-    def __init__(self, transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights):
+    def __init__(self, transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights, cond=None):
         super().__init__(transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights)
         self.raw = (text_emb, text_mask, uncond_emb, uncond_mask)
 
@@ -82,6 +89,74 @@ _orig_sample_tokens = sampler._sample_tokens
 
 def _entropy_always(logits, temperature, top_k, gumbel, entropy=True):
     return _orig_sample_tokens(logits, temperature, top_k, gumbel, True)
+
+
+_shipped_linear = transformer_mod.Linear.forward
+_BINARY = getattr(torch.ops.mkldnn._linear_pointwise, "binary", None) if transformer_mod._ONEDNN_LINEAR else None
+
+
+def _fast(x):  # where the shipped Linear takes oneDNN's path
+    return (transformer_mod._ONEDNN_LINEAR is not None and not torch.is_grad_enabled() and x.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu"))
+
+
+def _prepacked_linear(self, x):
+    packed = self.__dict__.get("packed")  # set for one call by `prepacked`
+    if packed is None or not _fast(x):
+        return _shipped_linear(self, x)
+    return transformer_mod._ONEDNN_LINEAR(x, packed, self.bias, self.act or "none", [], "none" if self.act else "")
+
+
+def prepacked(fn, model, rows):
+    def run():
+        linears = [m for m in model.modules() if isinstance(m, transformer_mod.Linear)]
+        for m in linears:
+            m.packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows)
+        try:
+            with mock.patch.object(transformer_mod.Linear, "forward", _prepacked_linear):
+                return fn()
+        finally:
+            for m in linears:
+                del m.packed
+    return run
+
+
+def _plus(linear, y, x):  # x + linear(y), the add done in the GEMM's own pass over its output
+    return _BINARY(y, x, linear.weight, linear.bias, "add") if _fast(y) else x + linear(y)
+
+
+def _block_fused_adds(self, x, text_slices=None, return_attn=False, self_mask=None, cache=None):
+    """transformer.Block.forward (inference, with cross-attention) with the three residual adds in the GEMMs."""
+    a, c = self.attn, self.cross
+    B, L, D = x.shape
+    q, k, v = a.qkv(self.ln1(x)).view(B, L, 3, a.H, D // a.H).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, Dh)
+    x = _plus(a.out, transformer_mod.attention(q, k, v)[0].transpose(1, 2).reshape(B, L, D), x)
+    q = c.q(self.ln2(x)).view(B, L, c.H, D // c.H).transpose(1, 2)  # (B, H, L, Dh)
+    ys = [transformer_mod.attention(qs, k, v, m)[0] for qs, (k, v, m) in zip(q.chunk(len(text_slices)), text_slices)]
+    x = _plus(c.out, torch.cat(ys).transpose(1, 2).reshape(B, L, D), x)  # (B, H, L, Dh) -> (B, L, D)
+    return _plus(self.mlp.out, self.mlp.fc(self.ln3(x)), x), None
+
+
+@torch.library.custom_op("minimuse_ablation::linear", mutates_args=())
+def _opaque_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act: str) -> torch.Tensor:
+    return transformer_mod._ONEDNN_LINEAR(x, w, b, act, [], "none" if act != "none" else "")
+
+
+@_opaque_linear.register_fake
+def _(x, w, b, act):
+    return x.new_empty(*x.shape[:-1], w.shape[0])
+
+
+def _linear_for_compile(self, x):
+    return _opaque_linear(x, self.weight, self.bias, self.act or "none") if _fast(x) else _shipped_linear(self, x)
+
+
+def _blocks(model, x, layers, return_attn=False):  # two functions, so that dynamo keeps two compiled graphs
+    return type(model).run_blocks(model, x, layers, return_attn)
+
+
+def _blocks_opaque(model, x, layers, return_attn=False):
+    return type(model).run_blocks(model, x, layers, return_attn)
 
 
 @contextmanager
@@ -139,21 +214,30 @@ def main():
     }
     reference = call()
     same = {name: bool(torch.equal(fn(), reference)) for name, fn in variants.items()}  # also the warm-up
-    compile_s = None
+    rows = 2 * B * model.grid[0] * model.grid[1]  # the blocks' GEMM rows: cond and uncond halves
+    variants["tried: weights prepacked once per call"] = prepacked(call, model, rows)
+    variants["tried: residual adds in the GEMM"] = under(mock.patch.object(transformer_mod.Block, "forward",
+                                                                           _block_fused_adds))
+    same.update({name: bool(torch.equal(variants[name](), reference)) for name in list(variants)[-2:]})
+    compile_s = {}
     if not args.no_compile:
-        eager_blocks = model.run_blocks
-        compiled = torch.compile(eager_blocks, dynamic=False)
+        for name, linear, blocks in (("torch.compile (inductor, blocks)", _shipped_linear, _blocks),
+                                     ("tried: torch.compile, oneDNN linear as an opaque op", _linear_for_compile,
+                                      _blocks_opaque)):
+            compiled = torch.compile(blocks, dynamic=False)  # traced at its first call, under `linear`
 
-        def with_compile():
-            model.run_blocks = compiled  # forward calls self.run_blocks: the instance attribute shadows the method
-            try:
-                return call()
-            finally:
-                del model.run_blocks
-        t = time.perf_counter()
-        same["torch.compile (inductor, blocks)"] = bool(torch.equal(with_compile(), reference))
-        compile_s = round(time.perf_counter() - t, 2)
-        variants["torch.compile (inductor, blocks)"] = with_compile
+            def with_compile(compiled=compiled, linear=linear):
+                # forward calls self.run_blocks: the instance attribute shadows the method
+                model.run_blocks = lambda x, layers, attn=False: compiled(model, x, layers, attn)
+                try:
+                    with mock.patch.object(transformer_mod.Linear, "forward", linear):
+                        return call()
+                finally:
+                    del model.run_blocks
+            t = time.perf_counter()
+            same[name] = bool(torch.equal(with_compile(), reference))
+            compile_s[name] = round(time.perf_counter() - t, 2)
+            variants[name] = with_compile
 
     times = {name: [] for name in variants}
     rng = random.Random(0)

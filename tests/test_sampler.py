@@ -465,3 +465,23 @@ def test_compiled_blocks_give_the_tokens_of_the_eager_ones():
     finally:
         del model.run_blocks
     assert torch.equal(compiled, eager)
+
+
+def test_ablation_script_runs_each_variant_and_the_exact_ones_keep_the_tokens():
+    """docs/bench_ablation.py patches the sampler from outside; when the sampler's internals change (as _Guided's
+    signature did for super-res) its variants must still run, and every variant that claims to change only speed must
+    give the shipped sampler's tokens for the seed."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "docs" / "bench_ablation.py"), "--preset", "ci", "--batch", "2",
+                          "--steps", "4", "--rounds", "1", "--no-compile"], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    variants = result["variants"]
+    changes_tokens = {"Muse ramp (step 0 skips the unconditional pass)", "bf16 autocast"}  # other weights, other dtype
+    assert {"tried: weights prepacked once per call", "tried: residual adds in the GEMM"} <= set(variants)
+    assert all(v["same_tokens_as_shipped"] for name, v in variants.items() if name not in changes_tokens), variants
+    assert not variants["Muse ramp (step 0 skips the unconditional pass)"]["same_tokens_as_shipped"]
+    assert 0 < result["shipped"]["fraction_of_peak"] <= 1
