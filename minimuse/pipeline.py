@@ -72,8 +72,9 @@ class MusePipeline:
         return next((self.transformer or self.superres).parameters()).device
 
     def to(self, device) -> "MusePipeline":
-        """Move every model to `device`. Random draws come from a CPU generator wherever the model runs, so a seed
-        gives the same draws on any device; a GPU's arithmetic differs from the CPU's in the last bits."""
+        """Move every model to `device`. A `seed` seeds a generator on the pipeline's device, so a seed gives the
+        same images run after run on one device, but not the CPU's images on a GPU (another random stream, and
+        arithmetic that differs in the last bits); pass `generator=torch.Generator().manual_seed(s)` for CPU draws."""
         device = check_device(device)
         for part in (self.transformer, self.tokenizer, self.text_encoder, self.superres, self.superres_tokenizer, self.critic):
             if part is not None:
