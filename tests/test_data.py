@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from minimuse.config import CAPTION_KINDS
-from minimuse.data import (PALETTE, RELATIONS, SHAPES, ImageFolderDataset, ShapesDataset, Spec, canonical_caption,
+from minimuse.data import (PALETTE, SHAPES, ImageFolderDataset, ShapesDataset, Spec, canonical_caption,
                            centroid, collate, eval_prompts, make_sample, parse_caption, render, specs_of_kind,
                            write_dataset)
 from minimuse.judge import judge_agreement, label_components, score
