@@ -95,14 +95,9 @@ _shipped_linear = transformer_mod.Linear.forward
 _BINARY = getattr(torch.ops.mkldnn._linear_pointwise, "binary", None) if transformer_mod._ONEDNN_LINEAR else None
 
 
-def _fast(x):  # where the shipped Linear takes oneDNN's path
-    return (transformer_mod._ONEDNN_LINEAR is not None and not torch.is_grad_enabled() and x.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu"))
-
-
 def _prepacked_linear(self, x):
     packed = self.__dict__.get("packed")  # set for one call by `prepacked`
-    if packed is None or not _fast(x):
+    if packed is None or not transformer_mod.onednn_applies(x, self.weight):
         return _shipped_linear(self, x)
     return transformer_mod._ONEDNN_LINEAR(x, packed, self.bias, self.act or "none", [], "none" if self.act else "")
 
@@ -122,11 +117,13 @@ def prepacked(fn, model, rows):
 
 
 def _plus(linear, y, x):  # x + linear(y), the add done in the GEMM's own pass over its output
-    return _BINARY(y, x, linear.weight, linear.bias, "add") if _fast(y) else x + linear(y)
+    if transformer_mod.onednn_applies(y, linear.weight):
+        return _BINARY(y, x, linear.weight, linear.bias, "add")
+    return x + linear(y)
 
 
 def _block_fused_adds(self, x, text_slices=None, return_attn=False, self_mask=None, cache=None):
-    """transformer.Block.forward (inference, with cross-attention, no qk-norm) with the three residual adds in the GEMMs."""
+    """transformer.Block.forward (inference, cross-attention, no qk-norm) with the residual adds in the GEMMs."""
     a, c = self.attn, self.cross
     B, L, D = x.shape
     q, k, v = a.qkv(self.ln1(x)).view(B, L, 3, a.H, D // a.H).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, Dh)
@@ -148,7 +145,7 @@ def _(x, w, b, act):
 
 
 def _linear_for_compile(self, x):  # the opaque op inside the compiled blocks only; eager layers stay as shipped
-    if torch.compiler.is_compiling() and _fast(x):
+    if torch.compiler.is_compiling() and transformer_mod.onednn_applies(x, self.weight):
         return _opaque_linear(x, self.weight, self.bias, self.act or "none")
     return _shipped_linear(self, x)
 

@@ -33,6 +33,12 @@ _ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.b
 USE_ONEDNN = True  # docs/bench_ablation.py switches it off to measure what it pays
 
 
+def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether oneDNN's fused linear serves x @ weight^T: fp32 inference on the CPU, outside autocast."""
+    return (USE_ONEDNN and _ONEDNN_LINEAR is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
+            and x.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"))
+
+
 class Linear(nn.Linear):
     """nn.Linear (the same weights and state-dict keys) with an optional fused GELU and the oneDNN inference path."""
 
@@ -41,9 +47,8 @@ class Linear(nn.Linear):
         self.act = act  # None or "gelu" (exact, erf-based, as nn.GELU)
 
     def forward(self, x):
-        if (USE_ONEDNN and _ONEDNN_LINEAR is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
-                and not torch.compiler.is_compiling()  # inductor cannot lower this op with weights as inputs
-                and x.dtype == self.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")):
+        # under torch.compile, F.linear: inductor cannot lower this op with the weights as graph inputs
+        if onednn_applies(x, self.weight) and not torch.compiler.is_compiling():
             return _ONEDNN_LINEAR(x, self.weight, self.bias, self.act or "none", [], "none" if self.act else "")
         y = F.linear(x, self.weight, self.bias)
         return F.gelu(y) if self.act == "gelu" else y
