@@ -166,8 +166,12 @@ def patched(*patches):
         yield
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def setting(ap: argparse.ArgumentParser):
+    """The options and inputs the sampler benchmarks in docs/ share: this script's and bench_aoti.py's.
+
+    Adds the shared options to `ap`, parses, builds the transformer (the preset plus --set overrides, exactly as
+    `minimuse bench` reads them, or a trained checkpoint) and random inputs: 16-token prompts and the 2-token "" text.
+    Returns (args, model, (text, text_mask, uncond), call); call(schedule, seed) runs sample() once -> its tokens."""
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     ap.add_argument("--preset", default="laptop")
     ap.add_argument("--checkpoint", help="a trained pipeline directory instead of a random-initialised model")
@@ -175,9 +179,8 @@ def main():
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--guidance", type=float, default=1.5)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variant")
     args = ap.parse_args()
-    cfg = _config(args)  # the preset plus --set overrides, exactly as `minimuse bench` reads them
+    cfg = _config(args)
     torch.manual_seed(0)
     model = (MaskedTransformer.from_pretrained(f"{args.checkpoint}/transformer") if args.checkpoint
              else MaskedTransformer.from_config(cfg)).eval()
@@ -185,9 +188,25 @@ def main():
     text, mask = torch.randn(B, T, E), torch.ones(B, T, dtype=torch.bool)
     uncond = torch.randn(1, 2, E)  # "" is [CLS][SEP]
 
-    def call(schedule="constant"):
+    def call(schedule="constant", seed=0):
         return sampler.sample(model, text, mask, uncond, None, num_steps=args.steps, guidance_scale=args.guidance,
-                              guidance_schedule=schedule, generator=torch.Generator().manual_seed(0))
+                              guidance_schedule=schedule, generator=torch.Generator().manual_seed(seed))
+    return args, model, (text, mask, uncond), call
+
+
+def header(args, model, peak) -> dict:
+    """The setting a result was measured at, first in every JSON these scripts print."""
+    return {"model": {"width": model.cfg.width, "depth": model.cfg.depth, "params": model.num_params(),
+                      "checkpoint": args.checkpoint},
+            "batch": args.batch, "steps": args.steps, "guidance": args.guidance, "threads": torch.get_num_threads(),
+            "rounds": args.rounds, "fp32_peak": peak}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variant")
+    args, model, _, call = setting(ap)
+    B = args.batch
 
     def under(*patches, fn=call):
         def run():
@@ -252,10 +271,7 @@ def main():
     base = statistics.median(times["all speed-ups (shipped, fp32)"])
     flops = count_flops(call)
     peak = honest_peak(model, 2 * B * model.grid[0] * model.grid[1])
-    out = {"model": {"width": model.cfg.width, "depth": model.cfg.depth, "params": model.num_params(),
-                     "checkpoint": args.checkpoint},
-           "batch": B, "steps": args.steps, "guidance": args.guidance, "threads": torch.get_num_threads(),
-           "rounds": args.rounds, "fp32_peak": peak,
+    out = {**header(args, model, peak),
            "shipped": {"gflop_per_image": round(flops / B / 1e9, 4),
                        "achieved_gflops": round(flops / B / base / 1e6, 1),
                        "fraction_of_peak": round(flops / B / base / 1e6 / peak["gflops"], 3)},

@@ -467,6 +467,39 @@ def test_compiled_blocks_give_the_tokens_of_the_eager_ones():
     assert torch.equal(compiled, eager)
 
 
+def test_aoti_script_compiles_the_blocks_that_eager_runs(monkeypatch):
+    """docs/bench_aoti.py's compiled blocks take the context as an input (a padded prompt and the shared "" text):
+    on activations and text other than the ones it was exported with they must give the eager blocks' output."""
+    import importlib.util
+    import tempfile
+    from pathlib import Path
+
+    from minimuse.sampler import _Guided
+    path = Path(__file__).resolve().parent.parent / "docs" / "bench_aoti.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # it imports bench_ablation from docs/
+    spec = importlib.util.spec_from_file_location("bench_aoti", path)
+    bench_aoti = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_aoti)
+    model = _tiny_transformer().eval()
+    u, um = texts(1, seed=99)
+
+    def inputs(seed):
+        emb, mask = texts(2, seed=seed)
+        with torch.inference_mode():
+            layers = model.text_layers(_Guided(model, emb, mask, u, um, [1.5]).ctx_both, 4)
+        return torch.randn(4, GRID[0] * GRID[1], 16, generator=gen(seed)), layers  # (2B, L, D)
+
+    x, layers = inputs(0)
+    with tempfile.TemporaryDirectory() as workdir, torch.no_grad():
+        blocks = bench_aoti.compile_blocks(model, x, layers, workdir)
+        x2, layers2 = inputs(1)
+        with torch.inference_mode():
+            eager = model.run_blocks(x2, layers2)[0]
+            compiled = blocks(x2, layers2)
+    assert not torch.allclose(eager, model.run_blocks(x, layers)[0])  # the second inputs do change the output
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
 def test_ablation_script_runs_each_variant_and_the_exact_ones_keep_the_tokens():
     """docs/bench_ablation.py patches the sampler from outside; when the sampler's internals change (as _Guided's
     signature did for super-res) its variants must still run, and every variant that claims to change only speed must
