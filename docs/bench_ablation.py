@@ -202,6 +202,21 @@ def header(args, model, peak) -> dict:
             "rounds": args.rounds, "fp32_peak": peak}
 
 
+def interleaved(variants: dict, rounds: int) -> dict:
+    """Seconds per call of every variant, timed in rounds: each round calls every variant once, in a shuffled order, so
+    that the machine's drift hits all of them alike."""
+    times = {name: [] for name in variants}
+    rng = random.Random(0)
+    for _ in range(rounds):
+        order = list(variants)
+        rng.shuffle(order)
+        for name in order:
+            t = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variant")
@@ -259,15 +274,7 @@ def main():
             compile_s[name] = round(time.perf_counter() - t, 2)
             variants[name] = with_compile
 
-    times = {name: [] for name in variants}
-    rng = random.Random(0)
-    for _ in range(args.rounds):
-        order = list(variants)
-        rng.shuffle(order)
-        for name in order:
-            t = time.perf_counter()
-            variants[name]()
-            times[name].append(1000 * (time.perf_counter() - t) / B)
+    times = {name: [1000 * s / B for s in ts] for name, ts in interleaved(variants, args.rounds).items()}  # ms/image
     base = statistics.median(times["all speed-ups (shipped, fp32)"])
     flops = count_flops(call)
     peak = honest_peak(model, 2 * B * model.grid[0] * model.grid[1])

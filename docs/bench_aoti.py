@@ -10,13 +10,14 @@ which takes its AVX2 path on AMD CPUs, and each call of a compiled function firs
 packs the frozen fp32 weights for oneDNN's linear (AVX-512 here) and fuses what lies between the GEMMs, and the
 compiled library is called without guards. Here it compiles the blocks (`run_blocks`, fixed shapes for one batch
 size and text length) once, and `sample()` is timed with the blocks served by the compiled library or by the shipped
-eager code, in interleaved rounds as in docs/bench_ablation.py. The JSON also gives the compile time, the largest
-difference between the two blocks' outputs, and for how many of `--seeds` seeds the two draw identical tokens (packed
-GEMMs and fused kernels sum in another order, so the logits differ in the last bits). Not shipped; see the page.
+eager code, in interleaved rounds as in docs/bench_ablation.py, and so are the blocks alone (`blocks_us_per_call`).
+The JSON also gives each variant's fraction of the fp32 peak, the time to export, compile and load the blocks
+(`compile_s`), the largest difference between the two blocks' outputs, and for how many of `--seeds` seeds the two
+draw identical tokens (packed GEMMs and fused kernels sum in another order, so the outputs differ in the last bits).
+Not shipped; see the page.
 """
 import argparse
 import json
-import random
 import statistics
 import tempfile
 import time
@@ -26,7 +27,7 @@ import torch
 
 from minimuse import sampler, transformer as transformer_mod
 from minimuse.bench import count_flops, honest_peak
-from bench_ablation import header, setting  # docs/, the directory of this script
+from bench_ablation import header, interleaved, setting  # docs/, the directory of this script
 
 
 class _Blocks(torch.nn.Module):
@@ -70,31 +71,34 @@ def main():
         with torch.inference_mode():
             max_diff = (blocks(x, layers) - eager_out).abs().max().item()
 
+        served = []  # one entry per call of the compiled blocks
+
         def aot(seed=0):
-            model.run_blocks = lambda x, layers, attn=False: (blocks(x, layers), [None] * len(layers))
+            def run_blocks(x, layers, attn=False):
+                served.append(1)
+                return blocks(x, layers), [None] * len(layers)
+            model.run_blocks = run_blocks  # forward calls self.run_blocks: the instance attribute shadows the method
             try:
                 return call(seed=seed)
             finally:
-                del model.run_blocks  # the instance attribute shadowed the method
+                del model.run_blocks
 
         same = sum(bool(torch.equal(call(seed=s), aot(s))) for s in range(args.seeds))
-        variants = {"eager blocks (shipped)": call, "AOTInductor blocks, frozen weights": aot}
-        times = {name: [] for name in variants}
-        blocks_us = {"eager": [], "aot": []}
-        rng = random.Random(0)
-        with torch.inference_mode():
-            for _ in range(args.rounds):
-                order = list(variants)
-                rng.shuffle(order)
-                for name in order:
-                    t = time.perf_counter()
-                    variants[name]()
-                    times[name].append(1000 * (time.perf_counter() - t) / B)
-                for name, fn in (("eager", lambda: model.run_blocks(x, layers)), ("aot", lambda: blocks(x, layers))):
-                    t = time.perf_counter()
+        if len(served) != args.seeds * args.steps:  # else the comparison below would time eager against eager
+            raise SystemExit(f"the compiled blocks served {len(served)} of {args.seeds * args.steps} forward passes")
+
+        def blocks_10x(fn):  # the blocks alone, 10 calls on the example inputs
+            def run():
+                with torch.inference_mode():
                     for _ in range(10):
-                        fn()
-                    blocks_us[name].append(1e5 * (time.perf_counter() - t))  # us per call of the blocks
+                        fn(x, layers)
+            return run
+
+        variants = {"eager blocks (shipped)": call, "AOTInductor blocks, frozen weights": aot,
+                    "blocks alone: eager": blocks_10x(model.run_blocks), "blocks alone: aot": blocks_10x(blocks)}
+        seconds = interleaved(variants, args.rounds)
+    times = {name: [1000 * s / B for s in seconds[name]] for name in list(variants)[:2]}  # ms/image
+    blocks_us = {name: [1e5 * s for s in seconds[f"blocks alone: {name}"]] for name in ("eager", "aot")}  # us/call
     base = statistics.median(times["eager blocks (shipped)"])
     flops = count_flops(call)
     peak = honest_peak(model, 2 * B * model.grid[0] * model.grid[1])

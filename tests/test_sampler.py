@@ -467,9 +467,11 @@ def test_compiled_blocks_give_the_tokens_of_the_eager_ones():
     assert torch.equal(compiled, eager)
 
 
-def test_aoti_script_compiles_the_blocks_that_eager_runs(monkeypatch):
-    """docs/bench_aoti.py's compiled blocks take the context as an input (a padded prompt and the shared "" text):
-    on activations and text other than the ones it was exported with they must give the eager blocks' output."""
+@pytest.mark.parametrize("padded", [True, False], ids=["padded-prompts", "all-real-text"])
+def test_aoti_script_compiles_the_blocks_that_eager_runs(monkeypatch, padded):
+    """docs/bench_aoti.py's compiled blocks take the context as an input (the prompts, their padding mask and the
+    shared "" text): on activations, prompts, padding and "" text other than the ones it was exported with they must
+    give the eager blocks' output. All-real text is the mask-free path the script itself exports."""
     import importlib.util
     import tempfile
     from pathlib import Path
@@ -481,22 +483,25 @@ def test_aoti_script_compiles_the_blocks_that_eager_runs(monkeypatch):
     bench_aoti = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_aoti)
     model = _tiny_transformer().eval()
-    u, um = texts(1, seed=99)
 
     def inputs(seed):
         emb, mask = texts(2, seed=seed)
+        mask[:] = True
+        if padded:
+            mask[0, 4 - seed:] = False  # another padding pattern for each seed
+        u, um = texts(1, seed=99 + seed)
         with torch.inference_mode():
-            layers = model.text_layers(_Guided(model, emb, mask, u, um, [1.5]).ctx_both, 4)
+            layers = model.text_layers(_Guided(model, emb, mask, u, torch.ones_like(um), [1.5]).ctx_both, 4)
         return torch.randn(4, GRID[0] * GRID[1], 16, generator=gen(seed)), layers  # (2B, L, D)
 
     x, layers = inputs(0)
+    x2, layers2 = inputs(1)
     with tempfile.TemporaryDirectory() as workdir, torch.no_grad():
         blocks = bench_aoti.compile_blocks(model, x, layers, workdir)
-        x2, layers2 = inputs(1)
         with torch.inference_mode():
-            eager = model.run_blocks(x2, layers2)[0]
+            eager, eager_first = model.run_blocks(x2, layers2)[0], model.run_blocks(x, layers)[0]
             compiled = blocks(x2, layers2)
-    assert not torch.allclose(eager, model.run_blocks(x, layers)[0])  # the second inputs do change the output
+    assert not torch.allclose(eager, eager_first)  # the second inputs do change the output
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 
