@@ -7,7 +7,7 @@
 `torch.compile` does not pay on this CPU (docs/BENCHMARKS.md): inductor lowers fp32 linear layers to MKL's GEMM,
 which takes its AVX2 path on AMD CPUs, and each call of a compiled function first checks its guards. AOTInductor
 (`torch.export` + `aoti_compile_and_package`) with weight freezing is the other route: in ahead-of-time mode inductor
-packs the frozen fp32 weights for oneDNN's linear (AVX-512 here) and fuses what lies between the GEMMs, and the
+packs the frozen fp32 weights for oneDNN's linear (AVX-512 here) and can fuse what lies between the GEMMs, and the
 compiled library is called without guards. Here it compiles the blocks (`run_blocks`, fixed shapes for one batch
 size and text length) once, and `sample()` is timed with the blocks served by the compiled library or by the shipped
 eager code, in interleaved rounds as in docs/bench_ablation.py, and so are the blocks alone (`blocks_us_per_call`).
