@@ -233,8 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _debug() -> bool:
+    """MINIMUSE_DEBUG turns tracebacks on only when set to 1, true or yes (any case): 0, false or no keep them off."""
+    return os.environ.get("MINIMUSE_DEBUG", "").strip().lower() in ("1", "true", "yes")
+
+
 def _fail(e) -> int:
-    if os.environ.get("MINIMUSE_DEBUG"):
+    if _debug():
         raise  # the exception being handled, with its traceback
     print(f"minimuse: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message held
     return 2

@@ -102,6 +102,10 @@ def cmd_dataset(args):
 
 def cmd_pretokenize(args):
     _at_least_1(shard_size=args.shard_size, batch_size=args.batch_size)
+    from .checkpoint import refuse_overlap
+    # Before anything is loaded, written or deleted: --overwrite empties --out, so it must hold none of the inputs.
+    refuse_overlap(args.out, {"--data": args.data, "--tokenizer": args.tokenizer,
+                              "--superres-tokenizer": args.superres_tokenizer})
     from .shards import pretokenize
     from .text_encoder import TextEncoder
     from .tokenizer import Tokenizer

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, atomic_write_json, load_tree, save_tree
+from .checkpoint import CheckpointError, atomic_write_json, load_tree, refuse_overlap, save_tree
 from .hfdata import DataError, caption_of, load_image_text, prepare_image
 
 FORMAT = "minimuse-shards/1"
@@ -88,23 +88,23 @@ def pretokenize(data, tokenizer, text_encoder, out_dir, size: int, caption_colum
     With `lowres_tokenizer` the shards are the super-res stage's: `ids` of the image at `size` through `tokenizer`
     (the high-res one) and `lowres_ids` of its box decimation to `lowres_size` through `lowres_tokenizer`. A killed run resumes:
     shards already in place are skipped. A folder of shards from another tokenizer, encoder or source is refused
-    unless `overwrite`."""
+    unless `overwrite`, which deletes only such a folder of shards: never `data`, a folder holding it or one inside it,
+    nor a file or a folder without a manifest."""
     import datasets
     if lowres_tokenizer is not None and (lowres_size is None or size % lowres_size):
         raise ValueError(f"a super-res pretokenize needs lowres_size dividing size {size}, got {lowres_size}")
+    out = refuse_overlap(out_dir, {"data": data}, name="out_dir")  # --overwrite would delete the dataset itself
+    if out.exists() and not out.is_dir():
+        raise ShardError(f"{out} exists and is not a folder; minimuse never deletes it, even with --overwrite: "
+                         "choose an empty or new --out")
     ds, image_column = load_image_text(data, caption_column, split, streaming)
-    out = Path(out_dir)
     key = {"format": FORMAT, "source": str(Path(data).resolve()), "split": split, "caption_column": caption_column,
            "image_size": size, "lowres_size": lowres_size if lowres_tokenizer is not None else None, "shard_size": shard_size, "tokenizer": tokenizer_identity(tokenizer),
            "lowres_tokenizer": tokenizer_identity(lowres_tokenizer) if lowres_tokenizer is not None else None,
            "text_encoder": text_identity(text_encoder)}
+    # --overwrite deletes only a folder this function made: one holding a readable minimuse-shards manifest.
     if (out / MANIFEST).is_file():
-        try:
-            old = _read_manifest(out)
-        except ShardError:
-            if not overwrite:
-                raise
-            old = {}
+        old = _read_manifest(out)  # a manifest of another format or a corrupt one: not ours to delete
         if {k: old.get(k) for k in key} != key:
             if not overwrite:
                 diff = next(k for k in key if old.get(k) != key[k])
@@ -112,9 +112,8 @@ def pretokenize(data, tokenizer, text_encoder, out_dir, size: int, caption_colum
                                  "pass --overwrite to replace them, or choose another --out")
             shutil.rmtree(out)
     elif out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ShardError(f"{out} exists and holds no shards; choose an empty or new --out (or pass --overwrite)")
-        shutil.rmtree(out)
+        raise ShardError(f"{out} exists and holds no shards ({MANIFEST} missing); minimuse deletes only folders of "
+                         "shards it wrote, even with --overwrite: choose an empty or new --out")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / MANIFEST, {**key, "complete": False})
 
