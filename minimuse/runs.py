@@ -64,6 +64,21 @@ def load_training_state(path) -> dict:
     return load_tree(path)
 
 
+def full_state(model, optimizer) -> tuple[dict, dict]:
+    """The whole model's and optimizer's state dicts, on the CPU, of a model sharded by FSDP2 (a collective: every
+    process calls it, and the main one receives the gathered tensors). The optimizer's state is keyed by parameter
+    name, so a run resumes onto any sharding of the same model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state(model, optimizer, model_state: dict, optimizer_state: dict) -> None:
+    """Inverse of full_state: every process reads the whole state and keeps its own shards of it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
+                   options=StateDictOptions(full_state_dict=True))
+
+
 def prepare_run_dir(out_dir, state_name: str, outputs: tuple[str, ...], resume: bool, overwrite: bool,
                     accelerator=None) -> Path:
     """Refuse to train over an existing run unless told how: --resume continues it, --overwrite starts over.

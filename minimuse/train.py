@@ -21,7 +21,8 @@ from .pool import build_token_pool, text_table, train_step_inputs  # noqa: F401 
 from .runs import (CRITIC_STATE, LOG_NAME, POOL_NAME, STATE_NAME, SUPERRES_STATE, TRANSFORMER_STATE, JsonlLogger, _last_ckpt,  # noqa: F401
                    _progress, _saved, batch_indices, cosine_lr, keep_freed_memory, load_batch, make_accelerator, psnr,
                    resolve_precision, seed_everything, set_lr,
-                   load_training_state, prepare_run_dir, rng_states, save_training_state, set_rng_states)
+                   full_state, load_full_state, load_training_state, prepare_run_dir, rng_states, save_training_state,
+                   set_rng_states)
 from .train_tokenizer import train_tokenizer  # noqa: F401 (notebooks and tests import it from here)
 
 
@@ -179,6 +180,12 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     # seconds went (setup = pool, text table, model; step = forward, backward, optimizer; eval; ckpt), for --report
     start, history, window, elapsed = 0, [], [], 0.0
     timing = {"setup_s": 0.0, "step_s": 0.0, "eval_s": 0.0, "ckpt_s": 0.0, "steps": 0}
+    # FSDP (configs/accelerate/fsdp.yaml) shards every Block's weights across the processes: exports and the training
+    # state gather them, with the optimizer's state keyed by parameter name (runs.full_state), so a run resumes exactly
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if fsdp and (ema is not None or tc.eval_every):
+        raise ValueError("under FSDP, set train.ema_decay=0 and train.eval_every=0: the EMA and the quick eval are not "
+                         "sharded yet")
     if resume:
         state = load_training_state(out_dir / state_name)
         if _saved(state) != cfg.to_dict():
@@ -187,7 +194,8 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
             raise ValueError(f"cannot resume {out_dir}: it was trained on other data "
                              f"({(state.get('data') or {}).get('source', 'the shapes pool')}); pass the same --data")
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if not fsdp:  # FSDP's optimizer state loads onto the shards, after prepare
+            optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
             for e, s in zip(ema, state["ema"]):
                 e.copy_(s)
@@ -195,14 +203,10 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         timing = state.get("timing", timing)
         set_rng_states(state["rng"])
 
-    # FSDP (configs/accelerate/fsdp.yaml) shards every Block's weights across the processes: exports gather them;
-    # the sharded optimizer state is not saved, so an FSDP run cannot --resume (docs/GPU.md)
-    fsdp = accelerator.distributed_type == DistributedType.FSDP
-    if fsdp and (resume or ema is not None or tc.eval_every):
-        raise ValueError("under FSDP, set train.ema_decay=0 and train.eval_every=0, and start a run (no --resume): "
-                         "the EMA, the quick eval and the training state are not sharded yet")
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model, keep_torch_compile=False)  # plain module: its state_dict keys carry no prefix
+    if resume and fsdp:
+        load_full_state(raw, optimizer.optimizer, state["model"], state["optimizer"])
     if ema is not None:
         ema = [e.to(accelerator.device) for e in ema]  # beside the weights it follows (a GPU's, after prepare)
     logger = JsonlLogger(out_dir / LOG_NAME, resume_step=start if resume else None, enabled=accelerator.is_main_process)
@@ -214,18 +218,18 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     def export(step: int):
         """Save what a user loads (EMA weights if enabled) and, beside it, everything needed to resume."""
         accelerator.wait_for_everyone()
-        full = accelerator.get_state_dict(model) if fsdp else None  # a collective: every process sends its shards
+        weights, moments = full_state(raw, optimizer.optimizer) if fsdp else (raw.state_dict(), optimizer.state_dict())
         if not accelerator.is_main_process:
             return
-        if fsdp:
-            shadow = cls.from_config(cfg)
-            shadow.load_state_dict(full)
-            shadow.save_pretrained(out_dir / export_name, cfg)
-            return
         save_training_state(out_dir / state_name, {
-            "step": step, "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_states(),
+            "step": step, "model": weights, "optimizer": moments, "rng": rng_states(),
             "history": history, "config": cfg.to_dict(), "ema": ema, "window": window, "data": data_key,
             "elapsed_s": elapsed + time.time() - t0, "timing": timing})
+        if fsdp:
+            shadow = cls.from_config(cfg)
+            shadow.load_state_dict(weights)
+            shadow.save_pretrained(out_dir / export_name, cfg)
+            return
         if ema is None:
             raw.save_pretrained(out_dir / export_name, cfg)
         else:

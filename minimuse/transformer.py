@@ -153,7 +153,10 @@ class MaskedTransformer(nn.Module):
         (h, w), L = self.grid, ids.shape[1]
         if L != h * w:
             raise ValueError(f"ids hold {L} tokens per image; this transformer is built for a {h}x{w} grid ({h * w})")
-        layers = self.text_layers(self.resolve_ctx(text, text_mask, ctx), B, return_attn)
+        if ctx is None and text is not None:  # training: each block projects the text inside its own forward, where
+            layers = self.text_in_blocks(text, text_mask)  # FSDP has gathered that block's weights
+        else:
+            layers = self.text_layers(self.resolve_ctx(text, text_mask, ctx), B, return_attn)
         x = self.tok_emb(ids) + self.positions()  # (B, L, D)
         x, attns = self.run_blocks(x, layers, return_attn)
         if head_index is not None:
@@ -174,6 +177,16 @@ class MaskedTransformer(nn.Module):
                 raise ValueError("text_mask (B, T) bool is required with text")
             ctx = self.encode_text(text, text_mask)
         return ctx
+
+    def text_in_blocks(self, text: torch.Tensor, text_mask: torch.Tensor) -> list:
+        """Per block, one slice (projected text (B, T, D), None, attn_mask): CrossAttention makes its K/V from it."""
+        if text_mask is None:
+            raise ValueError("text_mask (B, T) bool is required with text")
+        self.check_text(text, text_mask)
+        mask = text_mask.bool()
+        proj = self.text_norm(self.text_proj(text))  # (B, T, D)
+        am = None if bool(mask.all()) else mask[:, None, None, :]  # (B, 1, 1, T)
+        return [[(proj, None, am)] for _ in self.blocks]
 
     def text_layers(self, ctx: TextContext | tuple[TextContext, ...], B: int, return_attn: bool = False) -> list:
         """Per block, the (k, v, attn_mask) of each equal slice of a batch of B images (see `forward`'s ctx)."""
@@ -311,6 +324,8 @@ class CrossAttention(nn.Module):
         """x (B, L, D); text_slices: one (k, v, attn_mask) per equal slice of the batch, k and v (B/n, H, T_i, Dh)."""
         B, L, D = x.shape
         q = self.q_norm(self.q(x).view(B, L, self.H, D // self.H).transpose(1, 2))  # (B, H, L, Dh)
+        # a slice (text, None, mask) holds the projected text (B, T, D), not this layer's K/V: make them here
+        text_slices = [(*self.text_kv(k), m) if v is None else (k, v, m) for k, v, m in text_slices]
         if return_attn:  # one slice (forward checks)
             (k, v, attn_mask), = text_slices
             y, attn = attention(q, k, v, attn_mask, weights=True)  # (B, H, L, Dh), (B, H, L, T)

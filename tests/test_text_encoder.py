@@ -136,3 +136,23 @@ def test_cat_text_pads_to_the_longest():
     emb, mask = cat_text(a, b)
     assert emb.shape == (3, 5, 4) and mask.sum(1).tolist() == [3, 3, 2]
     assert torch.equal(emb[:2, 3:], torch.zeros(2, 2, 4)) and torch.equal(emb[2], b[0][0])
+
+
+def test_cached_prompts_never_load_the_weights(tmp_path, monkeypatch):
+    """With every prompt in the user's disk cache (MINIMUSE_TEXT_CACHE), a new encoder serves them without reading the
+    LM's weights (a machine that replays cached prompts need not hold them), on the device it was moved to, and
+    bit-identical to what the LM gave; the first uncached prompt then loads the weights."""
+    import minimuse.text_encoder as te
+    monkeypatch.setenv(te.CACHE_ENV, str(tmp_path))
+    first = TextEncoder(TextConfig())
+    want = first(PROMPTS)
+    loads = []
+    real = te.load_hf_model
+    monkeypatch.setattr(te, "load_hf_model", lambda name: loads.append(name) or real(name))
+    second = TextEncoder(TextConfig()).to("cpu")
+    got = second(PROMPTS)
+    assert loads == [] and second._lm is None and second.cache_info().disk_hits == len(PROMPTS)
+    assert all(torch.equal(a, b) for a, b in zip(want, got)) and got[0].device == second.device
+    assert second.content_token_count(["a red circle"]) == [3]  # the tokenizer is there without the weights
+    second(["a purple circle below a red square"])
+    assert loads == ["minilm"] and second.cache_info().misses == 1

@@ -60,6 +60,7 @@ EVERY_OPTION = {"train.mixed_precision": "bf16", "train.ema_decay": 0.9, "train.
                 "train.rect_mask_prob": 0.5, "train.label_smoothing": 0.1, "train.cond_drop_prob": 0.3}
 
 
+@pytest.mark.cuda  # on a GPU this trains on CUDA: resume must be exact there too
 @pytest.mark.parametrize("options", [{}, EVERY_OPTION, {"transformer.kind": "autoregressive"}],
                          ids=["defaults", "every-option", "autoregressive"])
 def test_resume_equals_uninterrupted_run(tmp_path, tok_dir, options):
