@@ -10,9 +10,11 @@ repeats). The host's share of a step (train_step_inputs alone) is timed too. Tex
 Sampling: images/s of sampler.sample at batch 64 and 256 with 24 steps and guidance (two forward passes per step),
 fp32 and bf16, with the sampler's random draws from a CPU generator (bit-identical to the CPU's draws) or a CUDA one.
 
-Usage: python docs/gpu_bench.py OUT.json   (needs a CUDA device; the laptop and gpu rows took about 5 minutes
-on one H100, and the 330 s limit of that run stopped it before gpu-small)
+Usage: python docs/gpu_bench.py OUT.json [--presets ...] [--precisions ...] [--rounds R] [--steps S] [--no-sampling]
+(on a CUDA device; all presets and precisions took over 5 minutes on one H100). --device cpu runs the same code on the
+CPU, which only checks that it runs (benchmarks/gpu_check.sh --dry-run).
 """
+import argparse
 import json
 import os
 import statistics
@@ -30,10 +32,12 @@ from minimuse.scheduler import masked_ce
 from minimuse.transformer import MaskedTransformer
 
 T, E = 16, 384
+DEVICE = "cuda"
 
 
 def sync_time() -> float:
-    torch.cuda.synchronize()
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter()
 
 
@@ -41,7 +45,8 @@ def matmul_peak(dtype, tf32: bool = False) -> float:
     """Best TFLOP/s of cuBLAS over square sizes and repeats (bench.matmul_peak): the ceiling MFU is measured against."""
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
-        return matmul_peak_gflops(dtype, CUDA_SIZES, repeats=5, device="cuda")["gflops"] / 1e3
+        sizes = CUDA_SIZES if DEVICE == "cuda" else (256, 512)
+        return matmul_peak_gflops(dtype, sizes, repeats=5, device=DEVICE)["gflops"] / 1e3
     finally:
         torch.backends.cuda.matmul.allow_tf32 = False
 
@@ -66,7 +71,7 @@ class Variant:
     def __init__(self, cfg, precision: str):
         torch.manual_seed(0)
         self.cfg, self.precision = cfg, precision
-        self.model = MaskedTransformer.from_config(cfg).cuda().train()
+        self.model = MaskedTransformer.from_config(cfg).to(DEVICE).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=True)
         self.fwd = torch.compile(self.model) if precision == "bf16+compile" else self.model
         self.pool, self.table = synthetic_data(cfg)
@@ -74,13 +79,13 @@ class Variant:
 
     def batch(self):
         self.i += 1
-        return [x.cuda(non_blocking=True) for x in train_step_inputs(self.pool, self.table, self.cfg, self.i,
+        return [x.to(DEVICE, non_blocking=True) for x in train_step_inputs(self.pool, self.table, self.cfg, self.i,
                                                                       self.cfg.train.batch_size, self.model.mask_id)]
 
     def step(self):
         torch.backends.cuda.matmul.allow_tf32 = self.precision == "tf32"
         inputs, labels, text, text_mask = self.batch()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.precision.startswith("bf16")):
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=self.precision.startswith("bf16")):
             loss = masked_ce(self.fwd(inputs, text, text_mask), labels, self.cfg.train.label_smoothing)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -94,10 +99,10 @@ class Variant:
                                 "bf16" if self.precision.startswith("bf16") else "no")
 
 
-def bench_training(presets, precisions, peaks, rounds: int = 4, steps: int = 10) -> list[dict]:
+def bench_training(presets, precisions, peaks, rounds: int = 4, steps: int = 10, overrides=None) -> list[dict]:
     rows = []
     for name in presets:
-        cfg = get_config(name)
+        cfg = get_config(name, **(overrides or {}))
         variants = []
         for p in precisions:
             v = Variant(cfg, p)
@@ -132,7 +137,8 @@ def bench_training(presets, precisions, peaks, rounds: int = 4, steps: int = 10)
                          "host_batch_ms_median": round(statistics.median(host) * 1e3, 2)})
             print(json.dumps(rows[-1]), flush=True)
         del variants
-        torch.cuda.empty_cache()
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -166,18 +172,34 @@ def bench_sampling(presets, batches=(64, 256), num_steps: int = 24, repeats: int
     return rows
 
 
-def main(out: str):
-    assert torch.cuda.is_available(), "gpu_bench.py needs a CUDA device"
-    peaks = {"fp32": matmul_peak(torch.float32), "tf32": matmul_peak(torch.float32, tf32=True),
-             "bf16": matmul_peak(torch.bfloat16)}
+def main(argv=None):
+    global DEVICE
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out")
+    ap.add_argument("--presets", nargs="+", default=["laptop", "gpu", "gpu-small"])
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "tf32", "bf16", "bf16+compile"])
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds of --steps timed steps per variant")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--no-sampling", action="store_true", help="time training only")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="config overrides for every preset")
+    args = ap.parse_args(argv)
+    DEVICE = args.device
+    assert DEVICE == "cpu" or torch.cuda.is_available(), "gpu_bench.py needs a CUDA device (or --device cpu)"
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    if "tf32" in args.precisions:
+        peaks["tf32"] = matmul_peak(torch.float32, tf32=True)
     print("peaks TFLOP/s", peaks, flush=True)
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "peak_tflops": peaks,
-              "training": bench_training(["laptop", "gpu", "gpu-small"], ["fp32", "tf32", "bf16", "bf16+compile"], peaks),
-              "sampling": bench_sampling(["laptop", "gpu"])}
-    with open(out + ".tmp", "w") as f:
+    result = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__,
+              "peak_tflops": peaks, "argv": sys.argv[1:],
+              "training": bench_training(args.presets, args.precisions, peaks, args.rounds, args.steps, overrides)}
+    if not args.no_sampling:
+        result["sampling"] = bench_sampling(args.presets)
+    with open(args.out + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
-    os.replace(out + ".tmp", out)
+    os.replace(args.out + ".tmp", args.out)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()
