@@ -1,6 +1,6 @@
 """Command line: `minimuse SUBCOMMAND ...` and `python -m minimuse SUBCOMMAND ...`.
 
-Thin wrappers over the package functions (DESIGN §4): each subcommand parses its arguments, checks them once,
+Thin wrappers over the package functions (the commands of docs/CONTRACTS.md): each subcommand parses its arguments, checks them once,
 before anything slow, calls one function, and turns the package's errors into one line on stderr with exit code 2
 (MINIMUSE_DEBUG=1 shows the traceback instead). Nothing here holds maths. The README and
 notebooks/00_overview.ipynb list every command.

@@ -2,7 +2,7 @@
 
 Muse (Chang et al. 2023) trains on image-text pairs; here a seeded generator draws 1-4 flat-colored circles,
 squares and triangles on black, anti-aliased by 4x supersampling, with a caption in a small canonical grammar and
-the structured `Spec` behind it (DESIGN.md §3); judge.py checks an image against its spec. `ImageFolderDataset`
+the structured `Spec` behind it (docs/CONTRACTS.md); judge.py checks an image against its spec. `ImageFolderDataset`
 reads Hugging Face imagefolder data (through hfdata.py).
 Taught in notebooks/01_shapes_world.ipynb.
 """

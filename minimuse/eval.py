@@ -115,7 +115,7 @@ def eval_tokenizer(ckpt_dir, n: int = 1000, seed: int | None = None, batch_size:
 # ------------------------------------------------------------------------------------------------- faithfulness
 def eval_faithfulness(pipe, n_per_kind: int = 256, seed: int | None = None, kinds=None, batch_size: int = 128,
                       judge_size: int | None = None, **sampling) -> dict:
-    """Generate one image per held-out canonical prompt and judge it with judge.score (DESIGN §7).
+    """Generate one image per held-out canonical prompt and judge it with judge.score (docs/JUDGE.md).
 
     Returns overall accuracy, accuracy per caption kind, and per count for the `count` kind (with `single` as
     count 1), plus the sampling settings used. Prompts come from the eval seed, never used in training.

@@ -1,6 +1,6 @@
 """The judge: does an image show what its caption says? The faithfulness metric of every notebook and of `minimuse eval`.
 
-Muse reports CLIP score and FID; the shapes world can be judged exactly instead (DESIGN §7). `score(image, spec)`
+Muse reports CLIP score and FID; the shapes world can be judged exactly instead (docs/JUDGE.md). `score(image, spec)`
 segments the non-black pixels into 4-connected blobs, names each blob's palette color and its shape from three
 coverage-weighted moments, then compares the multiset of (color, shape) with the spec and, for a relation, the
 centroids. `judge_agreement` measures how often it accepts real dataset images (docs/JUDGE.md: 100% at 32 px).

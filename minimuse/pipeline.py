@@ -1,6 +1,6 @@
 """The text-to-image pipeline: prompt -> frozen LM -> sampler -> tokenizer.decode -> uint8 images.
 
-Glue only (DESIGN §4): it loads the trained parts from a checkpoint directory (`tokenizer/`, `transformer/`, and
+Glue only (the pipeline of docs/CONTRACTS.md): it loads the trained parts from a checkpoint directory (`tokenizer/`, `transformer/`, and
 for Muse's cascade `superres/` with `superres_tokenizer/`), encodes the prompts, calls the written-out loop in
 sampler.py (once per stage), and decodes. Every sampling
 feature is a named argument whose default is the checkpoint's measured best (its SampleConfig). Arguments are

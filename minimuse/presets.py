@@ -92,7 +92,7 @@ PRESETS: dict[str, Config] = {
         tokenizer=TokenizerConfig(channels=128, channel_mult=(1, 2, 2, 4), num_res_blocks=2, codebook_size=1024, code_dim=64,
                                   fsq_levels=(8, 8, 4, 4), disc_weight=0.1, disc_start=10_000, lr=2e-4, steps=50_000,
                                   batch_size=64, ckpt_every=2000),
-        transformer=TransformerConfig(width=768, depth=12, heads=12, qk_norm=True),  # about 100M parameters (DESIGN §5)
+        transformer=TransformerConfig(width=768, depth=12, heads=12, qk_norm=True),  # 115M parameters (docs/MODEL_SIZES.md)
         train=TrainConfig(steps=100_000, batch_size=256, lr=3e-4, warmup_steps=2000, mixed_precision="bf16",
                           ema_decay=0.9999, ckpt_every=2000, eval_every=5000, eval_prompts=256),
         sample=SampleConfig(num_steps=12, guidance_scale=2.0)),

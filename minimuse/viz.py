@@ -1,6 +1,6 @@
 """Pictures: image grids, partly decoded grids, and per-step mask / confidence / entropy strips.
 
-The sampler's history (DESIGN §4: one dict per step with `ids`, `mask`, `committed`, `confidence`, `entropy`)
+The sampler's history (docs/CONTRACTS.md: one dict per step with `ids`, `mask`, `committed`, `confidence`, `entropy`)
 is what makes Muse's parallel decoding watchable (MaskGIT Fig. 2). Plain numpy / PIL / matplotlib, no state;
 `step_panels` is the tested logic behind the notebooks' step slider. Taught in notebooks/06_sampling.ipynb.
 """
@@ -150,17 +150,17 @@ def image_grid(images: np.ndarray, captions: list[str] | None = None, ncol: int 
 
 
 # The course, in order: (notebook stem, short title, the package file it teaches). notebooks/00 prints this map.
-LESSONS = [
-    ("00_overview", "overview", "config.py, cli.py"),
+LESSONS = [  # the README's lesson table lists the same stems and files (tests/test_notebook_hygiene.py)
+    ("00_overview", "overview", "config.py, presets.py, cli.py"),
     ("01_shapes_world", "shapes world", "data.py, judge.py"),
     ("02_tokenizer", "tokenizer", "tokenizer.py"),
     ("03_text_encoder", "text encoder", "text_encoder.py"),
     ("04_masking", "masking", "scheduler.py"),
-    ("05_training", "training", "transformer.py, train.py"),
-    ("06_sampling", "sampling", "sampler.py"),
-    ("07_superres", "super-res", "superres.py"),
-    ("08_editing", "editing", "editing.py"),
-    ("09_experiments", "experiments", "eval.py, sweep.py"),
+    ("05_training", "training", "transformer.py, pool.py, train.py"),
+    ("06_sampling", "sampling", "sampler.py, viz.py"),
+    ("07_superres", "super-res", "superres.py, train_tokenizer.py"),
+    ("08_editing", "editing", "editing.py, eval_edits.py"),
+    ("09_experiments", "experiments", "eval.py, sweep.py, eval_counts.py, bench.py"),
 ]
 
 

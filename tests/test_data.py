@@ -1,4 +1,4 @@
-"""The shapes world (DESIGN.md §3): generator geometry, determinism, caption grammar, the judge (judge.py), files on disk."""
+"""The shapes world (docs/CONTRACTS.md): generator geometry, determinism, caption grammar, the judge (judge.py), files on disk."""
 import itertools
 import json
 import math

@@ -172,3 +172,11 @@ def test_solutions_are_clean_executed_and_banded(nb):
         if cell["cell_type"] == "code":
             lines = [l for l in _text(cell).strip().splitlines() if l.strip()]
             assert not (lines and lines[-1].rstrip().endswith(";")), f"{nb.name}: cell ends with ';'"
+
+
+def test_readme_lesson_table_is_viz_lessons():
+    """The README's lesson table and viz.LESSONS (the roadmap strip, notebook 00's map) name the same lessons, in order,
+    with the same package files: one list, shown in two places."""
+    rows = re.findall(r"^\| `(\d\d_\w+)` \| [^|]+ \| (.+) \|$", (ROOT / "README.md").read_text(), flags=re.M)
+    assert [(stem, files.replace("`", "")) for stem, files in rows] == [(stem, files) for stem, _, files in LESSONS]
+

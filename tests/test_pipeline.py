@@ -1,4 +1,4 @@
-"""Pipeline and `minimuse generate`: shapes, determinism, the per-step history contract (DESIGN §4) and the CLI errors.
+"""Pipeline and `minimuse generate`: shapes, determinism, the per-step history contract (docs/CONTRACTS.md) and the CLI errors.
 
 A tiny pipeline checkpoint (the `ci` preset: 16 px images, a 4x4 grid, K = 32) is built once per module from
 random-initialised models, with no training: the tests check the glue (text -> sampler -> decode, seeds, files,
