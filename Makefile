@@ -1,12 +1,12 @@
 # Two entry points, each of which sets everything up from a clean clone (only Python 3.11 needed):
 #   make demo   generate an image from a prompt with the shipped checkpoint
-#   make test   run the unit tests, then every notebook under nbval
+#   make test   lint, run the unit tests, then every notebook under nbval
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PROMPT ?= two red circles
 
-.PHONY: demo test unit notebooks setup browser clean peers
+.PHONY: demo test unit fast lint notebooks setup browser clean peers
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,13 +32,22 @@ browser:
 unit: setup browser
 	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m pytest -q -rs tests
 
+# The fast tier, for the edit-test loop: everything but fault injection, several processes, compilation, the shipped
+# models, docs scripts and the browser (the tests marked slow). `make test` runs both tiers.
+fast: setup
+	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(BIN)/python -m pytest -q -rs -m "not slow" tests
+
+# The rule set is in pyproject.toml ([tool.ruff.lint]): real bugs, not style.
+lint: setup
+	$(BIN)/ruff check .
+
 # Notebooks run one at a time with the seconds-long `ci` preset; stored outputs come from `laptop`.
 notebooks: setup
 	MINIMUSE_PRESET=ci HF_HUB_OFFLINE=1 TQDM_DISABLE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q \
 	  --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600 \
 	  -p no:cacheprovider notebooks
 
-test: unit notebooks
+test: lint unit notebooks
 
 clean:
 	rm -rf $(VENV) *.egg-info

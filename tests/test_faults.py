@@ -23,6 +23,8 @@ from safetensors.torch import load_file
 from minimuse.checkpoint import load_checkpoint, load_tree
 from minimuse.runs import LOG_NAME, STATE_NAME, TRANSFORMER_STATE
 
+pytestmark = pytest.mark.slow  # the slow tier (pyproject.toml markers)
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
 KILLS = 5  # per trainer
 # A log line every step and a checkpoint every 3rd: a kill usually leaves the log ahead of the state, so the resume

@@ -19,7 +19,7 @@ from minimuse.checkpoint import check_outputs, refuse_overlap
 from minimuse.cli import main
 from minimuse.config import ConfigError, get_config
 from minimuse.hfdata import write_imagefolder
-from minimuse.shards import ShardError, pretokenize
+from minimuse.shards import pretokenize
 
 S = get_config("ci").data.image_size
 

@@ -452,6 +452,7 @@ def test_onednn_path_gives_the_tokens_of_torchs_default_path(monkeypatch):
     assert torch.equal(fast, sample(model, emb, mask, u, um, **{**kw, "generator": gen(3)}))
 
 
+@pytest.mark.slow
 def test_compiled_blocks_give_the_tokens_of_the_eager_ones():
     """docs/bench_ablation.py's torch.compile variant: inductor on run_blocks (the Linear falls back to F.linear
     under compile) must not change a token."""
@@ -467,6 +468,7 @@ def test_compiled_blocks_give_the_tokens_of_the_eager_ones():
     assert torch.equal(compiled, eager)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("padded", [True, False], ids=["padded-prompts", "all-real-text"])
 def test_aoti_script_compiles_the_blocks_that_eager_runs(monkeypatch, padded):
     """docs/bench_aoti.py's compiled blocks take the context as an input (the prompts, their padding mask and the
@@ -505,6 +507,7 @@ def test_aoti_script_compiles_the_blocks_that_eager_runs(monkeypatch, padded):
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ablation_script_runs_each_variant_and_the_exact_ones_keep_the_tokens():
     """docs/bench_ablation.py patches the sampler from outside; when the sampler's internals change (as _Guided's
     signature did for super-res) its variants must still run, and every variant that claims to change only speed must

@@ -14,6 +14,8 @@ from minimuse.judge import score
 from minimuse.pipeline import DEFAULT_CHECKPOINT
 from minimuse.transformer import MaskedTransformer
 
+pytestmark = pytest.mark.slow  # the slow tier (pyproject.toml markers)
+
 
 @pytest.fixture(scope="module")
 def pipe():

@@ -94,6 +94,7 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path, monkeypatch):
         train_transformer(CFG, tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_accelerate_two_processes_hold_identical_weights(tmp_path, tok_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the slow tier (pyproject.toml markers)
+
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = "06_sampling.ipynb"
 ARTIFACTS = Path(os.environ.get("MINIMUSE_ARTIFACTS", ROOT / "build" / "artifacts")) / "browser"
