@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_fl
 from . import transformer as transformer_mod
 from .checkpoint import read_config
 from .config import Config
+from .limits import check_config_memory
 from .sampler import sample
 from .transformer import MaskedTransformer
 
@@ -159,6 +160,7 @@ def run_bench(cfg: Config, checkpoint=None, batch_sizes=(1, 16), steps=(8, 12, 2
     if checkpoint is not None:
         transformer = MaskedTransformer.from_pretrained(os.path.join(checkpoint, "transformer"))
     else:
+        check_config_memory(cfg, ("transformer",), f"config '{cfg.name}'")
         transformer = MaskedTransformer.from_config(cfg)
     transformer.eval()
     E, L = transformer.text_dim, transformer.grid[0] * transformer.grid[1]
@@ -266,6 +268,7 @@ def cascade_bench(cfg: Config, transformer, checkpoint, batch_sizes, repeats: in
         sr = Config.from_dict(read_config(os.path.join(checkpoint, "superres"), "superres")["config"]).superres
     else:
         torch.manual_seed(0)
+        check_config_memory(cfg, ("superres",), f"config '{cfg.name}'")
         model = SuperResTransformer.from_config(cfg).eval()
     E, s = transformer.text_dim, cfg.sample
     rows = []

@@ -12,6 +12,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from .limits import FIELD_MAX, within_bound
+
 EVAL_TASKS = ("generate", "superres", "inpaint", "edit", "outpaint", "digits", "counts")  # `minimuse eval --task`
 CAPTION_KINDS = ("single", "count", "relation", "pair", "mixed")
 SCHEDULE_NAMES = ("cosine", "linear", "square", "cubic", "log", "exp")  # MaskGIT's mask schedules gamma
@@ -43,7 +45,8 @@ def _is_num(v) -> bool:
 
 def _check_types(obj) -> None:
     """Every field holds the type of its default (an int where a float is expected is fine): a string or None
-    where a number belongs fails here, naming the field, not deep inside torch."""
+    where a number belongs fails here, naming the field, not deep inside torch. Numbers also stay below their
+    upper bound in limits.FIELD_MAX."""
     section = _SECTIONS.get(type(obj).__name__, "")
     for f in dataclasses.fields(obj):
         v, default = getattr(obj, f.name), f.default
@@ -58,6 +61,9 @@ def _check_types(obj) -> None:
             _check(isinstance(v, str), name, f"must be a string, got {v!r}")
         elif isinstance(default, tuple):
             _check(isinstance(v, tuple), name, f"must be a list, got {v!r}")
+        if name in FIELD_MAX:  # before any model is built from it: a tampered 2**34 fails here, not in the allocator
+            _check(within_bound(name, v), name, f"must be at most {FIELD_MAX[name]:,}, got {v!r} (a larger value is a "
+                                                "typo or a tampered config)")
 
 
 def _positive(obj, *names: str) -> None:

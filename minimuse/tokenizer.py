@@ -15,8 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, check_config, load_checkpoint, load_state_strict, save_checkpoint
+from .checkpoint import CheckpointError, check_config, load_checkpoint, load_state_strict, read_config, save_checkpoint
 from .config import Config, TokenizerConfig
+from .limits import saved_config
 
 # Fields that change the meaning of an id; the rest (lr, steps, ...) may differ when loading. The decoder's own size
 # (decoder_channels, decoder_res_blocks) is not among them: a finetuned decoder reads the same tokens (Muse §2.5), and
@@ -91,9 +92,13 @@ class Tokenizer(nn.Module):
         from .vqmodel import VQTokenizer, is_diffusers_vq
         if is_diffusers_vq(ckpt_dir):
             return VQTokenizer.from_pretrained(ckpt_dir, config)
-        meta, state = load_checkpoint(ckpt_dir, "tokenizer")
-        saved = Config.from_dict(meta["config"])
-        stage = meta.get("stage", "base")
+        stage = read_config(ckpt_dir, "tokenizer").get("stage", "base")
+        if stage not in ("base", "superres"):
+            raise CheckpointError(f"{ckpt_dir}/config.json names stage {stage!r}; a tokenizer is 'base' or 'superres'")
+        saved = saved_config(ckpt_dir, "tokenizer", ["tokenizer" if stage == "base" else "superres_tokenizer"])
+        if stage == "superres" and saved.superres is None:
+            raise CheckpointError(f"{ckpt_dir}/config.json holds a super-res tokenizer but its config has no superres section")
+        _, state = load_checkpoint(ckpt_dir, "tokenizer")
         tok_cfg, size = (saved.tokenizer, saved.data.image_size) if stage == "base" else (saved.superres.tokenizer, saved.superres.image_size)
         if config is not None:
             # A bare TokenizerConfig says nothing about the image size, so only the tokenizer fields are compared.

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, check_config, config_diff, load_checkpoint, load_state_strict, save_checkpoint
 from .config import Config, TransformerConfig
+from .limits import saved_config
 
 
 class TextContext(NamedTuple):
@@ -228,14 +229,14 @@ class MaskedTransformer(nn.Module):
     @classmethod
     def from_pretrained(cls, ckpt_dir, config: Config | None = None) -> "MaskedTransformer":
         """Rebuild from the saved config and load strictly; with `config`, first check its architecture fields."""
-        meta, state = load_checkpoint(ckpt_dir, cls.KIND)
-        saved = Config.from_dict(meta["config"])
+        saved = saved_config(ckpt_dir, cls.KIND, ["superres" if cls.KIND == "superres" else "transformer"])
         kind = cls._arch(saved)["transformer"]["kind"] if cls.KIND == "transformer" else cls.ARCH
         if kind != cls.ARCH:
             raise CheckpointError(f"{ckpt_dir} holds a {kind!r} transformer; {cls.__name__} loads {cls.ARCH!r} ones "
                                   "(load_pipeline picks the class)")
         if config is not None:
             check_config(cls._arch(saved), cls._arch(config), ckpt_dir)
+        _, state = load_checkpoint(ckpt_dir, cls.KIND)
         model = cls.from_config(saved)
         load_state_strict(model, state, ckpt_dir)
         return model.eval()
