@@ -246,10 +246,21 @@ def check_config(saved: dict, current: dict, ckpt_dir) -> None:
 
 def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], ckpt_dir) -> None:
     """load_state_dict(strict=True), turning PyTorch's long message into one line that names the problem."""
+    bad = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None) if isinstance(state, dict) else ""
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {ckpt_dir} holds no weights{f' under {bad!r}' if bad else ''}: not a state "
+                              "dict of tensors; retrain or use another checkpoint")
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    # load_state_dict casts silently: int32 ids where a float weight belongs would load as garbage weights. Floats of
+    # another width (the fp16 of shipped checkpoints) are cast back on purpose.
+    kinds = [k for k in own if k in state and _dtype_kind(own[k]) != _dtype_kind(state[k])]
+    if kinds:
+        k = kinds[0]
+        raise CheckpointError(f"checkpoint {ckpt_dir} holds tensor '{k}' as {state[k].dtype}, but the model's is "
+                              f"{own[k].dtype}: the file was not written by minimuse; retrain or use another checkpoint")
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -261,6 +272,11 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], c
             parts.append(f"shape of {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
         raise CheckpointError(f"checkpoint {ckpt_dir} does not fit this model: " + "; ".join(parts))
     module.load_state_dict(state, strict=True)
+
+
+def _dtype_kind(t: torch.Tensor) -> str:
+    return ("bool" if t.dtype == torch.bool else "complex" if t.is_complex() else "float" if t.is_floating_point()
+            else "integer")
 
 
 def _one_line(e: Exception) -> str:
