@@ -18,9 +18,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, load_state_strict, save_checkpoint
-from .runs import (LOG_NAME, STATE_NAME, JsonlLogger, _progress, _saved, batch_indices, cosine_lr, load_training_state,
-                   make_accelerator, prepare_run_dir, rng_states, save_training_state, seed_everything, set_lr,
-                   set_rng_states)
+from .locks import releasing
+from .runs import (LOG_NAME, STATE_KEYS, STATE_NAME, JsonlLogger, _progress, _saved, batch_indices, cosine_lr,
+                   load_training_state, make_accelerator, prepare_run_dir, restore, restore_rng, rng_states,
+                   save_training_state, seed_everything, set_lr)
 
 COLORS = ("red", "green", "blue", "yellow", "purple", "cyan")
 SHAPE_NAMES = ("circle", "square", "triangle")
@@ -93,6 +94,7 @@ def loss_and_accuracy(model: ShapesFeatures, images, specs) -> tuple[torch.Tenso
                   "all_right": right.all(1).float().mean().item()}
 
 
+@releasing  # the lock prepare_run_dir takes on out_dir is held until training returns or fails
 def train_features(cfg, out_dir, resume: bool = False, overwrite: bool = False, steps: int | None = None) -> list[dict]:
     """`minimuse train-features`: train ShapesFeatures on real renders of stream cfg.data.train_seed at the base size
     (step s reads images [s*B, (s+1)*B)), then measure it on 1,000 held-out renders (cfg.data.eval_seed), written to
@@ -107,13 +109,14 @@ def train_features(cfg, out_dir, resume: bool = False, overwrite: bool = False, 
     opt = torch.optim.AdamW(model.parameters(), lr=tc["lr"], weight_decay=0.01)
     start, history, elapsed = 0, [], 0.0
     if resume:
-        state = load_training_state(out / STATE_NAME)
+        path = out / STATE_NAME
+        state = load_training_state(path, {**STATE_KEYS, "train": dict})
         if _saved(state) != cfg.to_dict() or state["train"] != tc:
             raise ValueError(f"cannot resume {out}: it was trained with another config; use a new --out")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        restore(model, state, "model", path)
+        restore(opt, state, "optimizer", path)
         start, history, elapsed = state["step"], state["history"], state["elapsed_s"]
-        set_rng_states(state["rng"])
+        restore_rng(state["rng"], path)
     data = ShapesDataset(cfg.data.image_size, cfg.data.train_seed, tc["steps"] * tc["batch_size"])
     logger = JsonlLogger(out / LOG_NAME, resume_step=start if resume else None)
     t0, bar = time.time(), _progress(tc["steps"], start, True)

@@ -22,7 +22,8 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .checkpoint import TMP_SUFFIX, CheckpointError, atomic_write_text, load_tree, save_tree
+from . import locks
+from .checkpoint import TMP_SUFFIX, CheckpointError, _one_line, atomic_write_text, load_state_strict, load_tree, save_tree
 from .config import Config
 
 STATE_NAME = "training_state.safetensors"   # the tokenizer's; the transformer's is TRANSFORMER_STATE
@@ -57,11 +58,59 @@ def save_training_state(path, state: dict) -> None:
     save_tree(path, state)
 
 
-def load_training_state(path) -> dict:
+# The keys every trainer reads back from its training state, with their types (a number may be an int or a float).
+_NUMBER = (int, float)
+STATE_KEYS = {"step": int, "model": dict, "optimizer": dict, "rng": dict, "history": list, "config": dict,
+              "elapsed_s": _NUMBER}
+TOKENIZER_STATE_KEYS = {**STATE_KEYS, "stage": str}
+TRANSFORMER_STATE_KEYS = {**STATE_KEYS, "window": list}
+RNG_KEYS = ("python", "numpy", "torch", "cuda")
+
+
+def load_training_state(path, keys: dict | None = None) -> dict:
+    """The training state at `path`; with `keys` ({name: type}), checked to hold each of them with its type, so a
+    well-formed file that lacks one is one CheckpointError naming the key and the file, not a KeyError mid-resume."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"cannot resume: no {path.name} in {path.parent}; train without --resume first")
-    return load_tree(path)
+    state = load_tree(path)
+    if keys is None:
+        return state
+    redo = "it was not written by this minimuse's trainer: start over with --overwrite"
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a training state; {redo}")
+    for key, kind in keys.items():
+        if key not in state:
+            raise CheckpointError(f"{path} lacks the key '{key}' of a training state; {redo}")
+        v = state[key]
+        if not isinstance(v, kind) or isinstance(v, bool) or (key == "step" and v < 0):
+            raise CheckpointError(f"{path}: key '{key}' holds {type(v).__name__} {str(v)[:40]!r}, not a valid "
+                                  f"{'step' if key == 'step' else getattr(kind, '__name__', 'number')}; {redo}")
+    missing = [k for k in RNG_KEYS if k not in state["rng"]] if "rng" in keys else []
+    if missing:
+        raise CheckpointError(f"{path} lacks the key 'rng.{missing[0]}' of a training state; {redo}")
+    return state
+
+
+def restore(target, state: dict, key: str, path) -> None:
+    """Load state[key] into a module (strictly, dtypes checked) or an optimizer: a part that does not fit this run is
+    one CheckpointError naming the key and the file, not PyTorch's multi-line RuntimeError."""
+    if isinstance(target, torch.nn.Module):
+        load_state_strict(target, state[key], f"{path} (key '{key}')")
+        return
+    try:
+        target.load_state_dict(state[key])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: key '{key}' does not fit this run ({_one_line(e)}); start over with --overwrite") from None
+
+
+def restore_rng(states: dict, path) -> None:
+    """set_rng_states, with a tampered RNG state named by its file instead of a TypeError from `random`."""
+    try:
+        set_rng_states(states)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: key 'rng' is not an RNG state minimuse wrote ({_one_line(e)}); start over "
+                              "with --overwrite") from None
 
 
 def full_state(model, optimizer) -> tuple[dict, dict]:
@@ -85,33 +134,87 @@ def prepare_run_dir(out_dir, state_name: str, outputs: tuple[str, ...], resume: 
 
     A run is recognised by its training state, its log or its exported model (`outputs`, relative to out_dir).
     Under several processes every one checks, only the main one deletes, and all wait before anyone writes, so no
-    process mistakes another's fresh log for an old run."""
+    process mistakes another's fresh log for an old run. The main process locks out_dir first (locks.py) and holds
+    it until the trainer returns (`locks.releasing`) or the process ends: a second writer is refused, naming the PID."""
     main = accelerator is None or accelerator.is_main_process
     out_dir = Path(out_dir)
     if resume and overwrite:
         raise ValueError("give --resume (continue the run) or --overwrite (start over), not both")
     if out_dir.exists() and not out_dir.is_dir():
         raise CheckpointError(f"--out {out_dir} is a file, not a directory")
+    took = _lock_run(out_dir, main, accelerator)
+    try:
+        _check_run_dir(out_dir, state_name, outputs, resume, overwrite)
+    except BaseException:
+        if took:  # a refused run leaves nothing: no lock file, no folder the lock created
+            locks.release(out_dir)
+        raise
+    if not resume and main:
+        for n in (state_name, Path(state_name).stem + ".pt", LOG_NAME):
+            (out_dir / n).unlink(missing_ok=True)
+    if main and out_dir.is_dir():  # temp files of writes a kill cut short: never read, only clutter
+        for tmp in [*out_dir.glob(f".*{TMP_SUFFIX}"), *out_dir.glob(f"*/.*{TMP_SUFFIX}")]:
+            tmp.unlink(missing_ok=True)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return out_dir
+
+
+def _lock_run(out_dir: Path, main: bool, accelerator) -> bool:
+    """Lock out_dir in the main process; every process raises if it is another's. True if this call took the lock."""
+    err, took = None, False
+    if main:
+        took = not locks.holds(out_dir)
+        try:
+            locks.acquire(out_dir)
+        except locks.FolderLockedError as e:
+            err, took = str(e), False
+    if accelerator is not None and accelerator.num_processes > 1:  # the others must not wait for a refused main
+        from accelerate.utils import broadcast_object_list
+        err = broadcast_object_list([err])[0]
+    if err:
+        raise locks.FolderLockedError(err)
+    return took
+
+
+def _check_run_dir(out_dir: Path, state_name: str, outputs: tuple[str, ...], resume: bool, overwrite: bool) -> None:
     legacy = out_dir / (Path(state_name).stem + ".pt")
     if resume and legacy.is_file() and not (out_dir / state_name).is_file():
         raise CheckpointError(f"{legacy} was written by an older minimuse as a pickle, which is never loaded (it could run "
                               "code); start over with --overwrite")
     if resume and not (out_dir / state_name).is_file():  # refuse before anything is written
         raise CheckpointError(f"cannot resume: no {state_name} in {out_dir}; train without --resume first")
+    if resume and (out_dir / LOG_NAME).is_file():
+        read_log(out_dir / LOG_NAME)  # a corrupt log is refused now, not after the models are built
     if not resume:
         found = [n for n in (state_name, legacy.name, LOG_NAME, *outputs) if (out_dir / n).exists()]
         if found and not overwrite:
             raise RunExistsError(f"{out_dir} already holds a run ({', '.join(found)}); pass --resume to continue it "
                                  "or --overwrite to start over")
-        if main:
-            for n in (state_name, legacy.name, LOG_NAME):
-                (out_dir / n).unlink(missing_ok=True)
-    if main and out_dir.is_dir():  # temp files of writes a kill cut short: never read, only clutter
-        for tmp in [*out_dir.glob(f".*{TMP_SUFFIX}"), *out_dir.glob(f"*/.*{TMP_SUFFIX}")]:
-            tmp.unlink(missing_ok=True)
-    if accelerator is not None:  # (no mkdir here: the first atomic write creates the directory, a refused run none)
-        accelerator.wait_for_everyone()
-    return out_dir
+
+
+def read_log(path) -> list[tuple[int, str]]:
+    """(step, line) of every record of a log.jsonl (a record without a step counts as step 0); a line that is not a
+    JSON object with an integer step is one CheckpointError naming the file and the line, before a resume writes."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path} is not UTF-8 text (byte offset {e.start}); the log is corrupt") from None
+    records = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{path} line {i} is not JSON; the log is corrupt") from None
+        step = record.get("step", 0) if isinstance(record, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):  # valid JSON, but not a record minimuse wrote
+            raise CheckpointError(f"{path} line {i} is not a log record (a JSON object with an integer 'step'); the "
+                                  "log is corrupt: fix or delete that line, then --resume")
+        records.append((step, line))
+    return records
 
 
 class JsonlLogger:
@@ -123,13 +226,7 @@ class JsonlLogger:
         if not enabled:
             return
         if resume_step is not None and self.path.is_file():
-            for i, line in enumerate(self.path.read_text().splitlines(), 1):
-                try:
-                    step = json.loads(line).get("step", 0) if line else None
-                except json.JSONDecodeError:
-                    raise CheckpointError(f"{self.path} line {i} is not JSON; the log is corrupt") from None
-                if step is not None and step <= resume_step:
-                    self.lines.append(line)
+            self.lines = [line for step, line in read_log(self.path) if step <= resume_step]
         atomic_write_text(self.path, "".join(line + "\n" for line in self.lines))
 
     def log(self, record: dict) -> None:

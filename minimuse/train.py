@@ -17,12 +17,16 @@ from accelerate.utils import DistributedType
 
 from .checkpoint import CheckpointError
 from .config import Config
+from .limits import check_config_memory
 from .pool import build_token_pool, text_table, train_step_inputs  # noqa: F401 (notebook 05 imports them from here)
+from .locks import releasing
 from .runs import (CRITIC_STATE, LOG_NAME, POOL_NAME, STATE_NAME, SUPERRES_STATE, TRANSFORMER_STATE, JsonlLogger, _last_ckpt,  # noqa: F401
-                   _progress, _saved, batch_indices, cosine_lr, keep_freed_memory, load_batch, make_accelerator, psnr,
-                   resolve_precision, seed_everything, set_lr,
+                   TRANSFORMER_STATE_KEYS, _progress, _saved, batch_indices, cosine_lr, keep_freed_memory, load_batch,
+                   make_accelerator, psnr, resolve_precision, restore, restore_rng, seed_everything, set_lr,
                    full_state, load_full_state, load_training_state, prepare_run_dir, rng_states, save_training_state,
                    set_rng_states)
+
+TIMING_KEYS = ("setup_s", "step_s", "eval_s", "ckpt_s", "steps")  # where a run's seconds went (--report)
 from .train_tokenizer import train_tokenizer  # noqa: F401 (notebooks and tests import it from here)
 
 
@@ -73,6 +77,7 @@ def train_critic(cfg: Config, out_dir, generator, resume: bool = False, on_step=
                              generator=generator, data=data)
 
 
+@releasing  # the lock prepare_run_dir takes on out_dir is held until training returns or fails
 def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=None, on_step=None,
                       overwrite: bool = False, report: bool = False, stage: str = "base",
                       superres_tokenizer_dir=None, data=None, generator=None) -> list[dict]:
@@ -113,6 +118,8 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
                                     else (transformer_class(cfg.transformer.kind), "transformer", TRANSFORMER_STATE))
     ar = cls.ARCH == "autoregressive"
     tc = scfg.train
+    check_config_memory(cfg, ("tokenizer", "superres_tokenizer", "superres") if sr else ("tokenizer", "transformer"),
+                        f"config '{cfg.name}'")  # before any model is built or any file written
     t_enter = time.time()  # the whole command's clock: the token pool and the text table count, as a user waits for them
     keep_freed_memory()
     accelerator = make_accelerator(scfg, compile=tc.torch_compile)
@@ -124,11 +131,12 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     if sr and hi_tokenizer.stage != "superres":
         raise CheckpointError(f"--superres-tokenizer {sr_src} is not a super-res stage tokenizer (a pretrained VQModel "
                               "serves the base stage only)")
+    path = out_dir / state_name  # read (and its keys checked) before anything is written: a bad state refuses early
+    keys = {**TRANSFORMER_STATE_KEYS, **({"ema": list} if tc.ema_decay > 0 else {})}
+    state = load_training_state(path, keys) if resume else None
+    if resume and _saved(state) != cfg.to_dict():
+        raise ValueError(f"cannot resume {out_dir}: it was trained with another config; use a new --out")
     seed_everything(tc.seed)
-    for tok, src, name in ((tokenizer, tok_src, "tokenizer"), (hi_tokenizer, sr_src, "superres_tokenizer")):
-        if tok is not None and src.resolve() != (out_dir / name).resolve() and accelerator.is_main_process:
-            tok.save_pretrained(out_dir / name)  # out_dir becomes a complete (stage) checkpoint
-
     tokenizer.to(accelerator.device)
     text_encoder = TextEncoder(cfg.text)
     if sr:
@@ -152,6 +160,9 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         pool = build_token_pool(cfg, tokenizer, cfg.data.pool_size, out_dir if accelerator.is_main_process else None)
     if data is None:
         table = text_table(text_encoder, pool["vocab"])
+    for tok, src, name in ((tokenizer, tok_src, "tokenizer"), (hi_tokenizer, sr_src, "superres_tokenizer")):
+        if tok is not None and src.resolve() != (out_dir / name).resolve() and accelerator.is_main_process:
+            tok.save_pretrained(out_dir / name)  # out_dir becomes a complete (stage) checkpoint, once its data loaded
     data_key = pool["key"] if data is not None else None  # a resume must read the same shards
     gen = None
     if critic:  # the frozen generator whose samples the critic learns to judge; a resume must use the same one
@@ -187,21 +198,22 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         raise ValueError("under FSDP, set train.ema_decay=0 and train.eval_every=0: the EMA and the quick eval are not "
                          "sharded yet")
     if resume:
-        state = load_training_state(out_dir / state_name)
-        if _saved(state) != cfg.to_dict():
-            raise ValueError(f"cannot resume {out_dir}: it was trained with another config; use a new --out")
         if state.get("data") != data_key:
             raise ValueError(f"cannot resume {out_dir}: it was trained on other data "
                              f"({(state.get('data') or {}).get('source', 'the shapes pool')}); pass the same --data")
-        model.load_state_dict(state["model"])
+        restore(model, state, "model", path)
         if not fsdp:  # FSDP's optimizer state loads onto the shards, after prepare
-            optimizer.load_state_dict(state["optimizer"])
+            restore(optimizer, state, "optimizer", path)
         if ema is not None:
+            if [tuple(e.shape) for e in ema] != [tuple(getattr(s, "shape", ())) for s in state["ema"]]:
+                raise CheckpointError(f"{path}: key 'ema' does not hold this model's weights; start over with --overwrite")
             for e, s in zip(ema, state["ema"]):
                 e.copy_(s)
         start, history, window, elapsed = state["step"], state["history"], state["window"], state["elapsed_s"]
         timing = state.get("timing", timing)
-        set_rng_states(state["rng"])
+        if not isinstance(timing, dict) or not all(isinstance(timing.get(k), (int, float)) for k in TIMING_KEYS):
+            raise CheckpointError(f"{path}: key 'timing' is not the timing minimuse wrote; start over with --overwrite")
+        restore_rng(state["rng"], path)
 
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model, keep_torch_compile=False)  # plain module: its state_dict keys carry no prefix

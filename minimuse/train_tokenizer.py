@@ -13,11 +13,14 @@ from pathlib import Path
 import torch
 
 from .config import Config
-from .runs import (LOG_NAME, STATE_NAME, JsonlLogger, _last_ckpt, _progress, _saved, batch_indices, cosine_lr,
-                   load_batch, load_training_state, make_accelerator, prepare_run_dir, psnr, rng_states,
-                   save_training_state, seed_everything, set_lr, set_rng_states)
+from .limits import check_param_memory, tokenizer_numel
+from .locks import releasing
+from .runs import (LOG_NAME, STATE_NAME, TOKENIZER_STATE_KEYS, JsonlLogger, _last_ckpt, _progress, _saved, batch_indices,
+                   cosine_lr, load_batch, load_training_state, make_accelerator, prepare_run_dir, psnr, restore,
+                   restore_rng, rng_states, save_training_state, seed_everything, set_lr)
 
 
+@releasing  # the lock prepare_run_dir takes on out_dir is held until training returns or fails
 def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "base", on_step=None,
                     overwrite: bool = False, finetune_from=None, data=None, caption_column: str = "text") -> list[dict]:
     """Train the base (or super-res) tokenizer of `cfg`; checkpoints and log.jsonl go to out_dir. Returns the log.
@@ -49,9 +52,17 @@ def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "ba
         dc = cfg.superres.decoder
         tcfg = dataclasses.replace(tcfg, decoder_channels=dc.channels, decoder_res_blocks=dc.res_blocks, steps=dc.steps,
                                    batch_size=dc.batch_size, lr=dc.lr, disc_weight=0.0)
+    check_param_memory({"tokenizer": tokenizer_numel(tcfg)}, f"config '{cfg.name}'")  # before anything is built or written
     # "auto" was measured for the transformer only (docs/TRAINING.md); the tokenizer keeps fp32 under it
     accelerator = make_accelerator(cfg, "no" if cfg.train.mixed_precision == "auto" else None)
     out_dir = prepare_run_dir(out_dir, STATE_NAME, ("model.safetensors",), resume, overwrite, accelerator)
+    use_gan, path = tcfg.disc_weight > 0, out_dir / STATE_NAME
+    data_key = None if data is None else str(Path(data).resolve())  # a resume must read the same images
+    if resume:  # read (and its keys checked) before anything is built or written
+        gan_keys = {"disc": dict, "disc_optimizer": dict} if use_gan else {}
+        state = load_training_state(path, {**TOKENIZER_STATE_KEYS, **gan_keys})
+        if _saved(state) != cfg.to_dict() or state["stage"] != stage or state.get("data") != data_key:
+            raise ValueError(f"cannot resume {out_dir}: it was trained with another config, stage or --data; use a new --out")
     seed_everything(cfg.train.seed)
     model = Tokenizer(tcfg)
     model.full_config, model.stage = cfg, stage
@@ -67,23 +78,18 @@ def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "ba
         model.quantizer.requires_grad_(False)
         trained = model.decoder.parameters()
     optimizer = torch.optim.Adam(trained, lr=tcfg.lr, betas=tcfg.betas)
-    use_gan = tcfg.disc_weight > 0
     disc = PatchDiscriminator() if use_gan else None
     disc_opt = torch.optim.Adam(disc.parameters(), lr=tcfg.lr, betas=tcfg.betas) if use_gan else None
 
-    data_key = None if data is None else str(Path(data).resolve())  # a resume must read the same images
     start, history, elapsed = 0, [], 0.0  # elapsed: wall seconds of earlier runs of this training
     if resume:
-        state = load_training_state(out_dir / STATE_NAME)
-        if _saved(state) != cfg.to_dict() or state["stage"] != stage or state.get("data") != data_key:
-            raise ValueError(f"cannot resume {out_dir}: it was trained with another config, stage or --data; use a new --out")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        restore(model, state, "model", path)
+        restore(optimizer, state, "optimizer", path)
         if use_gan:
-            disc.load_state_dict(state["disc"])
-            disc_opt.load_state_dict(state["disc_optimizer"])
+            restore(disc, state, "disc", path)
+            restore(disc_opt, state, "disc_optimizer", path)
         start, history, elapsed = state["step"], state["history"], state["elapsed_s"]
-        set_rng_states(state["rng"])
+        restore_rng(state["rng"], path)
 
     model, optimizer = accelerator.prepare(model, optimizer)
     if use_gan:
