@@ -19,13 +19,16 @@ import hashlib
 import itertools
 import json
 import os
+import re
+import secrets
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, atomic_write_json, load_tree, refuse_overlap, save_tree
+from . import locks
+from .checkpoint import TMP_SUFFIX, CheckpointError, atomic_write_json, load_tree, refuse_overlap, save_tree
 from .hfdata import DataError, caption_of, load_image_text, prepare_image
 
 FORMAT = "minimuse-shards/1"
@@ -80,6 +83,7 @@ def _encode_fn(tokenizer, size: int, caption_column: str, image_column: str, low
     return fn
 
 
+@locks.releasing  # the lock on out_dir is held until pretokenize returns or fails
 def pretokenize(data, tokenizer, text_encoder, out_dir, size: int, caption_column: str = "text", split: str = "train",
                 lowres_tokenizer=None, lowres_size: int | None = None, shard_size: int = 10_000, batch_size: int = 256,
                 streaming: bool = False, overwrite: bool = False) -> dict:
@@ -102,6 +106,7 @@ def pretokenize(data, tokenizer, text_encoder, out_dir, size: int, caption_colum
            "image_size": size, "lowres_size": lowres_size if lowres_tokenizer is not None else None, "shard_size": shard_size, "tokenizer": tokenizer_identity(tokenizer),
            "lowres_tokenizer": tokenizer_identity(lowres_tokenizer) if lowres_tokenizer is not None else None,
            "text_encoder": text_identity(text_encoder)}
+    locks.acquire(out)  # one writer: a second pretokenize into `out` is refused, naming this one's PID
     # --overwrite deletes only a folder this function made: one holding a readable minimuse-shards manifest.
     if (out / MANIFEST).is_file():
         old = _read_manifest(out)  # a manifest of another format or a corrupt one: not ours to delete
@@ -110,11 +115,18 @@ def pretokenize(data, tokenizer, text_encoder, out_dir, size: int, caption_colum
                 diff = next(k for k in key if old.get(k) != key[k])
                 raise ShardError(f"{out} holds shards made with another {diff} ({old.get(diff)!r}, now {key[diff]!r}); "
                                  "pass --overwrite to replace them, or choose another --out")
-            shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()):
+            for p in out.iterdir():  # everything but the lock this run holds
+                if p.name == locks.LOCK_NAME:
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+    elif any(p.name != locks.LOCK_NAME for p in out.iterdir()):
         raise ShardError(f"{out} exists and holds no shards ({MANIFEST} missing); minimuse deletes only folders of "
                          "shards it wrote, even with --overwrite: choose an empty or new --out")
-    out.mkdir(parents=True, exist_ok=True)
+    for tmp in out.glob(f".shard-*{TMP_SUFFIX}"):  # a killed run's half-written shard: no live writer holds it now
+        shutil.rmtree(tmp, ignore_errors=True)
     atomic_write_json(out / MANIFEST, {**key, "complete": False})
 
     h = size // tokenizer.downsample
@@ -147,11 +159,14 @@ def pretokenize(data, tokenizer, text_encoder, out_dir, size: int, caption_colum
             enc = part.map(fn, batched=True, batch_size=batch_size, remove_columns=part.column_names,
                            features=datasets.Features(feats), keep_in_memory=True, desc=f"pretokenize {name}",
                            new_fingerprint=f"{fingerprint}-{name}")  # not a hash of the tokenizer's weights per shard
-            tmp = out / f".{name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            enc.save_to_disk(str(tmp))
-            shutil.rmtree(out / name, ignore_errors=True)  # a folder of that name without state.json is not a shard
-            os.replace(tmp, out / name)
+            tmp = out / f".{name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"  # unique per process and write
+            try:
+                enc.save_to_disk(str(tmp))
+                shutil.rmtree(out / name, ignore_errors=True)  # a folder of that name without state.json is not a shard
+                os.replace(tmp, out / name)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             rows, wrote = enc.num_rows, True
         names.append(name)
         n += rows
@@ -190,14 +205,78 @@ def _read_manifest(path: Path) -> dict:
     return m
 
 
+# Every field of a finished manifest, with its type: a tampered or truncated one is refused naming the field.
+_OPTIONAL_INT, _OPTIONAL_STR = (int, type(None)), (str, type(None))
+MANIFEST_FIELDS = {"format": str, "source": str, "split": str, "caption_column": str, "image_size": int,
+                   "lowres_size": _OPTIONAL_INT, "shard_size": int, "tokenizer": str, "lowres_tokenizer": _OPTIONAL_STR,
+                   "text_encoder": str, "complete": bool, "n": int, "shards": list}
+_SHARD_NAME = re.compile(r"shard-\d{5}")  # names pretokenize gives: never a path out of the folder
+
+
+def _check_manifest(m: dict, path: Path) -> None:
+    where = f"{path / MANIFEST}"
+    redo = f"re-run `minimuse pretokenize --out {path} --overwrite`"
+    for field, kind in MANIFEST_FIELDS.items():
+        if field not in m:
+            raise ShardError(f"{where} lacks the field '{field}'; it was not written by minimuse pretokenize: {redo}")
+        v = m[field]
+        if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
+            raise ShardError(f"{where}: field '{field}' holds {type(v).__name__} {str(v)[:40]!r}, not the "
+                             f"{(kind if isinstance(kind, type) else kind[0]).__name__} pretokenize writes: {redo}")
+    if m["n"] < 1 or not m["shards"]:
+        raise ShardError(f"{where}: field '{'n' if m['n'] < 1 else 'shards'}' holds no images: {redo}")
+    bad = next((s for s in m["shards"] if not isinstance(s, str) or not _SHARD_NAME.fullmatch(s)), None)
+    if bad is not None or len(set(m["shards"])) != len(m["shards"]):
+        raise ShardError(f"{where}: field 'shards' names {bad!r}, not a shard pretokenize writes (shard-NNNNN, each "
+                         f"once): {redo}")
+
+
+def _read_shard(path: Path, cols: list[str], codebooks: dict) -> tuple[dict, list, list]:
+    """One shard's token grids (checked in [0, K) of the tokenizer that reads them), captions and kinds."""
+    import datasets
+    try:
+        part = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, OSError, ValueError, KeyError, TypeError) as e:
+        raise ShardError(f"cannot read shard {path} ({type(e).__name__}); run the same `minimuse pretokenize` again "
+                         "or re-run it with --overwrite") from None
+    missing = next((c for c in (*cols, "caption") if c not in part.column_names), None)
+    if missing:
+        raise ShardError(f"shard {path} lacks the column '{missing}'; re-run `minimuse pretokenize --overwrite`")
+    arrays = part.with_format("numpy", columns=cols)[:]  # int16 (N, h, w) as stored ("torch" would widen to int64)
+    for c in cols:
+        a, K = arrays[c], codebooks[c]
+        if not np.issubdtype(a.dtype, np.integer) or a.ndim != 3:
+            raise ShardError(f"shard {path}: column '{c}' holds {a.dtype} of shape {a.shape}, not (N, h, w) token ids")
+        if a.size and (int(a.min()) < 0 or int(a.max()) >= K):  # an id past the codebook would index out of range
+            raise ShardError(f"shard {path}: column '{c}' holds token ids in [{int(a.min())}, {int(a.max())}], outside "
+                             f"[0, {K}) of the codebook that reads them; re-run `minimuse pretokenize --overwrite`")
+    kinds = [str(k) for k in part["kind"]] if "kind" in part.column_names else ["real"] * part.num_rows
+    return arrays, list(part["caption"]), kinds
+
+
+def _read_table(path: Path, text_dim: int) -> dict:
+    table = load_tree(path / TABLE)
+    vocab, emb, mask = (table.get(k) if isinstance(table, dict) else None for k in ("vocab", "emb", "mask"))
+    ok = (isinstance(vocab, list) and all(isinstance(v, str) for v in vocab) and isinstance(emb, torch.Tensor)
+          and isinstance(mask, torch.Tensor) and emb.dim() == 3 and emb.is_floating_point() and mask.dim() == 2
+          and mask.dtype == torch.bool and emb.shape[0] == mask.shape[0] == len(vocab) and emb.shape[1] == mask.shape[1]
+          and emb.shape[2] == text_dim)
+    if not ok:
+        raise ShardError(f"{path / TABLE} is not the text table pretokenize writes (vocab, emb (U, T, {text_dim}), "
+                         "mask (U, T)); run the same `minimuse pretokenize` again")
+    return table
+
+
 def load_shards(path, tokenizer, text_encoder, lowres_tokenizer=None, tokenizer_src=None) -> tuple[dict, tuple]:
     """(pool, text table) from finished shards, after checking that they were made by this run's tokenizer(s) and
-    text encoder. The pool has the keys pool.build_token_pool gives, so train_step_inputs reads it unchanged."""
-    import datasets
+    text encoder. The pool has the keys pool.build_token_pool gives, so train_step_inputs reads it unchanged.
+    Every field of the manifest and every token id (against the codebook of the tokenizer that reads it) is checked
+    as the shards are opened, so a tampered shard is one ShardError naming it, not an index error mid-training."""
     path = Path(path)
     m = _read_manifest(path)
     if not m.get("complete"):
         raise ShardError(f"{path}: pretokenize did not finish; run the same `minimuse pretokenize` again to resume it")
+    _check_manifest(m, path)
     made = f"re-run `minimuse pretokenize --out {path} --overwrite` with this run's models, or train with the ones that made them"
     for name, model, ident in (("tokenizer", tokenizer, tokenizer_identity),
                                ("lowres_tokenizer", lowres_tokenizer, tokenizer_identity),
@@ -210,20 +289,25 @@ def load_shards(path, tokenizer, text_encoder, lowres_tokenizer=None, tokenizer_
             src = f" ({tokenizer_src})" if name == "tokenizer" and tokenizer_src else ""
             raise ShardError(f"{path} was tokenized by {name.replace('_', ' ')} {m.get(name)}, but this run's is "
                              f"{ident(model)}{src}; {made}")
-    parts = [datasets.load_from_disk(str(path / s)) for s in m["shards"]]
-    ds = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    table = load_tree(path / TABLE)
+    codebooks = {"ids": tokenizer.codebook_size, **({"lowres_ids": lowres_tokenizer.codebook_size} if lowres_tokenizer else {})}
+    cols, grids, captions, kinds = list(codebooks), {c: [] for c in codebooks}, [], []
+    for s in m["shards"]:
+        arrays, caps, ks = _read_shard(path / s, cols, codebooks)
+        for c in cols:
+            grids[c].append(arrays[c])
+        captions += caps
+        kinds += ks
+    if len(captions) != m["n"]:
+        raise ShardError(f"{path / MANIFEST}: field 'n' says {m['n']} images, but its shards hold {len(captions)}; "
+                         "run the same `minimuse pretokenize` again")
+    table = _read_table(path, text_encoder.cfg.text_dim)
     index = {c: i for i, c in enumerate(table["vocab"])}
-    captions = list(ds["caption"])
     stale = next((c for c in captions if c not in index), None)
     if stale is not None:
         raise ShardError(f"{path / TABLE} lacks the caption {stale!r}: run the same `minimuse pretokenize` again")
-    cols = ["ids", "lowres_ids"] if "lowres_ids" in ds.column_names else ["ids"]
-    arrays = ds.with_format("numpy", columns=cols)[:]  # int16 (N, h, w) as stored ("torch" would widen to int64)
     pool = {"key": {k: m[k] for k in ("source", "split", "image_size", "tokenizer", "lowres_tokenizer", "text_encoder", "n")},
-            "ids": torch.from_numpy(arrays["ids"]), "vocab": table["vocab"],
-            "caption_idx": torch.tensor([index[c] for c in captions]),
-            "kinds": list(ds["kind"]) if "kind" in ds.column_names else ["real"] * len(ds)}
+            "ids": torch.from_numpy(np.concatenate(grids["ids"])), "vocab": table["vocab"],
+            "caption_idx": torch.tensor([index[c] for c in captions]), "kinds": kinds}
     if "lowres_ids" in cols:
-        pool["lowres_ids"] = torch.from_numpy(arrays["lowres_ids"])
+        pool["lowres_ids"] = torch.from_numpy(np.concatenate(grids["lowres_ids"]))
     return pool, (table["emb"], table["mask"])
