@@ -12,7 +12,6 @@ Taught in notebooks/01_shapes_world.ipynb; the commands are in docs/REAL_DATA.md
 """
 from __future__ import annotations
 
-import io
 import json
 import warnings
 from pathlib import Path
@@ -46,9 +45,14 @@ def check_imagefolder(root, caption_column: str = "text") -> int:
     if not metas:
         raise DataError(f"{root / 'metadata.jsonl'} not found: an image folder needs metadata.jsonl with one "
                         f'{{"file_name": ..., "{caption_column}": ...}} per line (Hugging Face imagefolder)')
+    from .inputs import MAX_METADATA_BYTES, read_text_input
     captioned = set()
     for meta in metas:
-        for n, line in enumerate(meta.read_text().splitlines(), 1):
+        try:  # bounded, and a FIFO or non-UTF-8 file named
+            text = read_text_input(meta, "metadata file", MAX_METADATA_BYTES)
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -111,16 +115,17 @@ def load_image_text(source, caption_column: str = "text", split: str = "train", 
 
 def prepare_image(value, size: int) -> np.ndarray:
     """An undecoded image ({"bytes", "path"}, a path, or a PIL image) -> uint8 (S, S, 3): the shorter side resized to
-    S (bicubic), the middle S x S kept."""
+    S (bicubic), the middle S x S kept. Decoded by inputs.open_image, as every image minimuse reads: a decompression
+    bomb or any decoder error is one DataError naming the file; EXIF rotation, 16-bit and alpha are handled."""
+    from .inputs import open_image
     where = value.get("path") if isinstance(value, dict) else value
     try:
         if isinstance(value, dict):
-            im = Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
+            im = open_image(value["bytes"] if value.get("bytes") else value["path"], where=where)
         else:
-            im = value if isinstance(value, Image.Image) else Image.open(value)
-        im = im.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"cannot read image {where}: {type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
+            im = open_image(value, where=where)
+    except (ValueError, TypeError) as e:
+        raise DataError(str(e)) from None
     if im.size != (size, size):
         scale = size / min(im.size)
         w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))

@@ -30,6 +30,10 @@ def parse_grid(params: list[str], values: list[str]) -> list[dict]:
     """--param/--values pairs -> every combination as {SampleConfig field: value}, each checked by SampleConfig."""
     if not params or len(params) != len(values):
         raise ValueError(f"give one --values list per --param (got {len(params or [])} --param and {len(values or [])} --values)")
+    twice = next((p for i, p in enumerate(params) if p in params[:i]), None)
+    if twice is not None:  # argparse keeps both; the grid would silently use one
+        raise ValueError(f"--param {twice} is given twice; give each setting once, with all its values in one "
+                         f"--values list (e.g. --param {twice} --values 1,2,3)")
     axes = []
     for name, vals in zip(params, values):
         if name not in PARAMS:
@@ -104,7 +108,7 @@ def run_sweep(pipe, features, grid: list[dict], n: int, seeds: int, out_dir, res
         raise RunExistsError(f"{out} already holds a sweep ({JSONL}); pass --resume to continue it or --overwrite to start over")
     if resume and not path.exists():
         raise ValueError(f"cannot resume: no {JSONL} in {out}")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if resume else []
+    rows = _read_rows(path) if resume else []
     for r in rows:
         if (r["n"], r["seeds"], r["diversity_prompts"]) != (n * len(pipe.config.data.kinds) * seeds, seeds, n_diversity):
             raise ValueError(f"cannot resume {out}: it was swept with other --n/--seeds/--diversity-prompts; use a new --out")
@@ -119,6 +123,19 @@ def run_sweep(pipe, features, grid: list[dict], n: int, seeds: int, out_dir, res
             f"FID {r['fid']:.1f}, diversity {r['diversity']:.3f}, {r['seconds']:.0f} s")
     plot_sweep(rows, out / PLOT)
     return rows
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """The rows of a sweep.jsonl to resume, each checked to be a row this module wrote (a hand edit is named)."""
+    from .inputs import MAX_CAPTIONS_BYTES, read_jsonl
+    rows = read_jsonl(path, "sweep file", MAX_CAPTIONS_BYTES)
+    for n, r in rows:
+        missing = sorted({"params", "n", "seeds", "diversity_prompts"} - set(r))
+        if missing or not isinstance(r["params"], dict):
+            why = f"missing {', '.join(missing)}" if missing else '"params" is not an object'
+            raise ValueError(f"sweep file {path}, line {n}: not a sweep row ({why}); start over with --overwrite, "
+                             "or use a new --out")
+    return [r for _, r in rows]
 
 
 def plot_sweep(rows: list[dict], path) -> None:

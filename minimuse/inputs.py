@@ -1,0 +1,196 @@
+"""Reading what the user hands a command: text files, JSON lines, images and seeds, each bounded and named.
+
+Every check here raises a ValueError (a TypeError for a wrong Python type) whose message names the file, line or
+argument at fault and says what to do; cli.main prints it as one `minimuse: error: ...` line. Nothing here writes.
+A command reads and checks all of its inputs with these before it writes its first output (issue 30), so a bad line
+near the end of a file, or an image that would not decode, costs no sampling time and leaves no partial outputs.
+"""
+from __future__ import annotations
+
+import io
+import json
+import numbers
+import os
+import re
+import stat
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+MAX_SEED = 2 ** 63               # seeds are non-negative 63-bit integers, as torch and numpy both take them
+MAX_TEXT_BYTES = 10 * 2 ** 20    # a prompts or jobs file: 10 MB is ~200,000 prompts; more is the wrong file
+# captions.jsonl of `minimuse dataset --n 1000000` (its limit) is ~60 MB: room for that, not for /dev/zero's stream
+MAX_CAPTIONS_BYTES = 256 * 2 ** 20
+MAX_METADATA_BYTES = 2 ** 30     # an image folder's metadata.jsonl: ~10M images' lines
+JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false",
+              type(None): "null"}
+
+
+def _kind_of(path: Path) -> str:
+    from .checkpoint import _kind_of as kind  # the one wording of "a FIFO (named pipe)", "a character device", ...
+    return kind(path)
+
+
+def read_text_input(path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text (a BOM dropped) of the regular file `path`, named `what` ("prompts file") in every refusal:
+    missing, a directory, a FIFO or device (a FIFO blocks for ever, /dev/zero never ends), over `limit` bytes, not
+    UTF-8, or unreadable."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory; give the path of a text file")
+    if not path.exists():
+        raise ValueError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{what} {path} is {_kind_of(path)}, not a regular file; give the path of a text file")
+    try:
+        # O_NONBLOCK: were the file swapped for a FIFO after the check above, the open must not wait for a writer
+        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError(f"{what} {path} is not a regular file; give the path of a text file")
+            data = f.read(limit + 1) if st.st_size <= limit else b""
+    except OSError as e:
+        raise ValueError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if st.st_size > limit or len(data) > limit:  # the read stops one byte past the limit, should the file have grown
+        raise ValueError(f"{what} {path} is {max(st.st_size, len(data)):,} bytes, over the limit of {limit:,} bytes "
+                         f"({limit // 2 ** 20} MB); split it into smaller files")
+    try:
+        return data.decode("utf-8-sig")  # -sig: a BOM from a Windows editor is not part of the first line
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                         "save it as UTF-8") from None
+
+
+def read_jsonl(path, what: str, limit: int = MAX_TEXT_BYTES) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of the JSON-lines file `path`. A line that is not JSON, or is
+    JSON but not an object (null, a number, a list, ...), is refused naming the file and the line."""
+    rows = []
+    for n, line in enumerate(read_text_input(path, what, limit).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{what} {path}, line {n}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{what} {path}, line {n}: holds {JSON_KINDS.get(type(row), 'a value')}, not an object "
+                             "{...}; write one JSON object per line")
+        rows.append((n, row))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------------ seeds
+def check_seed(seed, name: str = "seed") -> int:
+    """An integer seed in [0, 2**63): a TypeError for another type, a ValueError outside the range."""
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise TypeError(f"{name} must be an integer, got {type(seed).__name__}")
+    if not 0 <= seed < MAX_SEED:
+        raise ValueError(f"{name} must lie in [0, 2**63), got {seed}")
+    return seed
+
+
+def check_batch_seeds(seed, n: int, batch_size: int, what: str = "prompts", name: str = "--seed") -> None:
+    """The batch starting at item i draws with seed + i: refuse a seed that makes the last batch's pass 2**63 - 1,
+    before the first batch is drawn (else the last batch fails after the first ones were written)."""
+    check_seed(seed, name.lstrip("-"))
+    last = (n - 1) // batch_size * batch_size
+    if seed + last >= MAX_SEED:
+        raise ValueError(f"{name} {seed} is too large for {n} {what} in batches of {batch_size}: the last batch draws "
+                         f"with seed + {last}, past 2**63 - 1; use {name} {MAX_SEED - 1 - last} or less")
+
+
+# ----------------------------------------------------------------------------------------------------------- images
+def _bomb_limit() -> int:
+    from PIL import Image
+    return Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's warning limit (None when a caller turned it off)
+
+
+def open_image(source, what: str = "image", where=None):
+    """`source` (a path, bytes, or a PIL image) as an 8-bit RGB PIL image, or a ValueError naming it (`where`, by
+    default the path): decoded in full and verified, EXIF orientation applied, the first frame of an animation,
+    16-bit grey scaled (not clipped) to 8 bits, alpha composited over black (the shapes world's background).
+    A file declaring more pixels than Pillow's decompression-bomb limit is refused before it is decoded."""
+    from PIL import Image
+    if isinstance(source, Image.Image):
+        return _to_rgb(source, what, "<PIL image>" if where is None else where)
+    if isinstance(source, (bytes, bytearray)):
+        where = "<bytes>" if where is None else where
+        reopen = lambda: io.BytesIO(source)  # noqa: E731
+    else:
+        path = Path(source)
+        where = path if where is None else where
+        if not path.is_file():
+            raise ValueError(f"{what} {path} does not exist" if not path.exists() else
+                             f"{what} {path} is a directory; give an image file" if path.is_dir() else
+                             f"{what} {path} is {_kind_of(path)}, not a regular file; give an image file")
+        reopen = lambda: path  # noqa: E731
+    fail = f"cannot read {what} {where}"
+    try:
+        with warnings.catch_warnings():  # Pillow only warns between 1x and 2x its limit: refuse there too
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(reopen()) as im:
+                _check_pixels(im.width * im.height, fail)
+                im.verify()  # checksums (PNG): a corrupt file is refused here, not half-decoded
+            im = Image.open(reopen())  # verify() leaves the image unusable: decode a fresh one
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)
+            im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        raise ValueError(_bomb(int(m.group(1)) if m else _bomb_limit() + 1, fail)) from None
+    except Exception as e:  # noqa: BLE001 -- any decoder failure (OSError, SyntaxError, struct.error, ...) is the file's
+        if isinstance(e, ValueError) and str(e).startswith(fail):
+            raise
+        raise ValueError(_unreadable(e, fail)) from None
+    return _to_rgb(im, what, where)
+
+
+def read_image(path, what: str = "image") -> np.ndarray:
+    """An image file as uint8 (H, W, 3) through open_image, or a one-line error naming the file."""
+    return np.asarray(open_image(path, what))
+
+
+def _short(e: Exception) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
+
+
+def _unreadable(e: Exception, fail: str) -> str:
+    return f"{fail}: it is not a readable image ({_short(e)}); check the file, or save it again as PNG"
+
+
+def _bomb(n: int, fail: str) -> str:
+    return (f"{fail}: it declares {n:,} pixels, over the {_bomb_limit():,}-pixel limit that guards against "
+            "decompression bombs (a small file that decodes to gigabytes); give a smaller image")
+
+
+def _check_pixels(n: int, fail: str) -> None:
+    if n > _bomb_limit():
+        raise ValueError(_bomb(n, fail))
+
+
+def _to_rgb(im, what: str, where):
+    """8-bit RGB of any image Pillow decodes, or a ValueError naming a pixel mode with no meaningful conversion."""
+    from PIL import Image, ImageOps
+    fail = f"cannot read {what} {where}"
+    try:
+        im = ImageOps.exif_transpose(im)  # a phone photo stores its rotation in EXIF, not in its pixels
+        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+            # 16-bit grey ("I" is how Pillow opens some): keep the top 8 bits; convert("RGB") would clip all above 255
+            im = Image.fromarray((np.clip(np.asarray(im, np.int64), 0, 65535) >> 8).astype(np.uint8), "L")
+        if im.mode == "F":
+            raise ValueError(f"{fail}: it holds floating-point pixels (mode F), whose range is unknown; "
+                             "save it as an 8-bit RGB PNG")
+        if im.mode in ("P", "PA") and (im.mode == "PA" or "transparency" in im.info):
+            im = im.convert("RGBA")
+        if im.mode in ("LA", "La", "RGBA", "RGBa"):
+            rgba = np.asarray(im.convert("RGBA"), np.uint16)  # (H, W, 4)
+            return Image.fromarray(((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(np.uint8), "RGB")
+        return im.convert("RGB")  # CMYK, YCbCr, grey, bilevel, palette: Pillow's conversions
+    except ValueError as e:
+        if str(e).startswith(fail):
+            raise
+        raise ValueError(f"{fail}: its pixel mode {im.mode} has no conversion to RGB ({_short(e)}); "
+                         "save it as an 8-bit RGB PNG") from None
+    except Exception as e:  # noqa: BLE001 -- a malformed EXIF block or palette is the file's fault, not a bug here
+        raise ValueError(_unreadable(e, fail)) from None
