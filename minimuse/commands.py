@@ -15,6 +15,10 @@ from .config import PRESETS, ConfigError, SampleConfig, apply_override, get_conf
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "laptop"
 MAX_DATASET_N = 1_000_000   # images per `minimuse dataset`; more is a typo, not a plan
 MAX_DATASET_SIZE = 1024     # pixels; shapes are drawn at 4x supersampling, so 1024 px is already 16M sub-pixels
+# Ceilings on counts no check below would stop: far above them is a typo that runs for days, not a plan
+MAX_EVAL_N = 100_000        # eval --n (per caption kind), --tokenizer-n, sweep --n, finetune-decoder --eval-n
+MAX_SWEEP_SEEDS = 1_000     # sweep --seeds: prompt seeds per point, each n prompts per kind
+MAX_BENCH_STEPS = 1_000     # bench --steps: Muse samples in 24; the sampler config allows 4096 on any grid
 # SampleConfig field -> the argparse dest of its flag, so an error names what the user typed
 SAMPLING_FLAGS = {"num_steps": "steps", "guidance_scale": "guidance", "guidance_schedule": "guidance_schedule",
                   "sampler": "sampler", "schedule": "schedule", "choice_temperature": "choice_temperature",
@@ -43,6 +47,14 @@ def _at_least_1(**flags):
                 raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
 
 
+def _at_most(limit: int, **flags):
+    """Counts with a ceiling (the MAX_* above): the first one over it, named as its flag, with the limit."""
+    for name, values in flags.items():
+        for v in values if isinstance(values, list) else [values]:
+            if v is not None and v > limit:
+                raise CLIError(f"--{name.replace('_', '-')} must be at most {limit:,}, got {v}")
+
+
 def _device(args):
     """--device checked before any model is loaded (None: CUDA when present, else the CPU)."""
     from .pipeline import check_device
@@ -64,18 +76,10 @@ def _sampling(args) -> dict:
 
 
 def _read_prompts(path: Path) -> list[str]:
-    """One prompt per non-blank line of a UTF-8 file."""
-    if path.is_dir():
-        raise CLIError(f"prompts file {path} is a directory; give a text file with one prompt per line")
-    if not path.exists():
-        raise CLIError(f"prompts file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM from a Windows editor is not part of the first prompt
-    except UnicodeDecodeError as e:
-        raise CLIError(f"prompts file {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
-    except OSError as e:
-        raise CLIError(f"cannot read prompts file {path}: {e.strerror or e}") from None
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    """One prompt per non-blank line of a UTF-8 text file of at most 10 MB (a FIFO or a device is refused by name:
+    one would block for ever, /dev/zero never ends)."""
+    from .inputs import read_text_input
+    prompts = [line.strip() for line in read_text_input(path, "prompts file").splitlines() if line.strip()]
     if not prompts:
         raise CLIError(f"prompts file {path} holds no prompts")
     return prompts
@@ -176,6 +180,8 @@ def cmd_train_superres(args):
 
 
 def cmd_finetune_decoder(args):
+    _at_least_1(eval_n=args.eval_n)  # now, not after the training it would follow
+    _at_most(MAX_EVAL_N, eval_n=args.eval_n)
     cfg = _config(args)
     from .train_tokenizer import finetune_decoder
     out = Path(args.out or f"runs/{cfg.name}-decoder")
@@ -188,7 +194,7 @@ def cmd_finetune_decoder(args):
 
 def cmd_upscale(args):
     from .superres import upscale_cli
-    _at_least_1(batch_size=args.batch_size)
+    _at_least_1(batch_size=args.batch_size, steps=args.steps)
     outs = upscale_cli(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, image=args.image,
                        prompt=args.prompt, out=args.out, in_dir=args.in_dir, out_dir=args.out_dir, seed=args.seed,
                        num_steps=args.steps, guidance_scale=args.guidance, batch_size=args.batch_size,
@@ -199,6 +205,7 @@ def cmd_upscale(args):
 def cmd_eval(args):
     from .eval import evaluate
     _at_least_1(n=args.n)
+    _at_most(MAX_EVAL_N, n=args.n, tokenizer_n=args.tokenizer_n)
     if args.tokenizer_n < 0:
         raise CLIError(f"--tokenizer-n must be 0 (skip the tokenizer metrics) or more, got {args.tokenizer_n}")
     sampling = {**_sampling(args), "precision": args.precision}
@@ -253,8 +260,9 @@ def cmd_generate(args):
 
 
 def cmd_edit(args):
-    from .editing import edit_cli, read_jobs
+    from .editing import MAX_EDIT_ITERS, edit_cli, read_jobs
     _at_least_1(num_iters=args.num_iters, top_k=args.top_k)
+    _at_most(MAX_EDIT_ITERS, num_iters=args.num_iters)
     if args.guidance is not None and not args.guidance >= 0:
         raise CLIError(f"--guidance must be 0 or more, got {args.guidance}")
     if args.jobs is not None:
@@ -284,6 +292,8 @@ def cmd_outpaint(args):
 
 def cmd_sweep(args):
     _at_least_1(n=args.n, seeds=args.seeds, diversity_prompts=args.diversity_prompts)
+    _at_most(MAX_EVAL_N, n=args.n, diversity_prompts=args.diversity_prompts)
+    _at_most(MAX_SWEEP_SEEDS, seeds=args.seeds)
     from .sweep import parse_grid, run_sweep
     try:
         grid = parse_grid(args.param, args.values)  # every value checked before a model loads
@@ -302,6 +312,7 @@ def cmd_sweep(args):
 def cmd_bench(args):
     cfg = _config(args)
     _at_least_1(batch_sizes=args.batch_sizes, steps=args.steps, repeats=args.repeats, threads=args.threads)
+    _at_most(MAX_BENCH_STEPS, steps=args.steps)
     if args.device is not None and not args.compare_ar:
         raise CLIError("--device applies to --compare-ar only; bench times the CPU")
     if args.compare_ar:

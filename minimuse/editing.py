@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import re
 from pathlib import Path
 
@@ -17,10 +18,13 @@ import numpy as np
 import torch
 
 from .config import ConfigError
+from .inputs import MAX_SEED, read_image, read_jsonl
 from .sampler import edit as _edit_ids
 from .superres import decimate_uint8
 
 SIDES = ("right", "left", "bottom", "top")
+MAX_EDIT_ITERS = 10_000   # mask-free editing iterations (Muse: 100); a million would run for days
+MAX_EXTEND = 8            # outpainting adds at most 8x the image's side per call: each window samples the model once
 
 
 # ------------------------------------------------------------------------------------------------------- the maths
@@ -47,14 +51,18 @@ def outpaint_windows(known: int, new: int, size: int) -> list[tuple[int, int, in
     return windows
 
 
-def parse_extend(extend: str, cell: int) -> tuple[str, int]:
-    """"right:16" -> ("right", 16 px // cell px tokens). The pixels must be a positive multiple of the token cell."""
+def parse_extend(extend: str, cell: int, size: int | None = None) -> tuple[str, int]:
+    """"right:16" -> ("right", 16 px // cell px tokens). The pixels must be a positive multiple of the token cell,
+    and at most MAX_EXTEND times the image's `size` px when it is given."""
     m = re.fullmatch(r"(right|left|top|bottom):(\d+)", str(extend).strip())
     if m is None:
         raise ValueError(f"extend {extend!r}: write SIDE:PIXELS with SIDE one of {', '.join(SIDES)}, e.g. right:16")
     px = int(m.group(2))
     if px <= 0 or px % cell:
         raise ValueError(f"extend {extend!r}: the pixels must be a positive multiple of the {cell} px token cell")
+    if size is not None and px > MAX_EXTEND * size:
+        raise ValueError(f"extend {extend!r}: at most {MAX_EXTEND * size} px ({MAX_EXTEND}x the {size} px image) "
+                         f"per call, got {px} px")
     return m.group(1), px // cell
 
 
@@ -94,6 +102,8 @@ def check_masks(masks, shape: tuple[int, int, int]) -> np.ndarray:
         m = m[None]
     if m.dtype != bool:
         raise ValueError(f"masks must be bool arrays (B, H, W), True = regenerate; got {m.dtype}")
+    if m.ndim == 3 and m.shape[0] != shape[0]:
+        raise ValueError(f"masks: a batch of {m.shape[0]} for a batch of {shape[0]} images; give one mask (H, W) per image")
     if m.shape != shape:
         raise ValueError(f"mask of shape {m.shape[1:]} for images of {shape[1:]}: a mask must have its image's size")
     for i, mi in enumerate(m):
@@ -158,7 +168,7 @@ def outpaint(pipe, images, prompts, extend: str = "right:16", num_steps: int | N
     if _high_res(pipe, images):
         raise NotImplementedError(f"outpainting draws at the base model's size; resize the image to {S} px "
                                   "(the super-res stage has a fixed grid and cannot slide over a wider canvas)")
-    side, n = parse_extend(extend, S // w)
+    side, n = parse_extend(extend, S // w, S)
     prompts, s = pipe.validate(prompts, None, seed, False, generator, precision,
                                num_steps=num_steps, guidance_scale=guidance_scale, **sampling)
     generator = generator or torch.Generator(pipe.device).manual_seed(seed)
@@ -198,17 +208,7 @@ def edit(pipe, images, prompts, num_iters: int | None = None, resample_frac: flo
     the better edit."""
     images = check_images(pipe, images)
     prompts = check_prompts_for(pipe, prompts, len(images))
-    given = dict(num_iters=num_iters, resample_frac=resample_frac, guidance_scale=guidance_scale, top_k=top_k)
-    for k in ("num_iters", "top_k"):
-        v = given[k]
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise ValueError(f"{k} must be a positive integer, got {v!r}")
-    if resample_frac is not None and not 0 < resample_frac <= 1:
-        raise ValueError(f"resample_frac must lie in (0, 1], got {resample_frac!r}")
-    try:  # EditConfig checks every value and names it
-        e = dataclasses.replace(pipe.config.edit, **{k: v for k, v in given.items() if v is not None})
-    except ConfigError as err:
-        raise ValueError(str(err).replace("invalid config field 'edit.", "invalid argument '")) from None
+    e = edit_settings(pipe, num_iters, resample_frac, guidance_scale, top_k)
     prompts, s = pipe.validate(prompts, None, seed, return_history, generator, "fp32",
                                guidance_scale=e.guidance_scale, top_k=e.top_k)
     high = _high_res(pipe, images)
@@ -230,6 +230,27 @@ def edit(pipe, images, prompts, num_iters: int | None = None, resample_frac: flo
     return (images_out, {i: pipe.decode(k) for i, k in kept.items()}) if return_history else images_out
 
 
+def edit_settings(pipe, num_iters=None, resample_frac=None, guidance_scale=None, top_k=None):
+    """The checkpoint's EditConfig with each non-None argument in its place, every one checked and named."""
+    given = dict(num_iters=num_iters, resample_frac=resample_frac, guidance_scale=guidance_scale, top_k=top_k)
+    for k in ("num_iters", "top_k"):
+        v = given[k]
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ValueError(f"{k} must be a positive integer, got {v!r}")
+    for k in ("resample_frac", "guidance_scale"):  # a string would reach a comparison and fail there, unnamed
+        v = given[k]
+        if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, bool)):
+            raise TypeError(f"{k} must be a number, got {type(v).__name__} {v!r}")
+    if num_iters is not None and num_iters > MAX_EDIT_ITERS:
+        raise ValueError(f"num_iters must be at most {MAX_EDIT_ITERS:,} (Muse uses 100), got {num_iters}")
+    if resample_frac is not None and not 0 < resample_frac <= 1:
+        raise ValueError(f"resample_frac must lie in (0, 1], got {resample_frac!r}")
+    try:  # EditConfig checks every value and names it
+        return dataclasses.replace(pipe.config.edit, **{k: v for k, v in given.items() if v is not None})
+    except ConfigError as err:
+        raise ValueError(str(err).replace("invalid config field 'edit.", "invalid argument '")) from None
+
+
 def _high_res(pipe, images) -> int:
     """The decimation factor when `images` are at the super-res stage's size (the multi-scale route), else 0."""
     return images.shape[1] // pipe.config.data.image_size if images.shape[1] != pipe.config.data.image_size else 0
@@ -241,19 +262,6 @@ def _fit_steps(s, n_tokens: int):
 
 
 # ----------------------------------------------------------------------------------------------------------- CLI
-def read_image(path, what: str = "image") -> np.ndarray:
-    """A PNG/JPEG file as uint8 (H, W, 3), or a one-line error naming the file."""
-    from PIL import Image, UnidentifiedImageError
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{what} {path} does not exist" if not path.exists() else f"{what} {path} is not a file")
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{what} {path} is not a readable image ({e.__class__.__name__})") from None
-
-
 def read_mask(path, shape: tuple[int, int]) -> np.ndarray:
     """A mask PNG of the image's size: white (> 127 in grey) means regenerate. Returns bool (H, W)."""
     m = read_image(path, "mask").mean(-1) > 127
@@ -265,25 +273,17 @@ def read_mask(path, shape: tuple[int, int]) -> np.ndarray:
 
 def read_jobs(path) -> list[dict]:
     """JOBS.jsonl: one {"image": path, "prompt": text, "mask": path or null, "seed": int} per line (mask and seed
-    optional). A malformed line is a one-line error with its number."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"jobs file {path} does not exist")
+    optional). A malformed line, or a seed outside [0, 2**63), is a one-line error with its number."""
     jobs = []
-    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            job = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"jobs file {path}, line {n}: not JSON ({e.msg})") from None
-        ok = (isinstance(job, dict) and set(job) <= {"image", "prompt", "mask", "seed"}
+    for n, job in read_jsonl(path, "jobs file"):
+        seed = job.get("seed", 0)
+        ok = (set(job) <= {"image", "prompt", "mask", "seed"}
               and isinstance(job.get("image"), str) and isinstance(job.get("prompt"), str)
               and isinstance(job.get("mask"), (str, type(None)))
-              and isinstance(job.get("seed", 0), int) and not isinstance(job.get("seed", 0), bool) and job.get("seed", 0) >= 0)
+              and isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < MAX_SEED)
         if not ok:
             raise ValueError(f"jobs file {path}, line {n}: expected {{\"image\": path, \"prompt\": text, \"mask\": path or "
-                             f"null, \"seed\": int >= 0}}, got {line.strip()[:80]}")
+                             f"null, \"seed\": int in [0, 2**63)}}, got {json.dumps(job)[:80]}")
         jobs.append({"image": job["image"], "prompt": job["prompt"], "mask": job.get("mask"), "seed": job.get("seed", 0)})
     if not jobs:
         raise ValueError(f"jobs file {path} holds no jobs")
@@ -300,7 +300,11 @@ def outpaint_cli(checkpoint, image_path, prompt: str, extend: str, out, seed: in
     image = read_image(image_path)
     pipe = load_pipeline(checkpoint, device=device)
     check_images(pipe, image, f"image {image_path}")
-    parse_extend(extend, pipe.config.data.image_size // pipe.transformer.grid[1])
+    S = pipe.config.data.image_size
+    try:
+        parse_extend(extend, S // pipe.transformer.grid[1], S)
+    except ValueError as e:
+        raise ValueError(f"--{e}") from None  # "--extend 'right:9': ...", as the user typed it
     atomic_save_image(out, pipe.outpaint(image, prompt, extend=extend, seed=seed)[0])
     return out
 
@@ -326,6 +330,11 @@ def edit_cli(checkpoint, jobs: list[dict], outs: list, num_iters: int | None = N
     groups: dict[tuple, list[int]] = {}
     for i, (m, j) in enumerate(zip(masks, jobs)):
         groups.setdefault((m is None, j["seed"]), []).append(i)
+    if any(mask_free for mask_free, _ in groups):
+        e = edit_settings(pipe, num_iters, None, guidance_scale, top_k)
+    for (mask_free, seed), idx in groups.items():  # every batch's seed and settings, before the first is drawn
+        pipe.validate([jobs[i]["prompt"] for i in idx], seed=seed,
+                      **(dict(guidance_scale=e.guidance_scale, top_k=e.top_k) if mask_free else {}))
     for (mask_free, seed), idx in groups.items():
         batch, prompts = np.stack([images[i] for i in idx]), [jobs[i]["prompt"] for i in idx]
         result = (pipe.edit(batch, prompts, num_iters=num_iters, guidance_scale=guidance_scale, top_k=top_k, seed=seed)

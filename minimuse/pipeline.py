@@ -10,7 +10,7 @@ settings), each naming the argument. Taught in notebooks/06_sampling.ipynb.
 from __future__ import annotations
 
 import dataclasses
-import numbers
+import os
 import warnings
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import torch
 from . import editing
 from .checkpoint import CheckpointError, atomic_save_image, check_outputs, read_config, resolve_checkpoint
 from .config import Config, ConfigError, SampleConfig
+from .inputs import MAX_SEED, check_batch_seeds, check_seed  # noqa: F401 (MAX_SEED: minimuse.pipeline.MAX_SEED)
 from .sampler import sample
 from .text_encoder import TextEncoder
 from .tokenizer import Tokenizer
@@ -29,7 +30,6 @@ from .viz import history_strip, to_uint8, upscale
 from .vqmodel import is_diffusers_vq
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "laptop"
-MAX_SEED = 2 ** 63   # seeds are non-negative 63-bit integers, as torch and numpy both take them
 MAX_UPSCALE = 32     # a 32 px image becomes a 1024 px PNG; far beyond that is a typo, not a wish
 
 
@@ -156,6 +156,7 @@ class MusePipeline:
         """uint8 images (B, S, S, 3) at the base size and their prompts -> uint8 (B, 2S, 2S, 3) through the super-res
         stage: the base tokenizer reads each image, the super-res model draws the high-res tokens (Muse §2.4)."""
         prompts = self.check_prompts(prompts)
+        check_seed(seed)
         S = self.config.data.image_size
         x = np.asarray(images)
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (S, S, 3):
@@ -212,10 +213,7 @@ class MusePipeline:
                  **overrides) -> tuple[list[str], SampleConfig]:
         """Everything __call__ checks before drawing: returns (prompts as a list, the sampling settings)."""
         prompts = self.check_prompts(prompts, negative_prompt)
-        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
-            raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
-        if not 0 <= seed < MAX_SEED:
-            raise ValueError(f"seed must lie in [0, 2**63), got {seed}")
+        check_seed(seed)
         if not isinstance(return_history, bool):
             raise TypeError(f"return_history must be True or False, got {type(return_history).__name__}")
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -289,6 +287,8 @@ def load_pipeline(checkpoint=None, config: Config | None = None, device=None, su
     loads as an upscaler. superres=False loads the base stage only (pipe(...) then draws at the base size, as a
     checkpoint without superres/ does). Any missing, corrupt or mismatched part is a CheckpointError naming it:
     nothing falls back to another model."""
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):  # else pathlib's TypeError, unnamed
+        raise TypeError(f"checkpoint must be a folder path (str or Path) or a Hub repo id, got {type(checkpoint).__name__}")
     device = check_device(device if device is not None else default_device())
     root = resolve_checkpoint(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT  # a folder or a Hub repo id
     if root.exists() and not root.is_dir():
@@ -357,9 +357,11 @@ def generate_cli(prompts: list[str], checkpoint, out=None, out_dir=None, history
     if history is not None and Path(history).resolve() in {p.resolve() for p in paths}:
         raise ValueError(f"--history {history} is also an image output; give it its own file name")
     check_outputs(paths + ([Path(history)] if history is not None else []), overwrite)
+    seed = sampling.pop("seed", 0)
+    check_batch_seeds(seed, len(prompts), batch_size)  # batch i draws with seed + its first index: the last one too
     pipe = load_pipeline(checkpoint, device=device)
     cascade = pipe._use_superres(superres)
-    S, seed = pipe.config.superres.image_size if cascade else pipe.config.data.image_size, sampling.pop("seed", 0)
+    S = pipe.config.superres.image_size if cascade else pipe.config.data.image_size
     if not isinstance(upscale_factor, int) or upscale_factor < 1:
         raise ValueError(f"--upscale must be an integer from 1 to {MAX_UPSCALE}, got {upscale_factor}")
     if upscale_factor > MAX_UPSCALE:

@@ -128,7 +128,6 @@ class SuperResTransformer(MaskedTransformer):
 def _upscale_jobs(image, prompt, out, in_dir, out_dir) -> tuple[list, list[str], list]:
     """(inputs, prompts, outputs) of `minimuse upscale`: one IMAGE with its prompt, or every PNG of in_dir captioned
     by its captions.jsonl ({"file", "caption"} lines, as `minimuse dataset` writes them)."""
-    import json
     from pathlib import Path
     if in_dir is None:
         if image is None or prompt is None:
@@ -144,18 +143,10 @@ def _upscale_jobs(image, prompt, out, in_dir, out_dir) -> tuple[list, list[str],
     if not src.is_dir():
         raise ValueError(f"--in-dir {src} is not a directory")
     captions_file = src / "captions.jsonl"
-    if not captions_file.is_file():
+    if not captions_file.exists() and not captions_file.is_symlink():
         raise ValueError(f"{captions_file} is missing: upscale --in-dir reads each image's prompt from it "
                          '({"file": NAME, "caption": TEXT} per line, as `minimuse dataset` writes)')
-    captions = {}
-    for i, line in enumerate(captions_file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            captions[str(row["file"])] = str(row["caption"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f'{captions_file} line {i} is not a JSON object with "file" and "caption"') from None
+    captions = _read_captions(captions_file)
     images = sorted(p for p in src.iterdir() if p.suffix.lower() == ".png" and p.name != "grid.png")
     if not images:
         raise ValueError(f"--in-dir {src} holds no PNG images")
@@ -165,6 +156,22 @@ def _upscale_jobs(image, prompt, out, in_dir, out_dir) -> tuple[list, list[str],
     return images, [captions[p.name] for p in images], [Path(out_dir) / p.name for p in images]
 
 
+def _read_captions(path) -> dict[str, str]:
+    """{file name: caption} of a captions.jsonl, every line checked: a caption that is null, a number or a list
+    would otherwise become the prompt "None", "5" or "['a']"; a file captioned twice is ambiguous."""
+    from .inputs import MAX_CAPTIONS_BYTES, read_jsonl
+    captions = {}
+    for n, row in read_jsonl(path, "captions file", MAX_CAPTIONS_BYTES):
+        name, caption = row.get("file"), row.get("caption")
+        if not isinstance(name, str) or not isinstance(caption, str) or not caption.strip():
+            raise ValueError(f'captions file {path}, line {n}: needs "file" (a file name) and "caption" (non-empty '
+                             f"text), got file={name!r}, caption={caption!r}")
+        if name in captions:
+            raise ValueError(f"captions file {path}, line {n}: {name} is captioned a second time; keep one line per image")
+        captions[name] = caption
+    return captions
+
+
 def upscale_cli(checkpoint, image=None, prompt=None, out=None, in_dir=None, out_dir=None, seed: int = 0,
                 num_steps: int | None = None, guidance_scale: float | None = None, batch_size: int = 64,
                 device=None, overwrite: bool = False) -> list:
@@ -172,14 +179,17 @@ def upscale_cli(checkpoint, image=None, prompt=None, out=None, in_dir=None, out_
     image is upscaled, and each PNG is written atomically. Returns the output paths."""
     import numpy as np
     from .checkpoint import atomic_save_image, check_outputs
-    from .editing import read_image
+    from .inputs import check_batch_seeds, read_image
     from .pipeline import load_pipeline
     inputs, prompts, outs = _upscale_jobs(image, prompt, out, in_dir, out_dir)
     check_outputs(outs, overwrite)
+    check_batch_seeds(seed, len(inputs), batch_size, "images")  # batch i draws with seed + its first index
     pipe = load_pipeline(checkpoint, device=device)
     if pipe.superres is None:
         raise ValueError(f"{checkpoint} has no super-res stage (no superres/ folder)")
-    S = pipe.config.data.image_size
+    (h, w), S = pipe.superres.grid, pipe.config.data.image_size
+    if num_steps is not None and num_steps > h * w:
+        raise ValueError(f"--steps must be at most the {h * w} tokens of the super-res stage's {h}x{w} grid, got {num_steps}")
     images = []
     for path in inputs:
         im = read_image(path)
