@@ -4,13 +4,21 @@ Every CLI case runs `minimuse.cli.main(argv)` in-process, in an empty working di
 exactly one stderr line `minimuse: error: ...` holding a fragment that names the problem, no traceback, and not one
 file created, changed or half-written (atomic writers leave temp files; those would show too). A tiny `ci` pipeline
 checkpoint of random-initialised models is built once per module, no training; the corrupt checkpoints are copies
-of it. A few cases go through the real console script in a subprocess.
+of it (plus a super-res stage for `upscale`). A few cases go through the real console script in a subprocess.
+Issue 30's cases check that every batch's inputs are checked before the first output, that input files are bounded
+and named (FIFOs, devices, 10 MB), that counts have ceilings, and that every image goes through one reader (bombs,
+16-bit, alpha, EXIF); a case that would hang on a regression fails after two minutes instead.
 """
+import io
+import json
 import os
 import pickle
 import shutil
+import signal
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +32,7 @@ from minimuse.cli import main
 from minimuse.config import ConfigError, get_config
 from minimuse.data import write_dataset
 from minimuse.pipeline import load_pipeline
+from minimuse.superres import SuperResTransformer
 from minimuse.tokenizer import Tokenizer
 
 
@@ -86,6 +95,17 @@ def bad(ckpt, tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def cascade(ckpt, tmp_path_factory):
+    """The good checkpoint with a random-initialised super-res stage beside it: what `upscale` needs."""
+    root = tmp_path_factory.mktemp("cascade") / "ckpt"
+    shutil.copytree(ckpt, root)
+    cfg = get_config("ci")
+    Tokenizer(cfg.superres.tokenizer).save_pretrained(root / "superres_tokenizer", cfg, stage="superres")
+    SuperResTransformer.from_config(cfg).save_pretrained(root / "superres", cfg)
+    return root
+
+
 def _small_tokenizer(d):
     cfg = get_config("ci", **{"tokenizer.codebook_size": 16, "tokenizer.fsq_levels": "4,4"})
     shutil.rmtree(d / "tokenizer")
@@ -107,6 +127,49 @@ def files(spec: dict):
     return setup
 
 
+def fifo(name):
+    return lambda tmp: os.mkfifo(tmp / name)
+
+
+def link(name, target):
+    return lambda tmp: (tmp / name).symlink_to(target)
+
+
+def sparse(name, size):
+    """A file of `size` zero bytes that takes no disk space."""
+    def setup(tmp):
+        with open(tmp / name, "wb") as f:
+            f.truncate(size)
+    return setup
+
+
+def both(*setups):
+    return lambda tmp: [s(tmp) for s in setups]
+
+
+def _png(a: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, fmt)
+    return buf.getvalue()
+
+
+def _png_header(w: int, h: int) -> bytes:
+    """A PNG that only declares its size (IHDR, IEND): enough for a decoder to allocate w x h pixels."""
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+IMG = _png(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))  # the ci model's 16 px
+MASK = _png(np.pad(np.full((8, 8), 255, np.uint8), 4))  # white = regenerate the middle 8x8
+BOMB = _png_header(100_000, 100_000)  # 10 G pixels: past Pillow's error limit
+OVER = _png_header(10_000, 10_000)    # 100 M pixels: past its warning limit (89 M), under its error limit
+FLOAT = _png(np.full((16, 16), 0.5, np.float32), "TIFF")  # mode F: no known range
+
+
+def jsonl(*rows):
+    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
+
+
 def gen(prompt, *extra):
     return ["generate", prompt, "--checkpoint", "{ckpt}", "--out", "{tmp}/o.png", *extra]
 
@@ -119,6 +182,39 @@ def ckpt_case(name):
     return ["generate", "a red circle", "--checkpoint", "{bad}/" + name, "--out", "{tmp}/o.png"]
 
 
+def up_dir(*extra):
+    return ["upscale", "--in-dir", "{tmp}/d", "--out-dir", "{tmp}/up", "--checkpoint", "{cascade}", *extra]
+
+
+def up_one(image, *extra):
+    return ["upscale", "{tmp}/" + image, "--prompt", "a red circle", "--checkpoint", "{cascade}", "--out", "{tmp}/o.png",
+            *extra]
+
+
+def edit_jobs(*extra):
+    return ["edit", "--jobs", "{tmp}/jobs.jsonl", "--out-dir", "{tmp}/e", "--checkpoint", "{ckpt}", "--num-iters", "1",
+            *extra]
+
+
+def edit_one(image, *extra):
+    return ["edit", "{tmp}/" + image, "--prompt", "a red circle", "--checkpoint", "{ckpt}", "--out", "{tmp}/o.png",
+            "--num-iters", "1", *extra]
+
+
+def sweep(*extra):
+    return ["sweep", "--checkpoint", "{ckpt}", "--param", "guidance", "--values", "1", "--n", "1", "--out", "{tmp}/sw",
+            "--diversity-prompts", "1", *extra]
+
+
+def in_dir(captions, images=("a.png",)):
+    """d/: the images (IMG, or the bytes given) and a captions.jsonl (text, or None for a directory)."""
+    spec = {f"d/{k}": IMG for k in images} if not isinstance(images, dict) else {f"d/{k}": v for k, v in images.items()}
+    return files({**spec, "d/captions.jsonl": captions})
+
+
+CAP = {"file": "a.png", "caption": "a red circle"}
+JOB = {"image": "a.png", "prompt": "a red circle"}
+TWO = ("a.png", "b.png")
 PNG = b"\x89PNG old bytes"
 RUN = {"run/log.jsonl": '{"step": 10}\n'}
 C = pytest.param
@@ -265,6 +361,81 @@ CASES = [
     C(["bench", "--preset", "ci", "--repeats", "0"], "--repeats must be at least 1", None, id="bench-repeats-0"),
     C(["bench", "--preset", "ci", "--batch-sizes", "4", "0"], "--batch-sizes must be at least 1, got 0", None, id="bench-batch-0"),
     C(["frobnicate"], "invalid choice: 'frobnicate'", None, id="unknown-command"),
+    # --------------------- issue 30: every batch's inputs checked before the first output; input files bounded
+    C(gen_file("--batch-size", "1", "--seed", str(2 ** 63 - 1)), "--seed 9223372036854775807 is too large for 2 prompts "
+      "in batches of 1", files({"p.txt": "a red circle\ntwo blue squares\n"}), id="prompts-file-last-batch-seed"),
+    C(gen_file("--seed", str(2 ** 63 - 64)), "the last batch draws with seed + 64",
+      files({"p.txt": "a red circle\n" * 65}), id="prompts-file-65-prompts-seed"),
+    C(gen_file(), "p.txt is a FIFO (named pipe), not a regular file", fifo("p.txt"), id="prompts-file-fifo"),
+    C(gen_file(), "p.txt is a character device, not a regular file", link("p.txt", "/dev/null"), id="prompts-file-device"),
+    C(gen_file(), "over the limit of 10,485,760 bytes (10 MB)", sparse("p.txt", 10 * 2 ** 20 + 1), id="prompts-file-huge"),
+    C(up_dir(), "captions.jsonl, line 1: needs \"file\"", in_dir(jsonl({"file": "a.png", "caption": None})),
+      id="captions-null"),
+    C(up_dir(), "got file='a.png', caption=5", in_dir(jsonl({"file": "a.png", "caption": 5})), id="captions-number"),
+    C(up_dir(), "caption=['a red circle']", in_dir(jsonl({"file": "a.png", "caption": ["a red circle"]})),
+      id="captions-list"),
+    C(up_dir(), "caption=''", in_dir(jsonl({"file": "a.png", "caption": ""})), id="captions-empty"),
+    C(up_dir(), "got file=0", in_dir(jsonl({"file": 0, "caption": "a red circle"})), id="captions-file-number"),
+    C(up_dir(), "line 2: a.png is captioned a second time",
+      in_dir(jsonl(CAP, {"file": "a.png", "caption": "a blue square"})), id="captions-twice"),
+    C(up_dir(), "captions.jsonl is a directory", in_dir(None), id="captions-is-dir"),
+    C(up_dir(), "captions.jsonl is not UTF-8 text (byte 0xff", in_dir(b'{"file": "a.png", "caption": "\xff"}\n'),
+      id="captions-not-utf8"),
+    C(up_dir(), "captions.jsonl, line 2: holds an array, not an object", in_dir(jsonl(CAP, "[1, 2]")),
+      id="captions-array-line"),
+    C(up_dir(), "captions.jsonl, line 1: holds null", in_dir(jsonl("null")), id="captions-null-line"),
+    C(up_dir(), "captions.jsonl is a FIFO", both(in_dir(jsonl(CAP)), lambda t: (t / "d/captions.jsonl").unlink(),
+                                                  fifo("d/captions.jsonl")), id="captions-fifo"),
+    C(up_dir("--batch-size", "1", "--seed", str(2 ** 63 - 1)), "is too large for 2 images in batches of 1",
+      in_dir(jsonl(CAP, {"file": "b.png", "caption": "a blue square"}), TWO), id="upscale-last-batch-seed"),
+    C(up_one("a.png", "--seed", "-1"), "seed must lie in [0, 2**63), got -1", files({"a.png": IMG}), id="upscale-seed-negative"),
+    C(up_one("a.png", "--steps", "65"), "--steps must be at most the 64 tokens of the super-res stage's 8x8 grid",
+      files({"a.png": IMG}), id="upscale-steps-over-grid"),
+    C(up_one("a.png"), "cannot read image {tmp}/a.png: it declares 10,000,000,000 pixels", files({"a.png": BOMB}),
+      id="upscale-bomb"),
+    C(up_dir(), "b.png: it declares 10,000,000,000 pixels, over the 89,478,485-pixel limit",
+      in_dir(jsonl(CAP, {"file": "b.png", "caption": "x"}), {"a.png": IMG, "b.png": BOMB}), id="upscale-in-dir-bomb"),
+    C(up_one("a.png"), "image {tmp}/a.png is a FIFO", fifo("a.png"), id="upscale-image-fifo"),
+    C(edit_jobs(), "line 2: expected", files({"a.png": IMG, "jobs.jsonl": jsonl(JOB, {**JOB, "seed": 2 ** 63})}),
+      id="edit-jobs-late-seed"),
+    C(edit_jobs("--guidance", "inf"), "'guidance_scale': must be a finite number",
+      files({"a.png": IMG, "m.png": MASK, "jobs.jsonl": jsonl({**JOB, "mask": "m.png"}, JOB)}), id="edit-jobs-late-guidance"),
+    C(edit_jobs(), "jobs.jsonl, line 1: holds an array, not an object", files({"jobs.jsonl": jsonl('["a.png", "x"]')}),
+      id="edit-jobs-array-line"),
+    C(edit_jobs(), "jobs.jsonl, line 2: holds a number", files({"a.png": IMG, "jobs.jsonl": jsonl(JOB, "7")}),
+      id="edit-jobs-number-line"),
+    C(edit_jobs(), "jobs.jsonl is not UTF-8 text", files({"jobs.jsonl": b'{"image": "\xe9.png", "prompt": "x"}\n'}),
+      id="edit-jobs-not-utf8"),
+    C(edit_jobs(), "jobs.jsonl is a FIFO", fifo("jobs.jsonl"), id="edit-jobs-fifo"),
+    C(edit_jobs(), "jobs file {tmp}/jobs.jsonl is a directory", files({"jobs.jsonl": None}), id="edit-jobs-is-dir"),
+    C(edit_one("a.png", "--num-iters", "1000000"), "--num-iters must be at most 10,000, got 1000000",
+      files({"a.png": IMG}), id="edit-num-iters-huge"),
+    C(edit_one("a.png"), "a.png: it declares 10,000,000,000 pixels", files({"a.png": BOMB}), id="edit-image-bomb"),
+    C(edit_one("a.png", "--mask", "{tmp}/m.png"), "cannot read mask {tmp}/m.png: it declares",
+      files({"a.png": IMG, "m.png": BOMB}), id="edit-mask-bomb"),
+    C(edit_jobs(), "b.png: it declares 10,000,000,000 pixels",
+      files({"a.png": IMG, "b.png": BOMB, "jobs.jsonl": jsonl(JOB, {**JOB, "image": "b.png"})}), id="edit-jobs-bomb"),
+    C(edit_one("a.png"), "it declares 100,000,000 pixels, over the 89,478,485-pixel limit", files({"a.png": OVER}),
+      id="edit-image-over-warning-limit"),
+    C(edit_one("a.tif"), "a.tif: it holds floating-point pixels (mode F)", files({"a.tif": FLOAT}), id="edit-image-float"),
+    C(["outpaint", "{tmp}/a.png", "--prompt", "a red circle", "--extend", "right:1000000", "--checkpoint", "{ckpt}",
+       "--out", "{tmp}/o.png"], "--extend 'right:1000000': at most 128 px (8x the 16 px image)", files({"a.png": IMG}),
+      id="outpaint-extend-huge"),
+    C(["outpaint", "{tmp}/a.png", "--prompt", "a red circle", "--extend", "top:132", "--checkpoint", "{ckpt}",
+       "--out", "{tmp}/o.png"], "got 132 px", files({"a.png": IMG}), id="outpaint-extend-just-over"),
+    C(["outpaint", "{tmp}/a.png", "--prompt", "a red circle", "--checkpoint", "{ckpt}", "--out", "{tmp}/o.png"],
+      "a.png: it declares 10,000,000,000 pixels", files({"a.png": BOMB}), id="outpaint-bomb"),
+    C(["eval", "--checkpoint", "{ckpt}", "--n", "1000000"], "--n must be at most 100,000, got 1000000", None, id="eval-n-huge"),
+    C(["eval", "--checkpoint", "{ckpt}", "--tokenizer-n", str(10 ** 9)], "--tokenizer-n must be at most 100,000", None,
+      id="eval-tokenizer-n-huge"),
+    C(sweep("--param", "guidance", "--values", "2"), "--param guidance is given twice", None, id="sweep-param-twice"),
+    C(sweep("--n", "1000000"), "--n must be at most 100,000", None, id="sweep-n-huge"),
+    C(sweep("--seeds", "5000"), "--seeds must be at most 1,000, got 5000", None, id="sweep-seeds-huge"),
+    C(sweep("--resume"), "sweep.jsonl, line 1: holds an array", files({"sw/sweep.jsonl": "[1]\n"}), id="sweep-resume-array"),
+    C(sweep("--resume"), "line 1: not a sweep row (missing diversity_prompts, n, params, seeds)",
+      files({"sw/sweep.jsonl": "{}\n"}), id="sweep-resume-not-a-row"),
+    C(["bench", "--preset", "ci", "--steps", "8", "5000"], "--steps must be at most 1,000, got 5000", None,
+      id="bench-steps-huge"),
 ]
 
 
@@ -289,14 +460,27 @@ def assert_one_line(code, err, fragment):
     assert fragment in lines[0], lines[0]
 
 
+@pytest.fixture
+def deadline():
+    """A case that would hang (reading a FIFO, a million iterations) fails after two minutes instead of stalling."""
+    def hung(*_):
+        pytest.fail("still running after 120 s: a bad input must be refused at once, not read or drawn for ever")
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.mark.parametrize("argv,fragment,setup", CASES)
-def test_bad_input_is_one_line_and_writes_nothing(argv, fragment, setup, ckpt, bad, tmp_path, capsys, monkeypatch):
+def test_bad_input_is_one_line_and_writes_nothing(argv, fragment, setup, ckpt, bad, cascade, tmp_path, capsys,
+                                                  monkeypatch, deadline):
     monkeypatch.chdir(tmp_path)  # a default output (out.png, runs/) would land here and be seen
     if setup:
         setup(tmp_path)
     before = snapshot(tmp_path)
-    code, out, err = run(capsys, [a.format(ckpt=ckpt, tmp=tmp_path, bad=bad) for a in argv])
-    assert_one_line(code, err, fragment)
+    code, out, err = run(capsys, [a.format(ckpt=ckpt, tmp=tmp_path, bad=bad, cascade=cascade) for a in argv])
+    assert_one_line(code, err, fragment.format(tmp=tmp_path))
     assert snapshot(tmp_path) == before
     assert not (bad / "UNPICKLED").exists()  # the pickle payload never ran
 
@@ -486,3 +670,138 @@ def test_checkpoint_errors_are_checkpoint_errors_in_python(bad):
         with pytest.raises(CheckpointError):
             load_pipeline(bad / name)
     assert not (bad / "UNPICKLED").exists()
+
+
+# ------------------------------------------------------------- issue 30: checked before training, and in Python
+
+@pytest.mark.parametrize("eval_n,fragment", [("0", "--eval-n must be at least 1, got 0"), ("-3", "at least 1, got -3"),
+                                             (str(10 ** 9), "--eval-n must be at most 100,000, got 1000000000")])
+def test_finetune_decoder_checks_eval_n_before_training(eval_n, fragment, cascade, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("minimuse.train_tokenizer.train_tokenizer", lambda *a, **k: pytest.fail("trained before refusing"))
+    code, _, err = run(capsys, ["finetune-decoder", "--preset", "ci", "--checkpoint", str(cascade),
+                                "--out", str(tmp_path / "fd"), "--eval-n", eval_n])
+    assert_one_line(code, err, fragment)
+    assert not (tmp_path / "fd").exists()
+
+
+def _scene():
+    return np.asarray(Image.open(io.BytesIO(IMG)))[None]  # (1, 16, 16, 3) uint8
+
+
+def _masks(n):
+    m = np.zeros((n, 16, 16), bool)
+    m[:, 4:12, 4:12] = True
+    return m
+
+
+EDIT_API_CASES = [
+    C(lambda p, im: p.edit(im, "a red circle", resample_frac="0.5"), TypeError, "resample_frac must be a number, got str",
+      id="edit-resample-frac-str"),
+    C(lambda p, im: p.edit(im, "a red circle", resample_frac=[0.5]), TypeError, "resample_frac must be a number, got list",
+      id="edit-resample-frac-list"),
+    C(lambda p, im: p.edit(im, "a red circle", guidance_scale="4"), TypeError, "guidance_scale must be a number, got str",
+      id="edit-guidance-str"),
+    C(lambda p, im: p.edit(im, "a red circle", num_iters=10 ** 6), ValueError, "num_iters must be at most 10,000",
+      id="edit-num-iters-huge"),
+    C(lambda p, im: p.inpaint(np.concatenate([im, im]), _masks(3), "x"), ValueError,
+      "masks: a batch of 3 for a batch of 2 images", id="inpaint-3-masks-2-images"),
+    C(lambda p, im: p.inpaint(np.concatenate([im, im, im]), _masks(2), "x"), ValueError,
+      "masks: a batch of 2 for a batch of 3 images", id="inpaint-2-masks-3-images"),
+    C(lambda p, im: p.outpaint(im, "x", extend="right:1000000"), ValueError, "at most 128 px (8x the 16 px image)",
+      id="outpaint-extend-huge"),
+    C(lambda p, im: p.outpaint(im, "x", extend="bottom:132"), ValueError, "got 132 px", id="outpaint-extend-over"),
+]
+
+
+@pytest.mark.parametrize("call,error,fragment", EDIT_API_CASES)
+def test_bad_edit_arguments_are_named_before_sampling(pipe, monkeypatch, call, error, fragment):
+    for target in ("minimuse.pipeline.sample", "minimuse.editing._edit_ids"):
+        monkeypatch.setattr(target, lambda *a, **k: pytest.fail("sampled before refusing"))
+    with pytest.raises(error) as e:
+        call(pipe, _scene())
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("arg,name", [(123, "int"), (["ckpt"], "list"), (b"ckpt", "bytes")])
+def test_load_pipeline_names_a_wrong_argument_type(arg, name):
+    with pytest.raises(TypeError, match=f"^checkpoint must be a folder path .* got {name}$"):
+        load_pipeline(arg)
+
+
+@pytest.mark.parametrize("kwargs,error,fragment", [
+    ({"seed": -1}, ValueError, "seed must lie in [0, 2**63), got -1"),
+    ({"seed": 2.0}, TypeError, "seed must be an integer, got float"),
+])
+def test_upscale_checks_its_seed_before_sampling(cascade, monkeypatch, kwargs, error, fragment):
+    pipe = load_pipeline(cascade, device="cpu")
+    monkeypatch.setattr("minimuse.pipeline.sample", lambda *a, **k: pytest.fail("sampled before refusing"))
+    with pytest.raises(error) as e:
+        pipe.upscale(_scene(), ["a red circle"], **kwargs)
+    assert fragment in str(e.value)
+
+
+# --------------------------------------------------------------- issue 30: one image reader for every command
+
+def _with_alpha(mode, value, alpha):
+    a = np.full((16, 16, 1 if mode == "LA" else 3), value, np.uint8)
+    return _png(np.dstack([a, np.full((16, 16), alpha, np.uint8)]).squeeze())
+
+
+def _palette_with_transparency():
+    im = Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).convert("P")
+    buf = io.BytesIO()
+    im.save(buf, "PNG", transparency=int(np.asarray(im)[0, 0]))  # the one colour is transparent
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("data,pixel", [
+    C(_png(np.full((16, 16), 32768, np.uint16)), [128] * 3, id="16-bit-grey-is-scaled-not-clipped"),
+    C(_with_alpha("RGBA", 200, 128), [100] * 3, id="rgba-over-black"),
+    C(_with_alpha("LA", 200, 0), [0] * 3, id="transparent-grey-is-background"),
+    C(_palette_with_transparency(), [0] * 3, id="palette-transparency-is-background"),
+])
+def test_read_image_converts_modes_to_what_the_eye_sees(data, pixel, tmp_path):
+    from minimuse.editing import read_image
+    (tmp_path / "x.png").write_bytes(data)
+    assert read_image(tmp_path / "x.png")[0, 0].tolist() == pixel
+
+
+def test_read_image_applies_the_exif_orientation(tmp_path):
+    from minimuse.editing import read_image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": a phone's portrait photo
+    Image.fromarray(np.zeros((16, 8, 3), np.uint8)).save(tmp_path / "x.png", exif=exif)
+    assert read_image(tmp_path / "x.png").shape == (8, 16, 3)
+
+
+@pytest.mark.parametrize("data,fragment", [
+    C(BOMB, "it declares 10,000,000,000 pixels, over the 89,478,485-pixel limit", id="bomb"),
+    C(OVER, "it declares 100,000,000 pixels", id="over-the-warning-limit"),
+    C(FLOAT, "it holds floating-point pixels (mode F)", id="float"),
+])
+def test_read_image_refuses_by_name(data, fragment, tmp_path):
+    from minimuse.editing import read_image
+    (tmp_path / "x.png").write_bytes(data)
+    with pytest.raises(ValueError) as e:
+        read_image(tmp_path / "x.png")
+    assert f"cannot read image {tmp_path / 'x.png'}: {fragment}" in str(e.value)
+
+
+def test_training_images_go_through_the_same_reader():
+    from minimuse.hfdata import DataError, prepare_image
+    with pytest.raises(DataError, match="cannot read image bomb.png: it declares 10,000,000,000 pixels"):
+        prepare_image({"bytes": BOMB, "path": "bomb.png"}, 16)
+    grey16 = _png(np.full((16, 16), 32768, np.uint16))
+    assert prepare_image({"bytes": grey16, "path": "g.png"}, 16)[0, 0].tolist() == [128] * 3
+
+
+@pytest.mark.parametrize("command", ["pretokenize", "train-tokenizer"])
+def test_a_bomb_in_the_training_data_is_one_line_naming_it(command, ckpt, tmp_path, capsys):
+    from minimuse.hfdata import write_imagefolder
+    d = tmp_path / "data"
+    write_imagefolder(d, "shapes", n=2, size=16, seed=1)
+    (d / "001.png").write_bytes(BOMB)
+    argv = (["pretokenize", "--data", d, "--tokenizer", ckpt / "tokenizer", "--out", tmp_path / "sh"]
+            if command == "pretokenize" else ["train-tokenizer", "--data", d, "--out", tmp_path / "run"])
+    code, _, err = run(capsys, [str(a) for a in [argv[0], "--preset", "ci", *argv[1:]]])
+    assert_one_line(code, err, f"cannot read image {d / '001.png'}: it declares 10,000,000,000 pixels")
