@@ -106,6 +106,8 @@ def samplers() -> dict:
     for rule in ("confidence", "halton", "random", "remask", "critic"):
         out[f"sample_{rule}"] = digest({"images": pipe(PROMPTS, seed=0, sampler=rule, num_steps=8, superres=False)})
     out["sample_cascade"] = digest({"images": pipe(PROMPTS[:1], seed=1, superres=True)})
+    ar = load_pipeline(DEFAULT_CHECKPOINT.parent / "laptop-ar", device="cpu")
+    out["sample_autoregressive"] = digest({"images": ar(PROMPTS, seed=6, superres=False)})
     base = pipe(PROMPTS, seed=2, superres=False)
     masks = np.zeros(base.shape[:3], dtype=bool)
     masks[:, :, base.shape[2] // 2:] = True  # regenerate the right half

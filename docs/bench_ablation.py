@@ -36,14 +36,14 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
-from minimuse import sampler, transformer as transformer_mod
+from minimuse import decoding, sampler, transformer as transformer_mod
 from minimuse.bench import count_flops, honest_peak
 from minimuse.cli import _config
 from minimuse.transformer import MaskedTransformer
 
 
-class _PaddedUncond(sampler._Guided):
-    """_Guided as it was: the unconditional text expanded to B rows, padded to the prompt's length, one 2B context."""
+class _PaddedUncond(decoding.Guided):
+    """Guided as it was: the unconditional text expanded to B rows, padded to the prompt's length, one 2B context."""
 
     def __init__(self, transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights, cond=None):
         super().__init__(transformer, text_emb, text_mask, None, None, [0.0])
@@ -57,8 +57,8 @@ class _PaddedUncond(sampler._Guided):
             self.ctx_both = transformer.encode_text(emb, mask)  # (2B, T, E) in, cond rows first
 
 
-class _RecomputeText(sampler._Guided):
-    """_Guided, but paying for the text K/V at every call, as a loop without the cache would."""
+class _RecomputeText(decoding.Guided):
+    """Guided, but paying for the text K/V at every call, as a loop without the cache would."""
 
     def __init__(self, transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights, cond=None):
         super().__init__(transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights)
@@ -80,11 +80,11 @@ def _gelu_apart(self, x):
 def _old_uniform(shape, generator, device):
     u = torch.rand(shape, generator=generator)
     if len(shape) == 3:
-        sampler._gumbel_from(u)  # the logs the previous release took at every position, before gathering
+        decoding.gumbel_from(u)  # the logs the previous release took at every position, before gathering
     return u
 
 
-_orig_sample_tokens = sampler._sample_tokens
+_orig_sample_tokens = decoding.sample_tokens
 
 
 def _entropy_always(logits, temperature, top_k, gumbel, entropy=True):
@@ -237,11 +237,12 @@ def main():
         "all speed-ups (shipped, fp32)": call,
         "MKL GEMMs (torch's default fp32 path)": under(mock.patch.object(transformer_mod, "USE_ONEDNN", False)),
         "GELU as its own pass": under(mock.patch.object(transformer_mod.Linear, "forward", _gelu_apart)),
-        "unconditional text padded to the prompt's, 2B rows": under(mock.patch.object(sampler, "_Guided", _PaddedUncond)),
+        "unconditional text padded to the prompt's, 2B rows": under(mock.patch.object(sampler, "Guided", _PaddedUncond)),
         "full head": under(mock.patch.object(sampler, "_head_positions", lambda m, same: None)),
-        "text K/V every step": under(mock.patch.object(sampler, "_Guided", _RecomputeText)),
-        "per-step work of the previous release": under(mock.patch.object(sampler, "_uniform", _old_uniform),
-                                                       mock.patch.object(sampler, "_sample_tokens", _entropy_always)),
+        "text K/V every step": under(mock.patch.object(sampler, "Guided", _RecomputeText)),
+        "per-step work of the previous release": under(mock.patch.object(sampler, "uniform", _old_uniform),
+                                                       mock.patch.object(decoding, "uniform", _old_uniform),
+                                                       mock.patch.object(sampler, "sample_tokens", _entropy_always)),
         "Muse ramp (step 0 skips the unconditional pass)": lambda: call("linear"),
         "bf16 autocast": bf16,
     }

@@ -25,7 +25,7 @@ from unittest import mock
 
 import torch
 
-from minimuse import sampler, transformer as transformer_mod
+from minimuse import decoding, transformer as transformer_mod
 from minimuse.bench import count_flops, honest_peak
 from bench_ablation import header, interleaved, setting  # docs/, the directory of this script
 
@@ -59,7 +59,7 @@ def main():
     B = args.batch
 
     with torch.inference_mode():  # example inputs as sample() builds them: cond rows first, the "" text shared
-        guided = sampler._Guided(model, text, mask, uncond, None, [args.guidance])
+        guided = decoding.Guided(model, text, mask, uncond, None, [args.guidance])
         layers = model.text_layers(guided.ctx_both, 2 * B)
         x = torch.randn(2 * B, model.grid[0] * model.grid[1], model.cfg.width)  # (2B, L, D)
         eager_out = model.run_blocks(x, layers)[0]

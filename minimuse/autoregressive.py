@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .config import SampleConfig
+from .decoding import Guided, gumbel_from, guidance_weight, guided_logits, sample_tokens, uniform
 from .transformer import MaskedTransformer
 
 
@@ -80,7 +81,6 @@ def generate(model: ARTransformer, text_emb, text_mask, uncond_emb=None, uncond_
     §2.7's formula, ramped over positions when guidance_schedule="linear"). One uniform (B, K) per position from
     `generator`, so use_cache=False (every pass re-runs the whole prefix, O(L^2): the test's reference) draws the same
     tokens. The text's K/V are computed once, as in the parallel sampler."""
-    from .sampler import _Guided, _gumbel_from, _sample_tokens, _uniform, guidance_weight, guided_logits
     SampleConfig(guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, temperature=temperature, top_k=top_k)
     h, w = model.grid
     L, K, B, device = h * w, model.codebook_size, text_emb.shape[0], text_emb.device
@@ -93,7 +93,7 @@ def generate(model: ARTransformer, text_emb, text_mask, uncond_emb=None, uncond_
         with torch.inference_mode():
             if text_mask is None:
                 text_mask = torch.ones(text_emb.shape[:2], dtype=torch.bool, device=device)
-            guided = _Guided(model, text_emb, text_mask, uncond_emb, uncond_mask, weights)
+            guided = Guided(model, text_emb, text_mask, uncond_emb, uncond_mask, weights)
             both = guided.ctx_both is not None  # then every pass runs 2B rows, even where the ramp's weight is 0,
             ctx = guided.ctx_both if both else guided.ctx_cond  # so that the unconditional rows' cache stays whole
             rows = 2 * B if both else B
@@ -110,8 +110,8 @@ def generate(model: ARTransformer, text_emb, text_mask, uncond_emb=None, uncond_
                 if both:
                     cond, uncond = logits.float().chunk(2)
                     logits = guided_logits(cond, uncond, weights[i])  # (B, K)
-                u = _uniform((B, K), generator, device)
-                token, _, _ = _sample_tokens(logits, temperature, top_k, _gumbel_from(u), entropy=False)  # (B,)
+                u = uniform((B, K), generator, device)
+                token, _, _ = sample_tokens(logits, temperature, top_k, gumbel_from(u), entropy=False)  # (B,)
                 ids[:, i] = token
                 prev = token.repeat(2) if both else token  # (rows,)
     finally:

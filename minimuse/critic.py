@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .decoding import gumbel_from, sample_tokens, uniform
 from .transformer import Linear, MaskedTransformer
 
 
@@ -40,8 +41,7 @@ def critic_batch(generator: MaskedTransformer, inputs, labels, text, text_mask, 
     real = torch.where(masked, labels, inputs)  # (B, L) the true grid
     with torch.no_grad():
         logits = generator(inputs, text, text_mask)  # (B, L, K)
-    from .sampler import _gumbel_from, _sample_tokens, _uniform
-    drawn = _sample_tokens(logits, 1.0, 0, _gumbel_from(_uniform(logits.shape, rng, logits.device)), entropy=False)[0]  # (B, L)
+    drawn = sample_tokens(logits, 1.0, 0, gumbel_from(uniform(logits.shape, rng, logits.device)), entropy=False)[0]  # (B, L)
     filled = torch.where(masked, drawn, real)
     return filled, (filled != real).float()
 

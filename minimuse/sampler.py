@@ -4,8 +4,9 @@ Each step predicts every masked token at once, samples one token per masked posi
 and re-masks the rest, so that floor(N gamma((t+1)/T)) stay masked (scheduler.py). Commit rules: `confidence`
 (MaskGIT/Muse: log p + annealed Gumbel noise), `halton` (a fixed 2-D low-discrepancy order, Besnier et al. 2025),
 `random`, and two that may mask committed tokens again: `remask` (after ReMDM) and `critic` (Token-Critic, critic.py).
-An autoregressive model (autoregressive.py) is handed to its own raster loop. Classifier-free guidance runs the unconditional pass in the same batch; Muse's linear ramp and negative
-prompts are options. Inpainting, outpainting and mask-free editing reuse the same loop. Taught in
+An autoregressive model (autoregressive.py) is handed to its own raster loop. Classifier-free guidance runs the
+unconditional pass in the same batch (decoding.py, shared with that loop); Muse's linear ramp and negative prompts are
+options. Inpainting, outpainting and mask-free editing reuse the same loop. Taught in
 notebooks/06_sampling.ipynb; the per-step history feeds viz.py.
 """
 from __future__ import annotations
@@ -14,24 +15,11 @@ import math
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 
+from .autoregressive import generate
 from .config import SampleConfig
+from .decoding import Guided, gumbel, gumbel_from, guidance_weight, log_probs, sample_tokens, uniform
 from .scheduler import MaskScheduler
-
-
-def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
-    """Classifier-free guidance: l_u + (1 + w)(l_c - l_u) = (1 + w) l_c - w l_u (Muse §2.7); w = 0 is the plain model."""
-    return uncond + (1.0 + w) * (cond - uncond)
-
-
-def guidance_weight(t: int, T: int, scale: float, schedule: str = "constant") -> float:
-    """The weight w at step t: constant, or Muse's ramp rising linearly from 0 at the first step to `scale` at the last."""
-    if schedule == "constant":
-        return float(scale)
-    if schedule == "linear":
-        return float(scale) * t / (T - 1) if T > 1 else float(scale)
-    raise ValueError(f"unknown guidance_schedule {schedule!r}; choose one of: constant, linear")
 
 
 def radical_inverse(i: int, base: int) -> float:
@@ -56,72 +44,6 @@ def halton_order(h: int, w: int) -> tuple[int, ...]:
             order.append(pos)
         i += 1
     return tuple(order)
-
-
-def _uniform(shape, generator, device) -> torch.Tensor:
-    # Draw on the generator's device so a CPU generator gives the same numbers whatever device the model is on.
-    gen_device = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=gen_device).to(device)
-
-
-def _gumbel_from(u: torch.Tensor) -> torch.Tensor:
-    return -torch.log(-torch.log(u.clamp_min(1e-20)))
-
-
-def _gumbel(shape, generator, device) -> torch.Tensor:
-    return _gumbel_from(_uniform(shape, generator, device))
-
-
-def _log_probs(logits, temperature, top_k):
-    """log p of the distribution tokens are drawn from: top-k filtered, then softmax at `temperature`, (..., K)."""
-    logits = logits.float()
-    if top_k > 0:  # keep the k largest logits, as Muse's editing uses (top-k 3)
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, -math.inf)
-    return F.log_softmax(logits / temperature if temperature > 0 else logits, dim=-1)
-
-
-def _sample_tokens(logits, temperature, top_k, gumbel, entropy: bool = True):
-    """Sample one token per row of logits (..., K) by Gumbel-max; return (token, log p(token), entropy or None).
-
-    A NaN or inf anywhere in a row makes its log p(token) non-finite, so one check on the (B, M) result catches a
-    broken model without a pass over the (B, M, K) logits."""
-    logp = _log_probs(logits, temperature, top_k)
-    token = (logp + gumbel).argmax(-1) if temperature > 0 else logp.argmax(-1)  # temperature 0 is greedy
-    token_logp = logp.gather(-1, token[..., None])[..., 0]
-    if not bool(torch.isfinite(token_logp).all()):
-        raise FloatingPointError("the model's logits became non-finite (NaN or inf) while sampling; the checkpoint or "
-                                 "the inputs are broken (try precision fp32, or another checkpoint)")
-    return token, token_logp, torch.special.entr(logp.exp()).sum(-1) if entropy else None
-
-
-class _Guided:
-    """The model with its text K/V computed once per call, plus the unconditional (or negative) pass when w > 0.
-
-    The unconditional text keeps its own length (the empty prompt is 2 tokens) and, when it is one row, its batch of 1:
-    the forward of 2B rows attends the cond half to the prompt and the uncond half to the shared "" text."""
-
-    def __init__(self, transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights, cond: dict | None = None):
-        cond = cond or {}  # the super-res model's lowres_ids
-        self.model = transformer
-        self.ctx_cond = transformer.encode_text(text_emb, text_mask, **cond)
-        self.ctx_both = None
-        if any(w != 0 for w in weights):
-            if uncond_emb is None:
-                raise ValueError("guidance_scale > 0 needs uncond_emb: the text encoding of the empty prompt \"\"")
-            if uncond_emb.shape[0] not in (1, text_emb.shape[0]):
-                raise ValueError(f"uncond_emb holds {uncond_emb.shape[0]} texts for {text_emb.shape[0]} prompts; "
-                                 "pass one, or one per prompt")
-            um = (torch.ones(uncond_emb.shape[:2], dtype=torch.bool, device=uncond_emb.device) if uncond_mask is None
-                  else uncond_mask)
-            self.ctx_both = (self.ctx_cond, transformer.encode_text(uncond_emb, um, **cond))  # cond rows first
-
-    def __call__(self, ids, w, head_index=None):
-        if w == 0:  # Muse's ramp starts at 0: skip the unconditional half entirely
-            return self.model(ids, ctx=self.ctx_cond, head_index=head_index)
-        hi = None if head_index is None else head_index.repeat(2, 1)  # (2B, M)
-        cond, uncond = self.model(ids.repeat(2, 1), ctx=self.ctx_both, head_index=hi).chunk(2)  # one forward of 2B
-        return guided_logits(cond.float(), uncond.float(), w)
 
 
 def _head_positions(mask: torch.Tensor, same_count: bool) -> torch.Tensor | None:
@@ -161,7 +83,6 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
     if sampler == "critic" and critic is None:
         raise ValueError("sampler 'critic' needs a trained critic (a checkpoint's critic/ folder: `minimuse train-critic`)")
     if getattr(transformer, "ARCH", "masked") == "autoregressive":  # raster order, one token per pass: its own loop
-        from .autoregressive import generate
         if init_ids is not None or lowres_ids is not None or return_history:
             raise ValueError("the autoregressive model draws whole images in raster order: no init_ids (editing), "
                              "lowres_ids or step history")
@@ -186,7 +107,7 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
             if text_mask is None:
                 text_mask = torch.ones(text_emb.shape[:2], dtype=torch.bool, device=device)
             cond = {} if lowres_ids is None else {"lowres_ids": lowres_ids.to(device)}
-            model = _Guided(transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights, cond)
+            model = Guided(transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights, cond)
             if init_ids is None:
                 ids = torch.full((B, L), mask_id, dtype=torch.long, device=device)
             else:
@@ -204,7 +125,7 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
                 rank[torch.tensor(halton_order(h, w), device=device)] = torch.arange(L, dtype=torch.float, device=device)
                 priority = (-rank).expand(B, L)
             elif sampler == "random":
-                priority = _uniform((B, L), generator, device)  # one random order per sample, fixed for the call
+                priority = uniform((B, L), generator, device)  # one random order per sample, fixed for the call
             conf_map = torch.ones(B, L, device=device)
             ent_map = torch.zeros(B, L, device=device)
             history = []
@@ -219,10 +140,10 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
             for t in range(num_steps):
                 head_index = _head_positions(mask, same_count)
                 logits = model(ids, weights[t], head_index)  # (B, M, K) or (B, L, K)
-                u = _uniform((B, L, K), generator, device)  # drawn at every position, so both paths agree
+                u = uniform((B, L, K), generator, device)  # drawn at every position, so both paths agree
                 if head_index is not None:  # the logs only where the head ran
                     u = u.gather(1, head_index[..., None].expand(-1, -1, K))  # (B, M, K)
-                token, token_logp, entropy = _sample_tokens(logits, temperature, top_k, _gumbel_from(u), return_history)
+                token, token_logp, entropy = sample_tokens(logits, temperature, top_k, gumbel_from(u), return_history)
                 if head_index is not None:  # back to the full grid: (B, M) -> (B, L)
                     token = torch.zeros(B, L, dtype=torch.long, device=device).scatter(1, head_index, token)
                     token_logp = torch.zeros(B, L, device=device).scatter(1, head_index, token_logp)
@@ -232,19 +153,19 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
                 tau = choice_temperature * (1.0 - (t + 1) / num_steps)  # noise annealed to 0 (MaskGIT)
                 candidates = mask
                 if sampler in ("confidence", "remask"):  # log p under the distribution drawn from
-                    confidence = token_logp + tau * _gumbel((B, L), generator, device)
+                    confidence = token_logp + tau * gumbel((B, L), generator, device)
                 elif sampler == "critic":  # the critic's logit that a token is wrong, on the grid with every gap filled
                     filled = torch.where(mask, token, ids)  # (B, L)
                     wrong = critic(filled, ctx=critic_ctx)  # (B, L)
-                    confidence = -wrong.float() + tau * _gumbel((B, L), generator, device)
+                    confidence = -wrong.float() + tau * gumbel((B, L), generator, device)
                     candidates = region
                 else:
                     confidence = priority
                 if sampler == "remask" and remask_prob > 0:  # committed tokens rejoin the draw with probability remask_prob, scored by
                     # log p of the token they hold under the distribution this step draws from (top-k included)
-                    held = _log_probs(logits, temperature, top_k).gather(-1, ids.clamp_max(K - 1)[..., None])[..., 0]
-                    confidence = torch.where(mask, confidence, held + tau * _gumbel((B, L), generator, device))
-                    candidates = mask | (region & (_uniform((B, L), generator, device) < remask_prob))
+                    held = log_probs(logits, temperature, top_k).gather(-1, ids.clamp_max(K - 1)[..., None])[..., 0]
+                    confidence = torch.where(mask, confidence, held + tau * gumbel((B, L), generator, device))
+                    candidates = mask | (region & (uniform((B, L), generator, device) < remask_prob))
                 new_mask = scheduler.step(confidence, candidates, t, N)  # (B, L); non-candidates get +inf inside
                 committed = mask & ~new_mask
                 ids = torch.where(committed, token, ids)
@@ -288,7 +209,7 @@ def edit(transformer, ids, text_emb, text_mask, uncond_emb=None, uncond_mask=Non
     n = max(1, math.ceil(resample_frac * L))
     ids, kept = ids.reshape(B, h, w), {}
     for i in range(num_iters):
-        pos = _uniform((B, L), generator, ids.device).argsort(1)[:, :n]                          # (B, n) positions
+        pos = uniform((B, L), generator, ids.device).argsort(1)[:, :n]                          # (B, n) positions
         region = torch.zeros(B, L, dtype=torch.bool, device=ids.device).scatter(1, pos, True)  # (B, L)
         ids = sample(transformer, text_emb, text_mask, uncond_emb, uncond_mask, num_steps=1, guidance_scale=guidance_scale,
                      temperature=temperature, top_k=top_k, generator=generator, init_ids=ids, init_mask=region.view(B, h, w))

@@ -164,9 +164,9 @@ def test_revising_samplers_keep_the_tokens_outside_an_inpainting_region(models, 
 
 
 def test_draws_and_held_scores_share_the_top_k_distribution():
-    """_log_probs is what both the draw and remask's score of a held token read: with top-k 1, a token outside the
+    """log_probs is what both the draw and remask's score of a held token read: with top-k 1, a token outside the
     top 1 scores -inf and the top token 0, so a held token the model no longer ranks is the first to be revised."""
-    from minimuse.sampler import _log_probs
+    from minimuse.decoding import log_probs
     logits = torch.tensor([[[2.0, 1.0, 0.0]]])
-    lp = _log_probs(logits, 1.0, 1)
+    lp = log_probs(logits, 1.0, 1)
     assert lp[0, 0, 0] == 0 and torch.isinf(lp[0, 0, 1:]).all()

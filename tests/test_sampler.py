@@ -11,7 +11,8 @@ import torch.nn as nn
 
 import minimuse.sampler as sampler_mod
 from minimuse.config import SAMPLER_NAMES, SCHEDULE_NAMES, TransformerConfig
-from minimuse.sampler import edit, guidance_weight, guided_logits, halton_order, sample
+from minimuse.decoding import Guided, guidance_weight, guided_logits
+from minimuse.sampler import edit, halton_order, sample
 from minimuse.scheduler import mask_counts
 
 K, GRID, E = 16, (4, 4), 8
@@ -425,13 +426,12 @@ def test_fixed_seed_gives_the_tokens_of_notebook_06s_reference_loop(seed):
 def test_unpadded_unconditional_context_equals_the_padded_one():
     """Guidance attends the uncond half to its own 2-token text; padding it to the prompt's length, masked, is the
     same attention: the logits agree to float rounding."""
-    from minimuse.sampler import _Guided
     model = _tiny_transformer().eval()
     emb, mask = texts(3)
     u = torch.randn(1, 2, E)
     ids = torch.randint(0, K, (3, L))
     with torch.inference_mode():
-        fast = _Guided(model, emb, mask, u, None, [1.0])(ids, 1.0)
+        fast = Guided(model, emb, mask, u, None, [1.0])(ids, 1.0)
         T = emb.shape[1]
         padded = torch.cat([emb, torch.nn.functional.pad(u, (0, 0, 0, T - 2)).expand(3, -1, -1)])     # (2B, T, E)
         pmask = torch.cat([mask, (torch.arange(T) < 2).expand(3, -1)])                             # (2B, T)
@@ -478,7 +478,6 @@ def test_aoti_script_compiles_the_blocks_that_eager_runs(monkeypatch, padded):
     import tempfile
     from pathlib import Path
 
-    from minimuse.sampler import _Guided
     path = Path(__file__).resolve().parent.parent / "docs" / "bench_aoti.py"
     monkeypatch.syspath_prepend(str(path.parent))  # it imports bench_ablation from docs/
     spec = importlib.util.spec_from_file_location("bench_aoti", path)
@@ -493,7 +492,7 @@ def test_aoti_script_compiles_the_blocks_that_eager_runs(monkeypatch, padded):
             mask[0, 4 - seed:] = False  # another padding pattern for each seed
         u, um = texts(1, seed=99 + seed)
         with torch.inference_mode():
-            layers = model.text_layers(_Guided(model, emb, mask, u, torch.ones_like(um), [1.5]).ctx_both, 4)
+            layers = model.text_layers(Guided(model, emb, mask, u, torch.ones_like(um), [1.5]).ctx_both, 4)
         return torch.randn(4, GRID[0] * GRID[1], 16, generator=gen(seed)), layers  # (2B, L, D)
 
     x, layers = inputs(0)
@@ -509,7 +508,7 @@ def test_aoti_script_compiles_the_blocks_that_eager_runs(monkeypatch, padded):
 
 @pytest.mark.slow
 def test_ablation_script_runs_each_variant_and_the_exact_ones_keep_the_tokens():
-    """docs/bench_ablation.py patches the sampler from outside; when the sampler's internals change (as _Guided's
+    """docs/bench_ablation.py patches the sampler from outside; when the sampler's internals change (as Guided's
     signature did for super-res) its variants must still run, and every variant that claims to change only speed must
     give the shipped sampler's tokens for the seed."""
     import json
