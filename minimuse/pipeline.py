@@ -18,11 +18,13 @@ import numpy as np
 import torch
 
 from . import editing
+from .autoregressive import ARTransformer
 from .checkpoint import CheckpointError, atomic_save_image, check_outputs, read_config, resolve_checkpoint
 from .config import Config, ConfigError, SampleConfig
 from .inputs import MAX_SEED, check_batch_seeds, check_seed  # noqa: F401 (MAX_SEED: minimuse.pipeline.MAX_SEED)
 from .sampler import sample
-from .text_encoder import TextEncoder
+from .critic import TokenCritic
+from .text_encoder import TextEncoder, trusted_text_config
 from .tokenizer import Tokenizer
 from .superres import SuperResTransformer
 from .transformer import MaskedTransformer
@@ -265,7 +267,6 @@ class MusePipeline:
 def transformer_class(kind: str):
     """The class of a base-stage transformer.kind: Muse's masked model or the autoregressive baseline."""
     if kind == "autoregressive":
-        from .autoregressive import ARTransformer
         return ARTransformer
     if kind != "masked":
         raise CheckpointError(f"a pipeline's transformer/ holds a masked or autoregressive model, not a {kind!r} one")
@@ -329,14 +330,15 @@ def load_pipeline(checkpoint=None, config: Config | None = None, device=None, su
         saved = sr_saved if transformer is None else dataclasses.replace(saved, superres=sr_saved.superres)
     critic = None
     if (root / "critic").is_dir() and transformer is not None:  # Token-Critic for sampler="critic" (critic.py)
-        from .critic import TokenCritic
         critic = TokenCritic.from_pretrained(root / "critic")
         if (critic.codebook_size, critic.grid, critic.text_dim) != (transformer.codebook_size, transformer.grid,
                                                                      transformer.text_dim):
             raise CheckpointError(f"{root / 'critic'} judges {critic.grid} grids of K={critic.codebook_size} codes, but "
                                   f"the transformer draws {transformer.grid} grids of K={transformer.codebook_size}")
-    return MusePipeline(config or saved, tokenizer, TextEncoder(saved.text), transformer, superres, sr_tokenizer,
-                        critic).to(device)
+    # a downloaded checkpoint's text.cache_dir or text.encoder may not point outside it: the user's own cache comes from
+    # MINIMUSE_TEXT_CACHE (text_encoder.py)
+    text = TextEncoder(trusted_text_config(saved.text, root))
+    return MusePipeline(config or saved, tokenizer, text, transformer, superres, sr_tokenizer, critic).to(device)
 
 
 def generate_cli(prompts: list[str], checkpoint, out=None, out_dir=None, history=None, batch_size: int = 64,

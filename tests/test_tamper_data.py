@@ -195,3 +195,23 @@ class _Touch:
     def __reduce__(self):
         import pathlib
         return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_load_pipeline_drops_a_checkpoints_cache_dir_outside_it(ckpt, tmp_path, monkeypatch):
+    """load_pipeline runs the checkpoint's text section through trusted_text_config: a downloaded checkpoint whose
+    config.json names a text cache elsewhere makes generate write nothing there."""
+    import json
+
+    from minimuse.pipeline import load_pipeline
+    from minimuse.text_encoder import CACHE_ENV
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    root = tmp_path / "ck"
+    shutil.copytree(ckpt, root)
+    elsewhere = tmp_path / "elsewhere"
+    config = root / "transformer" / "config.json"
+    meta = json.loads(config.read_text())
+    meta["config"]["text"]["cache_dir"] = str(elsewhere)
+    config.write_text(json.dumps(meta))
+    pipe = load_pipeline(root, device="cpu")
+    pipe(["a red circle"], num_steps=2)
+    assert pipe.text_encoder.cache_dir is None and not elsewhere.exists()
