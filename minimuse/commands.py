@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+from . import locks
 from .config import PRESETS, ConfigError, SampleConfig, apply_override, get_config
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "laptop"
@@ -19,6 +20,9 @@ MAX_DATASET_SIZE = 1024     # pixels; shapes are drawn at 4x supersampling, so 1
 MAX_EVAL_N = 100_000        # eval --n (per caption kind), --tokenizer-n, sweep --n, finetune-decoder --eval-n
 MAX_SWEEP_SEEDS = 1_000     # sweep --seeds: prompt seeds per point, each n prompts per kind
 MAX_BENCH_STEPS = 1_000     # bench --steps: Muse samples in 24; the sampler config allows 4096 on any grid
+MAX_BENCH_REPEATS = 1_000   # bench --repeats: timings per point; the median settles long before
+MAX_BENCH_BATCH = 4_096     # bench --batch-sizes: images per timed call
+MAX_BENCH_TOKENS = 4_096    # bench --tokens: a 64x64 grid, 4x the 1024 tokens of Muse's 256 px base model
 # SampleConfig field -> the argparse dest of its flag, so an error names what the user typed
 SAMPLING_FLAGS = {"num_steps": "steps", "guidance_scale": "guidance", "guidance_schedule": "guidance_schedule",
                   "sampler": "sampler", "schedule": "schedule", "choice_temperature": "choice_temperature",
@@ -55,6 +59,20 @@ def _at_most(limit: int, **flags):
                 raise CLIError(f"--{name.replace('_', '-')} must be at most {limit:,}, got {v}")
 
 
+def _lock(folder, flag: str) -> None:
+    """Take the one-writer lock of an output folder the command fills (locks.py), held until the command returns
+    (`@locks.releasing`): a second writer is refused naming this one's PID. A path that is not a folder is refused
+    here by name, before the lock would try to create a folder there."""
+    if folder is None:
+        return
+    folder = Path(folder)
+    if folder.is_symlink():
+        raise CLIError(f"{flag} {folder} is a symlink; give the real path of a folder to write into")
+    if folder.exists() and not folder.is_dir():
+        raise CLIError(f"{flag} {folder} is a file, not a directory; give the path of a folder to write into")
+    locks.acquire(folder, flag)
+
+
 def _device(args):
     """--device checked before any model is loaded (None: CUDA when present, else the CPU)."""
     from .pipeline import check_device
@@ -85,6 +103,7 @@ def _read_prompts(path: Path) -> list[str]:
     return prompts
 
 
+@locks.releasing
 def cmd_dataset(args):
     if args.source == "digits" and (args.n is not None or args.format != "imagefolder"):
         raise CLIError("--source digits writes all 1,797 scans as an image folder: pass --format imagefolder and no --n")
@@ -94,6 +113,7 @@ def cmd_dataset(args):
         raise CLIError(f"--n must be at least 1 and at most {MAX_DATASET_N}, got {args.n}")
     if not (8 <= args.size <= MAX_DATASET_SIZE and args.size % 8 == 0):
         raise CLIError(f"--size must be a positive multiple of 8 up to {MAX_DATASET_SIZE} (16, 32, 64, ...), got {args.size}")
+    _lock(args.out_dir, "--out-dir")
     if args.format == "imagefolder":
         from .hfdata import write_imagefolder
         counts = write_imagefolder(args.out_dir, args.source, args.n or 0, args.size, args.seed, args.overwrite)
@@ -179,12 +199,14 @@ def cmd_train_superres(args):
     _saved(f"super-res model saved to {out}", out, args.report)
 
 
+@locks.releasing
 def cmd_finetune_decoder(args):
     _at_least_1(eval_n=args.eval_n)  # now, not after the training it would follow
     _at_most(MAX_EVAL_N, eval_n=args.eval_n)
     cfg = _config(args)
     from .train_tokenizer import finetune_decoder
     out = Path(args.out or f"runs/{cfg.name}-decoder")
+    _lock(out, "--out")  # held past the training (which takes it too) until eval.json is written
     r = finetune_decoder(cfg, args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, out,
                          resume=args.resume, overwrite=args.overwrite, eval_n=args.eval_n)
     print(f"held-out {args.eval_n} images at {cfg.superres.image_size} px: PSNR {r['before']['psnr']:.2f} dB -> "
@@ -192,9 +214,11 @@ def cmd_finetune_decoder(args):
           f"it sits in the checkpoint as superres_decoder/.")
 
 
+@locks.releasing
 def cmd_upscale(args):
     from .superres import upscale_cli
     _at_least_1(batch_size=args.batch_size, steps=args.steps)
+    _lock(args.out_dir, "--out-dir")
     outs = upscale_cli(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, image=args.image,
                        prompt=args.prompt, out=args.out, in_dir=args.in_dir, out_dir=args.out_dir, seed=args.seed,
                        num_steps=args.steps, guidance_scale=args.guidance, batch_size=args.batch_size,
@@ -237,6 +261,7 @@ def cmd_train_features(args):
     print(f"feature network saved to {out}: {(Path(out) / 'eval.json').read_text().strip()}")
 
 
+@locks.releasing
 def cmd_generate(args):
     sampling = _sampling(args)
     _at_least_1(batch_size=args.batch_size)
@@ -250,6 +275,7 @@ def cmd_generate(args):
         prompts = [args.prompt]
     else:
         raise CLIError("give a prompt, or --prompts-file FILE --out-dir DIR")
+    _lock(args.out_dir, "--out-dir")
     from .pipeline import generate_cli
     # `is not None`, not `or`: an empty --checkpoint "" must fail, not quietly load the shipped model
     generate_cli(prompts, checkpoint=args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT,
@@ -259,6 +285,7 @@ def cmd_generate(args):
                  superres=False if args.no_superres else None, **sampling)
 
 
+@locks.releasing
 def cmd_edit(args):
     from .editing import MAX_EDIT_ITERS, edit_cli, read_jobs
     _at_least_1(num_iters=args.num_iters, top_k=args.top_k)
@@ -272,6 +299,7 @@ def cmd_edit(args):
             raise CLIError("--jobs needs --out-dir")
         jobs = read_jobs(args.jobs)
         outs = [Path(args.out_dir) / f"{i:03d}.png" for i in range(len(jobs))]
+        _lock(args.out_dir, "--out-dir")
     else:
         if args.image is None or args.prompt is None:
             raise CLIError("give IMAGE and --prompt TEXT (and --mask MASK.png to inpaint), or --jobs JOBS.jsonl --out-dir DIR")
@@ -290,6 +318,7 @@ def cmd_outpaint(args):
     print(f"wrote {out}")
 
 
+@locks.releasing
 def cmd_sweep(args):
     _at_least_1(n=args.n, seeds=args.seeds, diversity_prompts=args.diversity_prompts)
     _at_most(MAX_EVAL_N, n=args.n, diversity_prompts=args.diversity_prompts)
@@ -299,6 +328,7 @@ def cmd_sweep(args):
         grid = parse_grid(args.param, args.values)  # every value checked before a model loads
     except ValueError as e:
         raise CLIError(str(e)) from None
+    _lock(args.out, "--out")
     from .features import ShapesFeatures
     from .pipeline import load_pipeline
     features = ShapesFeatures.from_pretrained(args.fid_features or DEFAULT_CHECKPOINT.parent / "features")
@@ -313,10 +343,13 @@ def cmd_bench(args):
     cfg = _config(args)
     _at_least_1(batch_sizes=args.batch_sizes, steps=args.steps, repeats=args.repeats, threads=args.threads)
     _at_most(MAX_BENCH_STEPS, steps=args.steps)
+    _at_most(MAX_BENCH_REPEATS, repeats=args.repeats)
+    _at_most(MAX_BENCH_BATCH, batch_sizes=args.batch_sizes)
     if args.device is not None and not args.compare_ar:
         raise CLIError("--device applies to --compare-ar only; bench times the CPU")
     if args.compare_ar:
         _at_least_1(tokens=args.tokens)
+        _at_most(MAX_BENCH_TOKENS, tokens=args.tokens)
         bad = [t for t in args.tokens if math.isqrt(t) ** 2 != t]
         if bad:
             raise CLIError(f"--tokens {bad[0]} is not a square number of tokens (64, 256, 1024 are 8x8, 16x16, 32x32)")

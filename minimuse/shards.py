@@ -106,6 +106,10 @@ def pretokenize(data, tokenizer, text_encoder, out_dir, size: int, caption_colum
            "image_size": size, "lowres_size": lowres_size if lowres_tokenizer is not None else None, "shard_size": shard_size, "tokenizer": tokenizer_identity(tokenizer),
            "lowres_tokenizer": tokenizer_identity(lowres_tokenizer) if lowres_tokenizer is not None else None,
            "text_encoder": text_identity(text_encoder)}
+    if not streaming:  # every image decodes before the first write: a bad one is named and nothing is left behind
+        for batch in ds.select_columns([image_column]).iter(batch_size=batch_size):
+            for value in batch[image_column]:
+                prepare_image(value, size)
     locks.acquire(out)  # one writer: a second pretokenize into `out` is refused, naming this one's PID
     # --overwrite deletes only a folder this function made: one holding a readable minimuse-shards manifest.
     if (out / MANIFEST).is_file():

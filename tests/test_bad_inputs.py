@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load, save_file
 
+from clitools import assert_one_line, run_cli, snapshot
 from minimuse.checkpoint import CheckpointError
 from minimuse.cli import main
 from minimuse.config import ConfigError, get_config
@@ -436,28 +437,13 @@ CASES = [
       files({"sw/sweep.jsonl": "{}\n"}), id="sweep-resume-not-a-row"),
     C(["bench", "--preset", "ci", "--steps", "8", "5000"], "--steps must be at most 1,000, got 5000", None,
       id="bench-steps-huge"),
+    C(["bench", "--preset", "ci", "--repeats", "100000"], "--repeats must be at most 1,000, got 100000", None,
+      id="bench-repeats-huge"),
+    C(["bench", "--preset", "ci", "--batch-sizes", "4", "100000"], "--batch-sizes must be at most 4,096, got 100000",
+      None, id="bench-batch-huge"),
+    C(["bench", "--preset", "ci", "--compare-ar", "--tokens", "64", "16384"], "--tokens must be at most 4,096, got 16384",
+      None, id="bench-tokens-huge"),
 ]
-
-
-def run(capsys, argv):
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse's own errors exit instead of returning
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def snapshot(root: Path) -> dict:
-    return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-
-def assert_one_line(code, err, fragment):
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("minimuse: error: "), err
-    assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture
@@ -479,7 +465,7 @@ def test_bad_input_is_one_line_and_writes_nothing(argv, fragment, setup, ckpt, b
     if setup:
         setup(tmp_path)
     before = snapshot(tmp_path)
-    code, out, err = run(capsys, [a.format(ckpt=ckpt, tmp=tmp_path, bad=bad, cascade=cascade) for a in argv])
+    code, out, err = run_cli(capsys, *[a.format(ckpt=ckpt, tmp=tmp_path, bad=bad, cascade=cascade) for a in argv])
     assert_one_line(code, err, fragment.format(tmp=tmp_path))
     assert snapshot(tmp_path) == before
     assert not (bad / "UNPICKLED").exists()  # the pickle payload never ran
@@ -496,13 +482,13 @@ def test_catalogue_is_large_and_distinct():
 def test_overwrite_replaces_the_refused_files(ckpt, tmp_path, capsys):
     out = tmp_path / "o.png"
     out.write_bytes(PNG)
-    code, _, err = run(capsys, ["generate", "a red circle", "--checkpoint", str(ckpt), "--out", str(out), "--overwrite"])
+    code, _, err = run_cli(capsys, "generate", "a red circle", "--checkpoint", str(ckpt), "--out", str(out), "--overwrite")
     assert code == 0, err
     assert np.asarray(Image.open(out)).shape == (16, 16, 3)
     ds = tmp_path / "ds"
     ds.mkdir()
     (ds / "grid.png").write_bytes(PNG)
-    code, _, err = run(capsys, ["dataset", "--n", "2", "--out-dir", str(ds), "--size", "16", "--overwrite"])
+    code, _, err = run_cli(capsys, "dataset", "--n", "2", "--out-dir", str(ds), "--size", "16", "--overwrite")
     assert code == 0, err
     assert sorted(p.name for p in ds.iterdir()) == ["000.png", "001.png", "captions.jsonl", "grid.png"]
     assert Image.open(ds / "grid.png").format == "PNG"
@@ -515,9 +501,9 @@ def test_read_only_output_directory(ckpt, tmp_path, capsys):
     try:
         if os.access(ro, os.W_OK):
             pytest.skip("chmod does not stop this user (root) from writing")
-        code, _, err = run(capsys, ["generate", "a red circle", "--checkpoint", str(ckpt), "--out", str(ro / "x.png")])
+        code, _, err = run_cli(capsys, "generate", "a red circle", "--checkpoint", str(ckpt), "--out", str(ro / "x.png"))
         assert_one_line(code, err, f"directory {ro} is read-only")
-        code, _, err = run(capsys, ["dataset", "--n", "2", "--out-dir", str(ro / "ds")])
+        code, _, err = run_cli(capsys, "dataset", "--n", "2", "--out-dir", str(ro / "ds"))
         assert_one_line(code, err, "is read-only")
         assert list(ro.iterdir()) == []
     finally:
@@ -531,9 +517,9 @@ def test_read_only_directory_is_refused_before_any_work(ckpt, tmp_path, capsys, 
     real = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == ro else real(p, mode, **kw))
     monkeypatch.setattr("minimuse.pipeline.load_pipeline", lambda *a, **k: pytest.fail("loaded a model first"))
-    code, _, err = run(capsys, ["generate", "a red circle", "--checkpoint", str(ckpt), "--out", str(ro / "sub" / "x.png")])
+    code, _, err = run_cli(capsys, "generate", "a red circle", "--checkpoint", str(ckpt), "--out", str(ro / "sub" / "x.png"))
     assert_one_line(code, err, f"directory {ro} is read-only")
-    code, _, err = run(capsys, ["dataset", "--n", "2", "--out-dir", str(ro)])
+    code, _, err = run_cli(capsys, "dataset", "--n", "2", "--out-dir", str(ro))
     assert_one_line(code, err, f"directory {ro} is read-only")
     assert list(ro.iterdir()) == []
 
@@ -543,7 +529,7 @@ def test_an_os_error_while_writing_is_one_line_naming_the_path(ckpt, tmp_path, c
         raise OSError(28, "No space left on device", str(path))
     monkeypatch.setattr("minimuse.pipeline.atomic_save_image", full_disk)
     out = tmp_path / "o.png"
-    code, _, err = run(capsys, ["generate", "a red circle", "--checkpoint", str(ckpt), "--out", str(out)])
+    code, _, err = run_cli(capsys, "generate", "a red circle", "--checkpoint", str(ckpt), "--out", str(out))
     assert_one_line(code, err, f"{out}: No space left on device")
     assert not out.exists()
 
@@ -555,8 +541,8 @@ def test_unreadable_prompts_file(ckpt, tmp_path, capsys):
     try:
         if os.access(f, os.R_OK):
             pytest.skip("chmod does not stop this user (root) from reading")
-        code, _, err = run(capsys, ["generate", "--prompts-file", str(f), "--out-dir", str(tmp_path / "d"),
-                                    "--checkpoint", str(ckpt)])
+        code, _, err = run_cli(capsys, "generate", "--prompts-file", str(f), "--out-dir", str(tmp_path / "d"),
+                                    "--checkpoint", str(ckpt))
         assert_one_line(code, err, "cannot read prompts file")
     finally:
         f.chmod(0o644)
@@ -678,8 +664,8 @@ def test_checkpoint_errors_are_checkpoint_errors_in_python(bad):
                                              (str(10 ** 9), "--eval-n must be at most 100,000, got 1000000000")])
 def test_finetune_decoder_checks_eval_n_before_training(eval_n, fragment, cascade, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("minimuse.train_tokenizer.train_tokenizer", lambda *a, **k: pytest.fail("trained before refusing"))
-    code, _, err = run(capsys, ["finetune-decoder", "--preset", "ci", "--checkpoint", str(cascade),
-                                "--out", str(tmp_path / "fd"), "--eval-n", eval_n])
+    code, _, err = run_cli(capsys, "finetune-decoder", "--preset", "ci", "--checkpoint", str(cascade),
+                                "--out", str(tmp_path / "fd"), "--eval-n", eval_n)
     assert_one_line(code, err, fragment)
     assert not (tmp_path / "fd").exists()
 
@@ -803,5 +789,6 @@ def test_a_bomb_in_the_training_data_is_one_line_naming_it(command, ckpt, tmp_pa
     (d / "001.png").write_bytes(BOMB)
     argv = (["pretokenize", "--data", d, "--tokenizer", ckpt / "tokenizer", "--out", tmp_path / "sh"]
             if command == "pretokenize" else ["train-tokenizer", "--data", d, "--out", tmp_path / "run"])
-    code, _, err = run(capsys, [str(a) for a in [argv[0], "--preset", "ci", *argv[1:]]])
+    code, _, err = run_cli(capsys, argv[0], "--preset", "ci", *argv[1:])
     assert_one_line(code, err, f"cannot read image {d / '001.png'}: it declares 10,000,000,000 pixels")
+    assert not (tmp_path / "sh").exists() and not (tmp_path / "run").exists()  # refused before the first write

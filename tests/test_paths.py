@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from clitools import assert_one_line, run_cli
 from minimuse.checkpoint import check_outputs, refuse_overlap
 from minimuse.cli import main
 from minimuse.config import ConfigError, get_config
@@ -22,23 +23,6 @@ from minimuse.hfdata import write_imagefolder
 from minimuse.shards import pretokenize
 
 S = get_config("ci").data.image_size
-
-
-def run(capsys, argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line(code, err, fragment):
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("minimuse: error: "), err
-    assert fragment in lines[0], lines[0]
 
 
 def listing(root: Path) -> dict:
@@ -74,7 +58,7 @@ def test_pretokenize_overwrite_never_touches_the_data(where, fragment, data, ckp
         out.symlink_to(data if where == "link-to-data" else data.parent, target_is_directory=True)
     assert len(listing(data)) == 5  # 4 images and metadata.jsonl
     before = listing(tmp_path)
-    code, _, err = run(capsys, pretok(data, ckpt / "tokenizer", out))
+    code, _, err = run_cli(capsys, *pretok(data, ckpt / "tokenizer", out))
     assert_one_line(code, err, fragment)
     assert str(out) in err and "--overwrite" in err
     assert listing(tmp_path) == before  # the data, its parent's other file, and no shards folder inside the data
@@ -87,10 +71,10 @@ def test_pretokenize_out_overlapping_a_tokenizer_is_refused(where, data, ckpt, t
     ckpt = tok.parent
     out = {"same": tok, "parent": ckpt, "inside": tok / "shards"}[where]
     before = listing(ckpt)
-    code, _, err = run(capsys, pretok(data, tok, out))
+    code, _, err = run_cli(capsys, *pretok(data, tok, out))
     assert_one_line(code, err, "the input --tokenizer")
     assert listing(ckpt) == before
-    code, _, err = run(capsys, pretok(data, tmp_path / "absent", tok / "shards", "--superres-tokenizer", tok))
+    code, _, err = run_cli(capsys, *pretok(data, tmp_path / "absent", tok / "shards", "--superres-tokenizer", tok))
     assert_one_line(code, err, "lies inside the input --superres-tokenizer")
     assert listing(ckpt) == before
 
@@ -106,7 +90,7 @@ def test_python_pretokenize_refuses_the_data_folder_before_reading(data, tmp_pat
 def test_pretokenize_overwrite_never_deletes_a_file(data, ckpt, tmp_path, capsys):
     f = tmp_path / "a_file"
     f.write_text("precious\n")
-    code, _, err = run(capsys, pretok(data, ckpt / "tokenizer", f))
+    code, _, err = run_cli(capsys, *pretok(data, ckpt / "tokenizer", f))
     assert_one_line(code, err, f"{f} exists and is not a folder")
     assert f.read_text() == "precious\n"
 
@@ -116,20 +100,20 @@ def test_pretokenize_overwrite_never_deletes_a_folder_it_did_not_write(data, ckp
     (mine / "sub").mkdir(parents=True)
     (mine / "sub" / "thesis.tex").write_text("years of work\n")
     before = listing(mine)
-    code, _, err = run(capsys, pretok(data, ckpt / "tokenizer", mine))
+    code, _, err = run_cli(capsys, *pretok(data, ckpt / "tokenizer", mine))
     assert_one_line(code, err, "holds no shards (manifest.json missing)")
     assert listing(mine) == before
     (mine / "manifest.json").write_text('{"format": "someone-else/3"}')  # not a minimuse-shards manifest
-    code, _, err = run(capsys, pretok(data, ckpt / "tokenizer", mine))
+    code, _, err = run_cli(capsys, *pretok(data, ckpt / "tokenizer", mine))
     assert_one_line(code, err, "is not a minimuse-shards/1 manifest")
     assert (mine / "sub" / "thesis.tex").is_file()
 
 
 def test_pretokenize_overwrite_still_replaces_its_own_shards(data, ckpt, tmp_path, capsys):
     sh = tmp_path / "sh"
-    assert run(capsys, pretok(data, ckpt / "tokenizer", sh)[:-1])[0] == 0
+    assert run_cli(capsys, *pretok(data, ckpt / "tokenizer", sh)[:-1])[0] == 0
     (sh / "manifest.json").write_text((sh / "manifest.json").read_text().replace('"split": "train"', '"split": "old"'))
-    code, out, err = run(capsys, pretok(data, ckpt / "tokenizer", sh))
+    code, out, err = run_cli(capsys, *pretok(data, ckpt / "tokenizer", sh))
     assert code == 0, err
     assert "pre-tokenized 4 images" in out
     assert '"split": "train"' in (sh / "manifest.json").read_text()
@@ -141,7 +125,7 @@ def test_generate_overwrite_never_replaces_a_fifo(ckpt, tmp_path, capsys):
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
     for extra in (["--overwrite"], []):
-        code, _, err = run(capsys, ["generate", "a red circle", "--checkpoint", ckpt, "--out", fifo, *extra])
+        code, _, err = run_cli(capsys, "generate", "a red circle", "--checkpoint", ckpt, "--out", fifo, *extra)
         assert_one_line(code, err, f"output {fifo} is a FIFO (named pipe), not a regular file")
         assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.png"]  # no temp file left beside it
@@ -152,7 +136,7 @@ def test_generate_overwrite_never_replaces_a_symlink(ckpt, tmp_path, capsys):
     target.write_bytes(b"kept")
     for link, to in ((tmp_path / "link.png", target), (tmp_path / "dangling.png", tmp_path / "nowhere.png")):
         link.symlink_to(to)
-        code, _, err = run(capsys, ["generate", "a red circle", "--checkpoint", ckpt, "--out", link, "--overwrite"])
+        code, _, err = run_cli(capsys, "generate", "a red circle", "--checkpoint", ckpt, "--out", link, "--overwrite")
         assert_one_line(code, err, f"output {link} is a symbolic link")
         assert link.is_symlink() and os.readlink(link) == str(to)
     assert target.read_bytes() == b"kept" and not (tmp_path / "nowhere.png").exists()
@@ -187,7 +171,7 @@ def test_refuse_overlap_takes_paths_or_labels(tmp_path):
 @pytest.mark.parametrize("value", ["0", "false", "No", "", "off"])
 def test_debug_off_values_keep_the_one_line(value, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MINIMUSE_DEBUG", value)
-    code, _, err = run(capsys, ["train", "--preset", "lapto", "--out", tmp_path / "run"])
+    code, _, err = run_cli(capsys, "train", "--preset", "lapto", "--out", tmp_path / "run")
     assert_one_line(code, err, "unknown preset 'lapto'")
 
 

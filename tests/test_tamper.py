@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from clitools import assert_one_line, run_cli, snapshot
 from minimuse.checkpoint import CheckpointError, load_tree, save_tree
-from minimuse.cli import main
 from minimuse.config import ConfigError, get_config
 from minimuse.tokenizer import Tokenizer
 from minimuse.train import train_tokenizer
@@ -27,27 +27,6 @@ TOK_ARGV = [a for k, v in TOK_SETS.items() for a in ("--set", f"{k}={v}")]
 TRAIN_SETS = ["--set", "train.steps=2", "--set", "train.batch_size=4", "--set", "data.pool_size=16",
               "--set", "train.ckpt_every=2", "--set", "train.log_every=2"]
 BOMB = {"transformer.width": 16_384, "tokenizer.codebook_size": 2**20}  # embedding alone: 68 GB in one tensor
-
-
-def run(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
-
-
-def snapshot(root):
-    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def assert_one_line(code, err, *fragments):
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("minimuse: error: "), err
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 def edit_json(path, fn):
@@ -132,7 +111,7 @@ def test_a_memory_bomb_tokenizer_checkpoint_is_refused_before_allocating(ckpt, t
 
 def test_generate_refuses_a_memory_bomb_checkpoint_in_one_line(ckpt, tmp_path, capsys):
     bad = bomb_checkpoint(ckpt, tmp_path, "transformer", **BOMB)
-    code, err = run(capsys, "generate", "a red circle", "--checkpoint", bad, "--out", tmp_path / "x.png")
+    code, _, err = run_cli(capsys, "generate", "a red circle", "--checkpoint", bad, "--out", tmp_path / "x.png")
     assert_one_line(code, err, "config.json", "more than this machine's")
     assert not (tmp_path / "x.png").exists()
 
@@ -146,7 +125,7 @@ def test_generate_refuses_a_memory_bomb_checkpoint_in_one_line(ckpt, tmp_path, c
 def test_cli_refuses_a_memory_bomb_set_before_writing(argv, ckpt, tmp_path, capsys):
     out = tmp_path / "run"
     extra = [] if argv[0] == "bench" else ["--out", out]
-    code, err = run(capsys, *[a.format(tok=ckpt / "tokenizer") for a in argv], *extra)
+    code, _, err = run_cli(capsys, *[a.format(tok=ckpt / "tokenizer") for a in argv], *extra)
     assert_one_line(code, err, "more than this machine's")
     assert not out.exists()
 
@@ -180,7 +159,7 @@ def test_generate_refuses_an_int_weight_in_one_line(ckpt, tmp_path, capsys):
     bad = tmp_path / "bad"
     shutil.copytree(ckpt, bad)
     retype(bad / "transformer" / "model.safetensors", "tok_emb.weight", torch.int64)
-    code, err = run(capsys, "generate", "a red circle", "--checkpoint", bad, "--out", tmp_path / "x.png")
+    code, _, err = run_cli(capsys, "generate", "a red circle", "--checkpoint", bad, "--out", tmp_path / "x.png")
     assert_one_line(code, err, "tok_emb.weight", "torch.int64")
     assert not (tmp_path / "x.png").exists()
 
@@ -226,7 +205,7 @@ def test_a_tampered_training_state_is_refused_naming_the_key(tok_run, tmp_path, 
 def test_cli_resume_from_a_state_without_model_is_one_line_and_writes_nothing(tok_run, tmp_path, capsys):
     run_dir = tampered_run(tok_run, tmp_path, lambda s: s.pop("model"))
     before = snapshot(run_dir)
-    code, err = run(capsys, "train-tokenizer", "--preset", "ci", *TOK_ARGV, "--out", run_dir, "--resume")
+    code, _, err = run_cli(capsys, "train-tokenizer", "--preset", "ci", *TOK_ARGV, "--out", run_dir, "--resume")
     assert_one_line(code, err, "training_state.safetensors", "'model'")
     assert snapshot(run_dir) == before
 
@@ -245,7 +224,7 @@ def test_cli_resume_with_a_tampered_log_is_one_line_and_writes_nothing(tok_run, 
     shutil.copytree(tok_run, run_dir)
     (run_dir / "log.jsonl").write_text("[]\n")
     before = snapshot(run_dir)
-    code, err = run(capsys, "train-tokenizer", "--preset", "ci", *TOK_ARGV, "--out", run_dir, "--resume")
+    code, _, err = run_cli(capsys, "train-tokenizer", "--preset", "ci", *TOK_ARGV, "--out", run_dir, "--resume")
     assert_one_line(code, err, "log.jsonl line 1")
     assert snapshot(run_dir) == before
 
@@ -253,11 +232,11 @@ def test_cli_resume_with_a_tampered_log_is_one_line_and_writes_nothing(tok_run, 
 def test_cli_resume_of_a_transformer_state_without_window_is_one_line(ckpt, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--preset", "ci", "--out", out, "--tokenizer", ckpt / "tokenizer", *TRAIN_SETS]
-    assert run(capsys, *argv)[0] == 0
+    assert run_cli(capsys, *argv)[0] == 0
     state = load_tree(out / "transformer_state.safetensors")
     del state["window"]
     save_tree(out / "transformer_state.safetensors", state)
     before = snapshot(out)
-    code, err = run(capsys, *argv, "--resume")
+    code, _, err = run_cli(capsys, *argv, "--resume")
     assert_one_line(code, err, "transformer_state.safetensors lacks the key 'window'")
     assert snapshot(out) == before

@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 import torch
-from test_tamper import CFG, TRAIN_SETS, assert_one_line, edit_json, run
+from clitools import assert_one_line, run_cli
+from test_tamper import CFG, TRAIN_SETS, edit_json
 
 from minimuse.checkpoint import load_tree, save_tree
 from minimuse.config import ConfigError
@@ -109,7 +110,7 @@ def test_train_on_tampered_shards_is_one_line_and_writes_nothing(shards, tmp_pat
     sh = copied(shards, tmp_path)
     shards[1].save_pretrained(tmp_path / "tok", CFG)
     set_ids(sh / "shard-00000", "ids", 40)
-    code, err = run(capsys, "train", "--preset", "ci", "--out", tmp_path / "run", "--tokenizer", tmp_path / "tok",
+    code, _, err = run_cli(capsys, "train", "--preset", "ci", "--out", tmp_path / "run", "--tokenizer", tmp_path / "tok",
                     "--data", sh, *TRAIN_SETS)
     assert_one_line(code, err, "shard-00000", "'ids'")
     assert not (tmp_path / "run").exists()

@@ -1,6 +1,7 @@
 """Concurrent writers (issue 30, Reliability v2): one process writes an --out at a time. A second `train-tokenizer`,
-`train` or `pretokenize` into the same folder is refused in one line naming the holder's PID and writes nothing; a lock
-left by a killed process is not held; the lock file exists only while its run does (locks.py)."""
+`train` or `pretokenize` into the same folder, or a second command filling the same output folder (`dataset`,
+`generate`, `upscale`, `edit`, `sweep`, `finetune-decoder`), is refused in one line naming the holder's PID and writes
+nothing; a lock left by a killed process is not held; the lock file exists only while its run does (locks.py)."""
 import json
 import os
 import signal
@@ -10,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from clitools import run_cli
 from minimuse.checkpoint import load_tree
-from minimuse.cli import main
 from minimuse.config import get_config
 from minimuse.train import train_tokenizer
 
@@ -38,11 +39,6 @@ def holder(tmp_path):
         p.wait()
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err
-
-
 def files(root):
     return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -58,7 +54,7 @@ def test_a_second_train_tokenizer_is_refused_naming_the_holder(tmp_path, holder,
     out = tmp_path / "out"
     p = holder(out)
     before = files(out)
-    code, err = run(capsys, "train-tokenizer", "--preset", "ci", *TOK_ARGV, "--out", out, "--overwrite")
+    code, _, err = run_cli(capsys, "train-tokenizer", "--preset", "ci", *TOK_ARGV, "--out", out, "--overwrite")
     assert_refused_by(code, err, p.pid)
     assert files(out) == before  # only the holder's lock, holding its PID
     assert (out / ".minimuse.lock").read_text().strip() == str(p.pid)
@@ -67,7 +63,7 @@ def test_a_second_train_tokenizer_is_refused_naming_the_holder(tmp_path, holder,
 def test_a_second_train_is_refused_naming_the_holder(tmp_path, holder, ckpt, capsys):
     out = tmp_path / "out"
     p = holder(out)
-    code, err = run(capsys, "train", "--preset", "ci", "--out", out, "--tokenizer", ckpt / "tokenizer", "--set",
+    code, _, err = run_cli(capsys, "train", "--preset", "ci", "--out", out, "--tokenizer", ckpt / "tokenizer", "--set",
                     "train.steps=2", "--set", "data.pool_size=16", "--set", "train.batch_size=4")
     assert_refused_by(code, err, p.pid)
     assert sorted(x.name for x in out.iterdir()) == [".minimuse.lock"]
@@ -88,13 +84,51 @@ def test_a_second_pretokenize_is_refused_naming_the_holder(tmp_path, holder, ckp
     assert sorted(x.name for x in (tmp_path / "sh").iterdir()) == [".minimuse.lock"]
 
 
+OUTPUT_FOLDER_COMMANDS = {  # the folder each command fills, and its arguments ({tmp}, {ckpt} filled in)
+    "dataset": ["dataset", "--n", "2", "--size", "16", "--out-dir", "{out}"],
+    "dataset-imagefolder": ["dataset", "--n", "2", "--size", "16", "--format", "imagefolder", "--out-dir", "{out}"],
+    "generate": ["generate", "--prompts-file", "{tmp}/p.txt", "--out-dir", "{out}", "--checkpoint", "{ckpt}"],
+    "upscale": ["upscale", "--in-dir", "{tmp}/in", "--out-dir", "{out}", "--checkpoint", "{ckpt}"],
+    "edit": ["edit", "--jobs", "{tmp}/jobs.jsonl", "--out-dir", "{out}", "--checkpoint", "{ckpt}"],
+    "sweep": ["sweep", "--checkpoint", "{ckpt}", "--param", "guidance", "--values", "1", "--n", "1", "--out", "{out}"],
+    "finetune-decoder": ["finetune-decoder", "--preset", "ci", "--checkpoint", "{ckpt}", "--out", "{out}"],
+}
+
+
+@pytest.mark.parametrize("command", OUTPUT_FOLDER_COMMANDS)
+def test_a_second_writer_of_an_output_folder_is_refused(command, tmp_path, holder, ckpt, capsys):
+    (tmp_path / "p.txt").write_text("a red circle\n")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "jobs.jsonl").write_text(json.dumps({"image": str(tmp_path / "a.png"), "prompt": "a red circle"}) + "\n")
+    out = tmp_path / "out"
+    p = holder(out)
+    before = files(tmp_path)
+    argv = [a.format(tmp=tmp_path, out=out, ckpt=ckpt) for a in OUTPUT_FOLDER_COMMANDS[command]]
+    code, _, err = run_cli(capsys, *argv)
+    assert_refused_by(code, err, p.pid)
+    assert files(tmp_path) == before  # nothing written, the holder's lock untouched
+
+
+def test_an_output_folder_that_is_a_file_is_refused_by_name(tmp_path, capsys):
+    (tmp_path / "out").write_text("mine")
+    code, _, err = run_cli(capsys, "dataset", "--n", "2", "--size", "16", "--out-dir", tmp_path / "out")
+    assert code == 2 and err.startswith("minimuse: error: --out-dir ") and "is a file, not a directory" in err, err
+    assert (tmp_path / "out").read_text() == "mine"
+
+
+def test_an_output_folder_lock_is_released_and_unlinked_after_the_command(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "dataset", "--n", "2", "--size", "16", "--out-dir", tmp_path / "out")
+    assert code == 0, err
+    assert not (tmp_path / "out" / ".minimuse.lock").exists() and (tmp_path / "out" / "captions.jsonl").is_file()
+
+
 def test_a_killed_holders_lock_is_not_held(tmp_path, holder, capsys):
     out = tmp_path / "out"
     p = holder(out)
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert (out / ".minimuse.lock").is_file()  # left behind by the kill, with the dead PID in it
-    code, err = run(capsys, "train-tokenizer", "--preset", "ci", *TOK_ARGV, "--out", out, "--overwrite")
+    code, _, err = run_cli(capsys, "train-tokenizer", "--preset", "ci", *TOK_ARGV, "--out", out, "--overwrite")
     assert code == 0, err
     assert load_tree(out / "training_state.safetensors")["step"] == 2
     assert not (out / ".minimuse.lock").exists()  # released, and unlinked, when training returned
