@@ -2,7 +2,7 @@
 the small pieces every loop shares (Accelerator setup, precision, warmup + cosine learning rate, seeding, PSNR).
 
 Every trainer (tokenizer, base transformer, and the stages after them) keeps its run in one directory. Three rules
-make a run survive a careless user and a SIGKILL (see the README's "Safety and reliability"):
+make a run survive a careless user and a SIGKILL (docs/SAFETY.md):
 - a directory that holds a run is never trained over unless the user says --resume (continue) or --overwrite;
 - the training state is one safetensors file with a JSON skeleton (checkpoint.save_tree), renamed into place;
 - the log is rewritten atomically, and on resume cut back to the resumed step, so it reads as one straight run.
