@@ -44,7 +44,7 @@ def env(out: str) -> None:
 
 def tokenizer(out: str) -> None:
     """Training the transformer needs token ids, not good reconstructions: a random ci tokenizer is enough."""
-    from minimuse.config import get_config
+    from minimuse.presets import get_config
     from minimuse.tokenizer import Tokenizer
     cfg = get_config("ci")
     torch.manual_seed(0)
@@ -54,7 +54,7 @@ def tokenizer(out: str) -> None:
 def fsdp_probe() -> None:
     """Run under `accelerate launch --config_file configs/accelerate/fsdp.yaml`: the distributed type Accelerate chose
     and the class of a prepared Block's weights (DTensor when FSDP2 sharded them)."""
-    from minimuse.config import get_config
+    from minimuse.presets import get_config
     from minimuse.runs import make_accelerator
     from minimuse.transformer import MaskedTransformer
     cfg = get_config("ci", **{"train.mixed_precision": "bf16"})

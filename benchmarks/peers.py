@@ -54,7 +54,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model here is random-initi
 os.environ.setdefault("TQDM_DISABLE", "1")    # MaskGit.generate wraps its loop in tqdm
 import torch
 
-from minimuse.checkpoint import atomic_write_json, check_outputs
+from minimuse.checkpoint import atomic_write_json
+from minimuse.inputs import check_outputs
 
 STEPS, GRID, K, WIDTH, DEPTH, HEADS, T, E = 12, 8, 256, 256, 6, 4, 16, 384
 COND_WEIGHT = 3.0  # weight of the conditional logits: l_u + 3 (l_c - l_u) in all three

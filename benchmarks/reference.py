@@ -60,7 +60,7 @@ def weights(run: Path, name: str) -> str:
 
 def trainers(tmp: Path) -> dict:
     """Every stage's trainer at ci size, a few steps each, from fixed seeds."""
-    from minimuse.config import get_config
+    from minimuse.presets import get_config
     from minimuse.features import train_features
     from minimuse.tokenizer import Tokenizer
     from minimuse.train import train_critic, train_superres, train_transformer, train_tokenizer

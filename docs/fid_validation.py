@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from minimuse.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
 from minimuse.data import make_sample, to_tensor  # noqa: E402
-from minimuse.eval import fid  # noqa: E402
+from minimuse.metrics import fid  # noqa: E402
 from minimuse.features import ShapesFeatures  # noqa: E402
 from minimuse.tokenizer import Tokenizer  # noqa: E402
 

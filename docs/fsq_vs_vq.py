@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 
-from minimuse.config import get_config
+from minimuse.presets import get_config
 from minimuse.eval import eval_tokenizer
 from minimuse.train import train_tokenizer
 

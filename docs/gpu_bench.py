@@ -25,7 +25,7 @@ import torch
 
 from minimuse.bench import CUDA_SIZES, train_step_flops
 from minimuse.bench import matmul_peak as matmul_peak_gflops
-from minimuse.config import get_config
+from minimuse.presets import get_config
 from minimuse.pool import train_step_inputs
 from minimuse.sampler import sample
 from minimuse.scheduler import masked_ce

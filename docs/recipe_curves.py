@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from minimuse.eval import wilson  # noqa: E402
+from minimuse.metrics import wilson  # noqa: E402
 
 KINDS = ("single", "count", "relation", "pair", "mixed")
 

@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from minimuse.checkpoint import atomic_write_json  # noqa: E402
-from minimuse.config import get_config  # noqa: E402
+from minimuse.presets import get_config  # noqa: E402
 from minimuse.hfdata import ImageTextDataset, write_imagefolder  # noqa: E402
 from minimuse.pool import train_step_inputs  # noqa: E402
 from minimuse.runs import resolve_precision  # noqa: E402

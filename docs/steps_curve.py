@@ -7,7 +7,8 @@ import json
 import sys
 import time
 
-from minimuse.eval import eval_faithfulness, wilson
+from minimuse.eval import eval_faithfulness
+from minimuse.metrics import wilson
 from minimuse.pipeline import load_pipeline
 
 ckpt, n, steps = sys.argv[1], int(sys.argv[2]), [int(s) for s in sys.argv[3:]]

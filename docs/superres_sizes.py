@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from minimuse.config import get_config
+from minimuse.presets import get_config
 from minimuse.superres import SuperResTransformer
 from minimuse.train import keep_freed_memory
 from minimuse.scheduler import masked_ce

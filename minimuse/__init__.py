@@ -4,7 +4,8 @@ Text-to-image with a masked generative transformer: a VQ/FSQ image tokenizer, a 
 text encoder, a bidirectional transformer trained to predict masked image tokens, and MaskGIT's
 parallel decoding. Start with notebooks/00_overview.ipynb.
 """
-from .config import PRESETS, Config, ConfigError, get_config
+from .config import Config, ConfigError
+from .presets import PRESETS, get_config
 
 __version__ = "0.1.0"
 __all__ = ["Config", "ConfigError", "PRESETS", "get_config", "load_pipeline"]

@@ -10,13 +10,13 @@ JSON; docs/BENCHMARKS.md and docs/AUTOREGRESSIVE.md record it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import platform
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
 from . import transformer as transformer_mod
 from .checkpoint import read_config
@@ -26,21 +26,24 @@ from .sampler import sample
 from .transformer import MaskedTransformer
 
 
-# FlopCounterMode knows aten's matmuls, but neither oneDNN's fused linear that the transformer's inference path calls
-# nor the CPU kernel behind scaled_dot_product_attention: without these, a sampling call would count only the latter's
-# absence (and report too few FLOPs).
-_SDPA_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-if _SDPA_CPU.default not in flop_registry:
-    @register_flop_formula(_SDPA_CPU)
-    def _sdpa_cpu_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
-        B, H, L, Dh = q_shape
-        return 2 * 2 * B * H * L * k_shape[2] * Dh  # Q K^T and attn V, one multiply-add per term each
-
-
-if transformer_mod._ONEDNN_LINEAR is not None:
-    @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
-    def _onednn_linear_flops(x_shape, *args, out_shape=None, **kwargs) -> int:
-        return 2 * math.prod(out_shape) * x_shape[-1]  # (..., K) @ (K, N) -> (..., N): one multiply-add per term
+@functools.cache
+def _flop_counter():
+    """torch's FlopCounterMode, taught two kernels it does not know: oneDNN's fused linear that the transformer's
+    inference path calls, and the CPU kernel behind scaled_dot_product_attention (without them a sampling call would
+    count too few FLOPs). Imported here, not at the top: torch.utils.flop_counter loads triton (about 75 MB resident),
+    which only the FLOP counts need."""
+    from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
+    sdpa_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    if sdpa_cpu.default not in flop_registry:
+        @register_flop_formula(sdpa_cpu)
+        def _sdpa_cpu_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+            B, H, L, Dh = q_shape
+            return 2 * 2 * B * H * L * k_shape[2] * Dh  # Q K^T and attn V, one multiply-add per term each
+    if transformer_mod._ONEDNN_LINEAR is not None:
+        @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
+        def _onednn_linear_flops(x_shape, *args, out_shape=None, **kwargs) -> int:
+            return 2 * math.prod(out_shape) * x_shape[-1]  # (..., K) @ (K, N) -> (..., N): one multiply-add per term
+    return FlopCounterMode
 
 
 def _gemm(m: int, k: int, n: int, dtype, backend: str):
@@ -140,7 +143,7 @@ def _timed(fn, repeats: int) -> float:
 
 
 def count_flops(fn) -> int:
-    with FlopCounterMode(display=False) as counter:
+    with _flop_counter()(display=False) as counter:
         fn()
     return counter.get_total_flops()
 
@@ -305,7 +308,7 @@ def train_step_flops(model, inputs, labels, text, text_mask, extra: dict, label_
     import copy
     from .scheduler import masked_ce
     m = copy.deepcopy(model).train()
-    with FlopCounterMode(display=False) as counter:
+    with _flop_counter()(display=False) as counter:
         with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = masked_ce(m(inputs, text, text_mask, **extra), labels, label_smoothing)  # extra: the super-res lowres_ids
         loss.backward()

@@ -25,6 +25,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
+from .config import Config, ConfigError
+from .limits import check_config_memory
+
 CONFIG_NAME = "config.json"
 TMP_SUFFIX = ".tmp"  # atomic writes go through hidden `.NAME.PID.RANDOM.tmp` files in the target's directory
 WEIGHTS_NAME = "model.safetensors"
@@ -79,73 +82,6 @@ def atomic_save_image(path, image) -> Path:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return atomic_write_bytes(path, buf.getvalue())
-
-
-def _kind_of(p: Path) -> str:
-    """What a non-regular, non-directory path is, in words, for an error message."""
-    import stat
-    mode = p.stat().st_mode
-    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
-def check_outputs(paths, overwrite: bool = False) -> list[Path]:
-    """Refuse, before any work is done, an output path that would replace a file (unless `overwrite`) or cannot be
-    written: a directory in its place, a file where a parent directory belongs, a read-only directory.
-    Whatever `overwrite` says, only a regular file is ever replaced: a symbolic link, a device (/dev/null), a FIFO or
-    a socket in an output's place is refused by name (the atomic rename would swap it for a plain file).
-    One error naming the first bad path, so an hour of sampling never ends in a clobbered or unwritable file."""
-    paths, seen = [Path(p) for p in paths], set()
-    for p in paths:
-        if p.is_symlink():
-            raise FileExistsError(f"output {p} is a symbolic link; give the path of a regular file to write")
-        if p.is_dir():
-            raise IsADirectoryError(f"output {p} is a directory; give the path of a file to write")
-        if p.exists() and not p.is_file():
-            raise FileExistsError(f"output {p} is {_kind_of(p)}, not a regular file; minimuse never replaces one, "
-                                  "even with --overwrite: give the path of a regular file to write")
-        if p.exists() and not overwrite:
-            raise FileExistsError(f"{p} already exists; pass --overwrite to replace it (overwrite=True in Python)")
-        d = p.parent
-        while not d.exists() and d != d.parent:  # the nearest existing ancestor is the one mkdir must write into
-            d = d.parent
-        if d in seen:
-            continue
-        seen.add(d)
-        if not d.is_dir():
-            raise NotADirectoryError(f"cannot write {p}: {d} is a file, not a directory")
-        if not os.access(d, os.W_OK | os.X_OK):
-            raise PermissionError(f"cannot write {p}: directory {d} is read-only")
-    return paths
-
-
-def refuse_overlap(out, inputs, name: str = "--out") -> Path:
-    """Refuse an output folder that is, contains or lies inside one of the `inputs` (a {label: path} dict, or paths),
-    symbolic links resolved: writing there, and above all deleting it to start over (--overwrite), would destroy the
-    inputs. Inputs that are None or absent from disk (a Hub id, say) have nothing to lose and are skipped.
-    Call it before anything is read, written or deleted. Returns `out` as a Path."""
-    out = Path(out)
-    target = out.resolve()
-    pairs = inputs.items() if isinstance(inputs, dict) else ((str(p), p) for p in inputs)
-    for label, src in pairs:
-        if src is None or not os.path.exists(src):
-            continue
-        real = Path(src).resolve()
-        if target == real:
-            how = "is the same folder as"
-        elif target in real.parents:
-            how = "contains"
-        elif real in target.parents:
-            how = "lies inside"
-        else:
-            continue
-        shown = label if str(label) == str(src) else f"{label} {src}"
-        raise ValueError(f"{name} {out} {how} the input {shown}: writing there (or deleting it with --overwrite) "
-                         f"would destroy the input; choose another {name}, apart from every input")
-    return out
 
 
 def check_finite(state: dict[str, torch.Tensor], source) -> None:
@@ -210,6 +146,23 @@ def read_config(ckpt_dir, kind: str | None = None) -> dict:
     if kind is not None and meta.get("kind") != kind:
         raise CheckpointError(f"{ckpt_dir} holds a {meta.get('kind')!r} checkpoint, not a {kind!r} one")
     return meta
+
+
+def saved_config(ckpt_dir, kind: str, parts):
+    """The Config in a checkpoint's config.json, checked before a single weight is read or allocated: an invalid field
+    or models (`parts`, see config_numel) too large for this machine is one CheckpointError naming the file."""
+    ckpt_dir = resolve_checkpoint(ckpt_dir)
+    path = Path(ckpt_dir) / CONFIG_NAME
+    meta = read_config(ckpt_dir, kind)
+    try:
+        cfg = Config.from_dict(meta["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path} holds an invalid config: {e}") from None
+    try:
+        check_config_memory(cfg, parts, str(path))
+    except ConfigError as e:  # a checkpoint's fault, not the user's config: the class its loaders raise
+        raise CheckpointError(str(e)) from None
+    return cfg
 
 
 def load_checkpoint(ckpt_dir, kind: str | None = None) -> tuple[dict, dict[str, torch.Tensor]]:

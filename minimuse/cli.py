@@ -15,7 +15,8 @@ from .commands import (DEFAULT_CHECKPOINT, MAX_DATASET_N, MAX_DATASET_SIZE, SAMP
                        _at_least_1, _config, _device, _read_prompts, _sampling, cmd_bench, cmd_dataset, cmd_edit,
                        cmd_eval, cmd_finetune_decoder, cmd_generate, cmd_outpaint, cmd_pretokenize, cmd_train,
                        cmd_sweep, cmd_train_critic, cmd_train_features, cmd_train_superres, cmd_train_tokenizer, cmd_upscale)
-from .config import EVAL_TASKS, PRESETS, SAMPLER_NAMES, SCHEDULE_NAMES, ConfigError
+from .config import EVAL_TASKS, SAMPLER_NAMES, SCHEDULE_NAMES, ConfigError
+from .presets import PRESETS
 from .sweep import PARAMS as SWEEP_PARAMS
 
 
@@ -30,13 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="minimuse", description="Muse-style masked generative text-to-image, small enough to read.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("dataset", help="write shapes-world (or digits) images with their captions")
-    d.add_argument("--n", type=int, default=None, help="images to draw (shapes)")
+    d = sub.add_parser("dataset", help="write shapes-world (or digits, or Nouns) images with their captions")
+    d.add_argument("--n", type=int, default=None, help="images to draw (shapes, nouns)")
     d.add_argument("--out-dir", required=True)
     d.add_argument("--format", choices=["pngs", "imagefolder"], default="pngs",
                    help="pngs: captions.jsonl and grid.png; imagefolder: Hugging Face's metadata.jsonl layout")
-    d.add_argument("--source", choices=["shapes", "digits"], default="shapes",
-                   help="digits: scikit-learn's 1,797 handwritten scans, upsampled, in train/ and test/")
+    d.add_argument("--source", choices=["shapes", "digits", "nouns"], default="shapes",
+                   help="digits: scikit-learn's 1,797 handwritten scans, upsampled, in train/ and test/; "
+                   "nouns: CC0 pixel-art characters (docs/NOUNS.md)")
+    d.add_argument("--split", choices=["train", "heldout"], default=None, help="nouns: which split (default: train)")
+    d.add_argument("--assets", default=None, help="nouns: @nouns/assets' dist/image-data.json (default: the cache, "
+                   "else fetched once with npm)")
     d.add_argument("--size", type=int, default=32)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--overwrite", action="store_true", help="replace files already in --out-dir")

@@ -11,7 +11,8 @@ import math
 from pathlib import Path
 
 from . import locks
-from .config import PRESETS, ConfigError, SampleConfig, apply_override, get_config
+from .config import ConfigError, SampleConfig
+from .presets import PRESETS, apply_override, get_config
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "laptop"
 MAX_DATASET_N = 1_000_000   # images per `minimuse dataset`; more is a typo, not a plan
@@ -107,13 +108,21 @@ def _read_prompts(path: Path) -> list[str]:
 def cmd_dataset(args):
     if args.source == "digits" and (args.n is not None or args.format != "imagefolder"):
         raise CLIError("--source digits writes all 1,797 scans as an image folder: pass --format imagefolder and no --n")
-    if args.source == "shapes" and args.n is None:
-        raise CLIError("the following arguments are required: --n (the number of shapes images to draw)")
+    if args.source in ("shapes", "nouns") and args.n is None:
+        raise CLIError(f"the following arguments are required: --n (the number of {args.source} images to draw)")
+    split, assets = getattr(args, "split", None), getattr(args, "assets", None)
+    if args.source != "nouns" and (split is not None or assets is not None):
+        raise CLIError("--split and --assets are for --source nouns")
     if args.n is not None and not 1 <= args.n <= MAX_DATASET_N:
         raise CLIError(f"--n must be at least 1 and at most {MAX_DATASET_N}, got {args.n}")
     if not (8 <= args.size <= MAX_DATASET_SIZE and args.size % 8 == 0):
         raise CLIError(f"--size must be a positive multiple of 8 up to {MAX_DATASET_SIZE} (16, 32, 64, ...), got {args.size}")
     _lock(args.out_dir, "--out-dir")
+    if args.source == "nouns":
+        from .nouns import write_dataset as write_nouns
+        write_nouns(args.out_dir, args.n, split or "train", args.seed, args.size, args.format, assets, args.overwrite)
+        print(f"wrote {args.n} Nouns characters ({split or 'train'} split) as {args.format} to {args.out_dir}")
+        return
     if args.format == "imagefolder":
         from .hfdata import write_imagefolder
         counts = write_imagefolder(args.out_dir, args.source, args.n or 0, args.size, args.seed, args.overwrite)
@@ -126,7 +135,7 @@ def cmd_dataset(args):
 
 def cmd_pretokenize(args):
     _at_least_1(shard_size=args.shard_size, batch_size=args.batch_size)
-    from .checkpoint import refuse_overlap
+    from .inputs import refuse_overlap
     # Before anything is loaded, written or deleted: --overwrite empties --out, so it must hold none of the inputs.
     refuse_overlap(args.out, {"--data": args.data, "--tokenizer": args.tokenizer,
                               "--superres-tokenizer": args.superres_tokenizer})
@@ -216,7 +225,7 @@ def cmd_finetune_decoder(args):
 
 @locks.releasing
 def cmd_upscale(args):
-    from .superres import upscale_cli
+    from .jobs import upscale_cli
     _at_least_1(batch_size=args.batch_size, steps=args.steps)
     _lock(args.out_dir, "--out-dir")
     outs = upscale_cli(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, image=args.image,
@@ -287,7 +296,8 @@ def cmd_generate(args):
 
 @locks.releasing
 def cmd_edit(args):
-    from .editing import MAX_EDIT_ITERS, edit_cli, read_jobs
+    from .editing import MAX_EDIT_ITERS
+    from .jobs import edit_cli, read_jobs
     _at_least_1(num_iters=args.num_iters, top_k=args.top_k)
     _at_most(MAX_EDIT_ITERS, num_iters=args.num_iters)
     if args.guidance is not None and not args.guidance >= 0:
@@ -312,7 +322,7 @@ def cmd_edit(args):
 
 
 def cmd_outpaint(args):
-    from .editing import outpaint_cli
+    from .jobs import outpaint_cli
     out = outpaint_cli(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, args.image, args.prompt,
                        args.extend, args.out, seed=args.seed, device=_device(args), overwrite=args.overwrite)
     print(f"wrote {out}")

@@ -12,7 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .limits import FIELD_MAX, within_bound
+from .limits import FIELD_MAX, ConfigError, within_bound
 
 EVAL_TASKS = ("generate", "superres", "inpaint", "edit", "outpaint", "digits", "counts")  # `minimuse eval --task`
 CAPTION_KINDS = ("single", "count", "relation", "pair", "mixed")
@@ -22,10 +22,6 @@ MAX_STEPS = 4096  # decoding steps; the sampler further refuses more steps than 
 
 
 MODEL_KINDS = ("masked", "autoregressive", "critic")
-
-
-class ConfigError(ValueError):
-    """A preset name, an override or a combination of fields that cannot work."""
 
 
 def _check(ok: bool, name: str, msg: str):
@@ -389,12 +385,3 @@ _SUBCONFIGS = {
     (SuperResConfig, "tokenizer"): TokenizerConfig, (SuperResConfig, "transformer"): TransformerConfig,
     (SuperResConfig, "train"): TrainConfig, (SuperResConfig, "decoder"): DecoderConfig,
 }
-
-
-def __getattr__(name: str):
-    """The named presets and the override helpers live in presets.py; `from minimuse.config import PRESETS`,
-    `get_config`, `apply_override` and `all_fields` keep working (PEP 562)."""
-    if name in ("PRESETS", "get_config", "apply_override", "all_fields"):
-        from . import presets
-        return getattr(presets, name)
-    raise AttributeError(f"module 'minimuse.config' has no attribute {name!r}")

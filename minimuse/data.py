@@ -1,9 +1,9 @@
-"""Data: the procedural shapes world, its caption grammar, and a folder dataset for real images.
+"""Data: the procedural shapes world and its caption grammar.
 
 Muse (Chang et al. 2023) trains on image-text pairs; here a seeded generator draws 1-4 flat-colored circles,
 squares and triangles on black, anti-aliased by 4x supersampling, with a caption in a small canonical grammar and
-the structured `Spec` behind it (docs/CONTRACTS.md); judge.py checks an image against its spec. `ImageFolderDataset`
-reads Hugging Face imagefolder data (through hfdata.py).
+the structured `Spec` behind it (docs/CONTRACTS.md); judge.py checks an image against its spec. Real
+image-text folders are read by hfdata.py.
 Taught in notebooks/01_shapes_world.ipynb.
 """
 from __future__ import annotations
@@ -281,14 +281,7 @@ def eval_prompts(n_per_kind: int, seed: int = 10_000, kinds=CAPTION_KINDS) -> li
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Real images (Hugging Face imagefolder) and writing the shapes dataset to disk.
-
-def ImageFolderDataset(root, size: int = 32, caption_column: str = "text", split: str = "train"):
-    """A Hugging Face image folder (images + metadata.jsonl {"file_name", "text"}) read through `datasets`:
-    items {image (3, S, S), caption, spec=None, kind="real"}, resized and center-cropped to S (hfdata.py)."""
-    from .hfdata import ImageTextDataset
-    return ImageTextDataset(root, size, caption_column, split)
-
+# Writing the shapes dataset to disk (real image folders are read by hfdata.py).
 
 def spec_to_json(spec: Spec) -> dict:
     return {"objects": [list(o) for o in spec.objects], "relation": spec.relation}
@@ -316,7 +309,7 @@ def write_dataset(n: int, out_dir, size: int = 32, seed: int = 0, kinds=CAPTION_
 
     Every file is written atomically; an existing one is refused, before anything is drawn, unless `overwrite`."""
     from .checkpoint import atomic_save_image, atomic_write_text
-    from .checkpoint import check_outputs
+    from .inputs import check_outputs
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be an integer of at least 1, got {n!r}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:  # numpy's SeedSequence takes no negatives

@@ -10,11 +10,12 @@ Results and commands: docs/REAL_DATA.md.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .metrics import psnr_from_mse, wilson
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TEST_EVERY = 6  # every 6th image of a fixed shuffle is held out as test/: 300 of 1,797
@@ -69,7 +70,6 @@ def eval_digits(pipe, n_per_digit: int = 100, seed: int = 0, batch_size: int = 1
     """How often the judge reads the prompted digit in pipe's images: overall and per digit, with 95% Wilson
     intervals and n; the judge's own held-out accuracy, its accuracy on the real test scans after the pipeline's
     tokenizer round trip (what the tokenizer alone loses) and that round trip's PSNR are reported beside it."""
-    from .eval import wilson
     judge = judge or DigitJudge.fit(pipe.config.data.image_size)
     prompts = [digit_caption(d) for d in range(10) for _ in range(n_per_digit)]
     target = np.repeat(np.arange(10), n_per_digit)
@@ -87,5 +87,5 @@ def eval_digits(pipe, n_per_digit: int = 100, seed: int = 0, batch_size: int = 1
             "by_digit": {DIGIT_WORDS[d]: round(float(hit[target == d].mean()), 4) for d in range(10)},
             "judge": {"accuracy_on_real_test": round(judge.accuracy, 4), "n_test": judge.n_test,
                       "accuracy_after_tokenizer_round_trip": round(rt, 4)},
-            "tokenizer_psnr_on_real_test": round(10 * math.log10(1 / max(mse, 1e-12)), 2),
+            "tokenizer_psnr_on_real_test": round(psnr_from_mse(mse), 2),
             "settings": {"seed": seed, **sampling}}

@@ -4,21 +4,18 @@ Each edit turns the input pixels into token ids with the tokenizer, decides whic
 sampler.sample with init_ids / init_mask: a known token gets +inf confidence, so it is never re-drawn, and the number of
 tokens the schedule unmasks is the region's, not the grid's. Nothing here is trained; the masked model already knows how
 to fill any subset of its grid. These functions are also MusePipeline's methods (`pipe.inpaint`, `pipe.outpaint`,
-`pipe.edit`). Taught in notebooks/08_editing.ipynb.
+`pipe.edit`); jobs.py runs them for the CLI. Taught in notebooks/08_editing.ipynb.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import numbers
 import re
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .config import ConfigError
-from .inputs import MAX_SEED, read_image, read_jsonl
 from .sampler import edit as _edit_ids
 from .superres import decimate_uint8
 
@@ -259,87 +256,3 @@ def _high_res(pipe, images) -> int:
 def _fit_steps(s, n_tokens: int):
     """Settings with at most one step per token to fill (a small region cannot take 24 steps)."""
     return dataclasses.replace(s, num_steps=min(s.num_steps, max(1, n_tokens)))
-
-
-# ----------------------------------------------------------------------------------------------------------- CLI
-def read_mask(path, shape: tuple[int, int]) -> np.ndarray:
-    """A mask PNG of the image's size: white (> 127 in grey) means regenerate. Returns bool (H, W)."""
-    m = read_image(path, "mask").mean(-1) > 127
-    if m.shape != shape:
-        raise ValueError(f"mask {path} is {m.shape[0]}x{m.shape[1]} px but its image is {shape[0]}x{shape[1]}: "
-                         "a mask must have its image's size")
-    return m
-
-
-def read_jobs(path) -> list[dict]:
-    """JOBS.jsonl: one {"image": path, "prompt": text, "mask": path or null, "seed": int} per line (mask and seed
-    optional). A malformed line, or a seed outside [0, 2**63), is a one-line error with its number."""
-    jobs = []
-    for n, job in read_jsonl(path, "jobs file"):
-        seed = job.get("seed", 0)
-        ok = (set(job) <= {"image", "prompt", "mask", "seed"}
-              and isinstance(job.get("image"), str) and isinstance(job.get("prompt"), str)
-              and isinstance(job.get("mask"), (str, type(None)))
-              and isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < MAX_SEED)
-        if not ok:
-            raise ValueError(f"jobs file {path}, line {n}: expected {{\"image\": path, \"prompt\": text, \"mask\": path or "
-                             f"null, \"seed\": int in [0, 2**63)}}, got {json.dumps(job)[:80]}")
-        jobs.append({"image": job["image"], "prompt": job["prompt"], "mask": job.get("mask"), "seed": job.get("seed", 0)})
-    if not jobs:
-        raise ValueError(f"jobs file {path} holds no jobs")
-    return jobs
-
-
-def outpaint_cli(checkpoint, image_path, prompt: str, extend: str, out, seed: int = 0, device=None,
-                 overwrite: bool = False):
-    """What `minimuse outpaint` does: the image, the extension and the output path are checked before drawing."""
-    from .checkpoint import atomic_save_image, check_outputs
-    from .pipeline import load_pipeline
-    out = Path(out)
-    check_outputs([out], overwrite)
-    image = read_image(image_path)
-    pipe = load_pipeline(checkpoint, device=device)
-    check_images(pipe, image, f"image {image_path}")
-    S = pipe.config.data.image_size
-    try:
-        parse_extend(extend, S // pipe.transformer.grid[1], S)
-    except ValueError as e:
-        raise ValueError(f"--{e}") from None  # "--extend 'right:9': ...", as the user typed it
-    atomic_save_image(out, pipe.outpaint(image, prompt, extend=extend, seed=seed)[0])
-    return out
-
-
-def edit_cli(checkpoint, jobs: list[dict], outs: list, num_iters: int | None = None, overwrite: bool = False, device=None,
-             guidance_scale: float | None = None, top_k: int | None = None):
-    """What `minimuse edit` does: each job inpaints (with a mask) or edits mask-free (without), outputs in order.
-    Every input and output is checked before the first image is drawn; jobs of one kind and seed run as one batch."""
-    from .checkpoint import atomic_save_image, check_outputs
-    from .pipeline import load_pipeline
-    check_outputs(outs, overwrite)
-    images = [read_image(j["image"]) for j in jobs]
-    masks = [None if j["mask"] is None else read_mask(j["mask"], im.shape[:2]) for j, im in zip(jobs, images)]
-    pipe = load_pipeline(checkpoint, device=device)
-    for im, m, j in zip(images, masks, jobs):  # the checks of the methods, before any sampling
-        check_images(pipe, im, f"image {j['image']}")
-        if m is not None:
-            try:
-                check_masks(m, (1, *m.shape))
-            except ValueError as e:
-                raise ValueError(f"mask {j['mask']}: {str(e).split(': ', 1)[-1]}") from None
-        pipe.check_prompts([j["prompt"]])
-    groups: dict[tuple, list[int]] = {}
-    for i, (m, j) in enumerate(zip(masks, jobs)):
-        groups.setdefault((m is None, j["seed"]), []).append(i)
-    if any(mask_free for mask_free, _ in groups):
-        e = edit_settings(pipe, num_iters, None, guidance_scale, top_k)
-    for (mask_free, seed), idx in groups.items():  # every batch's seed and settings, before the first is drawn
-        pipe.validate([jobs[i]["prompt"] for i in idx], seed=seed,
-                      **(dict(guidance_scale=e.guidance_scale, top_k=e.top_k) if mask_free else {}))
-    for (mask_free, seed), idx in groups.items():
-        batch, prompts = np.stack([images[i] for i in idx]), [jobs[i]["prompt"] for i in idx]
-        result = (pipe.edit(batch, prompts, num_iters=num_iters, guidance_scale=guidance_scale, top_k=top_k, seed=seed)
-                  if mask_free
-                  else pipe.inpaint(batch, np.stack([masks[i] for i in idx]), prompts, seed=seed))
-        for i, image in zip(idx, result):
-            atomic_save_image(outs[i], image)
-    return outs

@@ -8,39 +8,13 @@ shapes stream `cfg.data.eval_seed`, which training never reads. Taught in notebo
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import torch
 
 from .checkpoint import read_config
 from .config import EVAL_TASKS
-
-
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion p observed on n trials (95% at z=1.96).
-
-    Used for every faithfulness rate the project reports: unlike p +- z*sqrt(p(1-p)/n) it stays inside [0, 1]
-    and does not collapse to a point at p = 0 or 1, which small per-kind samples hit often.
-    """
-    if n <= 0:
-        raise ValueError(f"wilson: n must be positive, got {n}")
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n)) / d
-    return max(c - h, 0.0), min(c + h, 1.0)
-
-
-def fid(real: torch.Tensor, fake: torch.Tensor, features, batch_size: int = 500) -> float:
-    """Fréchet distance between two image sets (float (N, 3, S, S) in [0, 1]) in `features`' space (a trained
-    features.ShapesFeatures), computed by torchmetrics' FrechetInceptionDistance with it as the custom network."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    metric = FrechetInceptionDistance(feature=features, normalize=True, input_img_size=(3, *real.shape[2:]))
-    with torch.no_grad():
-        for images, is_real in ((real, True), (fake, False)):
-            for i in range(0, len(images), batch_size):
-                metric.update(images[i:i + batch_size].float(), real=is_real)
-    return float(metric.compute())
+from .metrics import fid, psnr_from_mse, wilson  # noqa: F401 (fid: minimuse.eval.fid, as notebook 09 calls it)
 
 
 def diversity(images, features) -> dict:
@@ -108,7 +82,7 @@ def eval_tokenizer(ckpt_dir, n: int = 1000, seed: int | None = None, batch_size:
         all_ids.append(ids)
     ids = torch.cat(all_ids)  # (n, h, w)
     mse = sq_err / (n * 3 * size * size)
-    return {"psnr": 10 * math.log10(1.0 / max(mse, 1e-12)), "usage": codebook_usage(ids, tok.codebook_size),
+    return {"psnr": psnr_from_mse(mse), "usage": codebook_usage(ids, tok.codebook_size),
             "perplexity": perplexity(ids, tok.codebook_size), "n": n}
 
 
@@ -159,7 +133,7 @@ def faithfulness_at(pipe, n_per_kind: int, seed: int | None, kinds, batch_size: 
 
 
 def _psnr_db(sq_err: float, count: int) -> float:
-    return 10 * math.log10(1.0 / max(sq_err / count, 1e-12))
+    return psnr_from_mse(sq_err / count)
 
 
 @torch.no_grad()

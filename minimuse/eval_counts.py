@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .data import CAPTION_KINDS, PALETTE, RELATIONS, SHAPES, Spec, canonical_caption, render, specs_of_kind
-from .eval import wilson
+from .metrics import wilson
 from .judge import find_objects, score
 
 # (partition of the object count into groups, with a relation?); groups are listed largest first, like the captions

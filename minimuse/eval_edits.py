@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .data import PALETTE, SHAPES, Spec, canonical_caption, centroid, make_sample
-from .eval import wilson
+from .metrics import psnr_from_mse, wilson
 from .judge import find_objects, score
 
 KEPT_PX = 2.0  # "kept in place": the edited object's centroid moved at most this many pixels
@@ -85,7 +85,7 @@ def eval_inpaint(pipe, n: int = 256, seed: int | None = None, batch_size: int = 
             if not ok and len(fails) < 10:
                 fails.append({"caption": canonical_caption(sp), "reason": why})
     return {"success": _rate(oks), "unmasked_tokens_kept": round(min(kept), 6),
-            "psnr_outside_db": round(10 * math.log10(1.0 / max(sq / max(count, 1), 1e-12)), 2), "n": n,
+            "psnr_outside_db": round(psnr_from_mse(sq / max(count, 1)), 2), "n": n,
             "examples_failed": fails}
 
 

@@ -1,5 +1,5 @@
 """The FID feature network of the shapes world: a small CNN trained to read a scene's attributes, whose penultimate
-layer is the feature space FID and diversity are measured in (`minimuse train-features`, eval.fid).
+layer is the feature space FID and diversity are measured in (`minimuse train-features`, metrics.fid).
 
 FID (Heusel et al. 2017) compares the Gaussian statistics of two image sets in a network's feature space. Muse reports
 it with InceptionV3, whose ImageNet features know nothing of 32 px flat shapes on black and whose weights are not

@@ -187,7 +187,8 @@ def write_imagefolder(out_dir, source: str = "shapes", n: int = 1000, size: int 
     shapes: n images of stream `seed` in OUT/ (with "kind"); digits: all 1,797 in OUT/train and OUT/test (with
     "digit"). Every file is written atomically; existing files are refused before any is written, unless `overwrite`.
     Returns {split: rows}."""
-    from .checkpoint import atomic_save_image, atomic_write_text, check_outputs
+    from .checkpoint import atomic_save_image, atomic_write_text
+    from .inputs import check_outputs
     from .data import make_sample
     out = Path(out_dir)
     if source == "shapes":

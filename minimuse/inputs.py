@@ -1,7 +1,8 @@
 """Reading what the user hands a command: text files, JSON lines, images and seeds, each bounded and named.
 
 Every check here raises a ValueError (a TypeError for a wrong Python type) whose message names the file, line or
-argument at fault and says what to do; cli.main prints it as one `minimuse: error: ...` line. Nothing here writes.
+argument at fault and says what to do; cli.main prints it as one `minimuse: error: ...` line. Nothing here writes:
+`check_outputs` and `refuse_overlap` check the paths a command will write before it writes any.
 A command reads and checks all of its inputs with these before it writes its first output (issue 30), so a bad line
 near the end of a file, or an image that would not decode, costs no sampling time and leaves no partial outputs.
 """
@@ -27,9 +28,70 @@ JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a numb
               type(None): "null"}
 
 
-def _kind_of(path: Path) -> str:
-    from .checkpoint import _kind_of as kind  # the one wording of "a FIFO (named pipe)", "a character device", ...
-    return kind(path)
+def _kind_of(p: Path) -> str:
+    """What a non-regular, non-directory path is, in words, for an error message."""
+    mode = p.stat().st_mode
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_outputs(paths, overwrite: bool = False) -> list[Path]:
+    """Refuse, before any work is done, an output path that would replace a file (unless `overwrite`) or cannot be
+    written: a directory in its place, a file where a parent directory belongs, a read-only directory.
+    Whatever `overwrite` says, only a regular file is ever replaced: a symbolic link, a device (/dev/null), a FIFO or
+    a socket in an output's place is refused by name (the atomic rename would swap it for a plain file).
+    One error naming the first bad path, so an hour of sampling never ends in a clobbered or unwritable file."""
+    paths, seen = [Path(p) for p in paths], set()
+    for p in paths:
+        if p.is_symlink():
+            raise FileExistsError(f"output {p} is a symbolic link; give the path of a regular file to write")
+        if p.is_dir():
+            raise IsADirectoryError(f"output {p} is a directory; give the path of a file to write")
+        if p.exists() and not p.is_file():
+            raise FileExistsError(f"output {p} is {_kind_of(p)}, not a regular file; minimuse never replaces one, "
+                                  "even with --overwrite: give the path of a regular file to write")
+        if p.exists() and not overwrite:
+            raise FileExistsError(f"{p} already exists; pass --overwrite to replace it (overwrite=True in Python)")
+        d = p.parent
+        while not d.exists() and d != d.parent:  # the nearest existing ancestor is the one mkdir must write into
+            d = d.parent
+        if d in seen:
+            continue
+        seen.add(d)
+        if not d.is_dir():
+            raise NotADirectoryError(f"cannot write {p}: {d} is a file, not a directory")
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot write {p}: directory {d} is read-only")
+    return paths
+
+
+def refuse_overlap(out, inputs, name: str = "--out") -> Path:
+    """Refuse an output folder that is, contains or lies inside one of the `inputs` (a {label: path} dict, or paths),
+    symbolic links resolved: writing there, and above all deleting it to start over (--overwrite), would destroy the
+    inputs. Inputs that are None or absent from disk (a Hub id, say) have nothing to lose and are skipped.
+    Call it before anything is read, written or deleted. Returns `out` as a Path."""
+    out = Path(out)
+    target = out.resolve()
+    pairs = inputs.items() if isinstance(inputs, dict) else ((str(p), p) for p in inputs)
+    for label, src in pairs:
+        if src is None or not os.path.exists(src):
+            continue
+        real = Path(src).resolve()
+        if target == real:
+            how = "is the same folder as"
+        elif target in real.parents:
+            how = "contains"
+        elif real in target.parents:
+            how = "lies inside"
+        else:
+            continue
+        shown = label if str(label) == str(src) else f"{label} {src}"
+        raise ValueError(f"{name} {out} {how} the input {shown}: writing there (or deleting it with --overwrite) "
+                         f"would destroy the input; choose another {name}, apart from every input")
+    return out
 
 
 def read_text_input(path, what: str, limit: int = MAX_TEXT_BYTES) -> str:

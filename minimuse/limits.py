@@ -15,6 +15,10 @@ from __future__ import annotations
 import math
 import os
 
+
+class ConfigError(ValueError):
+    """A preset name, an override or a combination of fields that cannot work."""
+
 STEPS_MAX = 100_000_000  # steps and intervals: 100M steps is 65 times the paper's 1.5M
 SEED_MAX = 2**32 - 1     # numpy's seeds are 32-bit
 BATCH_MAX = 65_536
@@ -144,7 +148,6 @@ def _size(n: float) -> str:
 def check_param_memory(counts: dict[str, int], source: str) -> None:
     """Refuse models whose fp32 parameters alone exceed this machine's memory: building them would only end in the
     OOM killer (or a swap storm) after minutes. `source` names the config (a checkpoint's file, a preset)."""
-    from .config import ConfigError
     need, have = sum(counts.values()) * BYTES_PER_VALUE, total_memory()
     if need > have:
         parts = ", ".join(f"{k} {v:,}" for k, v in counts.items())
@@ -165,24 +168,3 @@ def within_bound(name: str, value) -> bool:
         return True
     values = value if isinstance(value, tuple) else (value,)
     return all(not isinstance(v, (int, float)) or (math.isfinite(v) and v <= hi) for v in values)
-
-
-def saved_config(ckpt_dir, kind: str, parts):
-    """The Config in a checkpoint's config.json, checked before a single weight is read or allocated: an invalid field
-    or models (`parts`, see config_numel) too large for this machine is one CheckpointError naming the file."""
-    from pathlib import Path
-
-    from .checkpoint import CONFIG_NAME, CheckpointError, read_config, resolve_checkpoint
-    from .config import Config, ConfigError
-    ckpt_dir = resolve_checkpoint(ckpt_dir)
-    path = Path(ckpt_dir) / CONFIG_NAME
-    meta = read_config(ckpt_dir, kind)
-    try:
-        cfg = Config.from_dict(meta["config"])
-    except ConfigError as e:
-        raise CheckpointError(f"{path} holds an invalid config: {e}") from None
-    try:
-        check_config_memory(cfg, parts, str(path))
-    except ConfigError as e:  # a checkpoint's fault, not the user's config: the class its loaders raise
-        raise CheckpointError(str(e)) from None
-    return cfg

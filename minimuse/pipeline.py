@@ -19,9 +19,9 @@ import torch
 
 from . import editing
 from .autoregressive import ARTransformer
-from .checkpoint import CheckpointError, atomic_save_image, check_outputs, read_config, resolve_checkpoint
+from .checkpoint import CheckpointError, atomic_save_image, read_config, resolve_checkpoint
 from .config import Config, ConfigError, SampleConfig
-from .inputs import MAX_SEED, check_batch_seeds, check_seed  # noqa: F401 (MAX_SEED: minimuse.pipeline.MAX_SEED)
+from .inputs import MAX_SEED, check_batch_seeds, check_outputs, check_seed  # noqa: F401 (MAX_SEED: minimuse.pipeline.MAX_SEED)
 from .sampler import sample
 from .critic import TokenCritic
 from .text_encoder import TextEncoder, trusted_text_config

@@ -306,12 +306,6 @@ def load_batch(dataset, indices) -> torch.Tensor:
     return torch.stack([dataset[i]["image"] for i in indices])  # (B, 3, S, S)
 
 
-def psnr(recon: torch.Tensor, target: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio in dB for images in [0, 1], over the whole batch."""
-    mse = (recon.clamp(0, 1) - target).pow(2).mean().item()
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
-
-
 def _saved(state: dict) -> dict:
     """The config a run was trained with, read back as a Config: a field added to minimuse since takes its default,
     so a run resumes under a newer version exactly when nothing it trained with has changed."""

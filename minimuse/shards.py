@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from . import locks
-from .checkpoint import TMP_SUFFIX, CheckpointError, atomic_write_json, load_tree, refuse_overlap, save_tree
+from .checkpoint import TMP_SUFFIX, CheckpointError, atomic_write_json, load_tree, save_tree
 from .hfdata import DataError, caption_of, load_image_text, prepare_image
+from .inputs import refuse_overlap
 
 FORMAT = "minimuse-shards/1"
 MANIFEST, TABLE = "manifest.json", "text_table.safetensors"

@@ -6,7 +6,7 @@ concatenated with the projected text along the sequence axis, and every block of
 (transformer.py, not a fork) cross-attends to that concatenation while it fills the 16x16 high-res grid. Training
 masks the high-res tokens only; the low-res tokens are always given (see `train_superres` in train.py for why they
 are never dropped). Sampling is the one loop of sampler.py with `lowres_ids`; decimation is a box filter, as Muse's.
-`upscale_cli` is `minimuse upscale`. Taught in notebooks/07_superres.ipynb.
+Taught in notebooks/07_superres.ipynb.
 """
 from __future__ import annotations
 
@@ -122,85 +122,3 @@ class SuperResTransformer(MaskedTransformer):
                              "tokenizer": {"codebook_size": self.codebook_size}},
                 "grid": list(self.grid), "lowres_grid": list(self.lowres_grid),
                 "tokenizer": {"codebook_size": self.lowres_codebook_size}, "text": {"text_dim": self.text_dim}}
-
-
-# ----------------------------------------------------------------------------------------------------------- CLI
-def _upscale_jobs(image, prompt, out, in_dir, out_dir) -> tuple[list, list[str], list]:
-    """(inputs, prompts, outputs) of `minimuse upscale`: one IMAGE with its prompt, or every PNG of in_dir captioned
-    by its captions.jsonl ({"file", "caption"} lines, as `minimuse dataset` writes them)."""
-    from pathlib import Path
-    if in_dir is None:
-        if image is None or prompt is None:
-            raise ValueError("give IMAGE and --prompt TEXT, or --in-dir DIR --out-dir OUT")
-        if out_dir is not None:
-            raise ValueError("--out-dir goes with --in-dir; a single IMAGE writes --out")
-        return [Path(image)], [prompt], [Path(out if out is not None else "upscaled.png")]
-    if image is not None or prompt is not None or out is not None:
-        raise ValueError("--in-dir takes every image and caption from DIR; give no IMAGE, --prompt or --out")
-    if out_dir is None:
-        raise ValueError("--in-dir needs --out-dir")
-    src = Path(in_dir)
-    if not src.is_dir():
-        raise ValueError(f"--in-dir {src} is not a directory")
-    captions_file = src / "captions.jsonl"
-    if not captions_file.exists() and not captions_file.is_symlink():
-        raise ValueError(f"{captions_file} is missing: upscale --in-dir reads each image's prompt from it "
-                         '({"file": NAME, "caption": TEXT} per line, as `minimuse dataset` writes)')
-    captions = _read_captions(captions_file)
-    images = sorted(p for p in src.iterdir() if p.suffix.lower() == ".png" and p.name != "grid.png")
-    if not images:
-        raise ValueError(f"--in-dir {src} holds no PNG images")
-    missing = [p.name for p in images if p.name not in captions]
-    if missing:
-        raise ValueError(f"{len(missing)} image(s) in {src} have no caption in captions.jsonl, e.g. {missing[0]}")
-    return images, [captions[p.name] for p in images], [Path(out_dir) / p.name for p in images]
-
-
-def _read_captions(path) -> dict[str, str]:
-    """{file name: caption} of a captions.jsonl, every line checked: a caption that is null, a number or a list
-    would otherwise become the prompt "None", "5" or "['a']"; a file captioned twice is ambiguous."""
-    from .inputs import MAX_CAPTIONS_BYTES, read_jsonl
-    captions = {}
-    for n, row in read_jsonl(path, "captions file", MAX_CAPTIONS_BYTES):
-        name, caption = row.get("file"), row.get("caption")
-        if not isinstance(name, str) or not isinstance(caption, str) or not caption.strip():
-            raise ValueError(f'captions file {path}, line {n}: needs "file" (a file name) and "caption" (non-empty '
-                             f"text), got file={name!r}, caption={caption!r}")
-        if name in captions:
-            raise ValueError(f"captions file {path}, line {n}: {name} is captioned a second time; keep one line per image")
-        captions[name] = caption
-    return captions
-
-
-def upscale_cli(checkpoint, image=None, prompt=None, out=None, in_dir=None, out_dir=None, seed: int = 0,
-                num_steps: int | None = None, guidance_scale: float | None = None, batch_size: int = 64,
-                device=None, overwrite: bool = False) -> list:
-    """What `minimuse upscale` does. Every input is read and checked (size, caption, output paths) before the first
-    image is upscaled, and each PNG is written atomically. Returns the output paths."""
-    import numpy as np
-    from .checkpoint import atomic_save_image, check_outputs
-    from .inputs import check_batch_seeds, read_image
-    from .pipeline import load_pipeline
-    inputs, prompts, outs = _upscale_jobs(image, prompt, out, in_dir, out_dir)
-    check_outputs(outs, overwrite)
-    check_batch_seeds(seed, len(inputs), batch_size, "images")  # batch i draws with seed + its first index
-    pipe = load_pipeline(checkpoint, device=device)
-    if pipe.superres is None:
-        raise ValueError(f"{checkpoint} has no super-res stage (no superres/ folder)")
-    (h, w), S = pipe.superres.grid, pipe.config.data.image_size
-    if num_steps is not None and num_steps > h * w:
-        raise ValueError(f"--steps must be at most the {h * w} tokens of the super-res stage's {h}x{w} grid, got {num_steps}")
-    images = []
-    for path in inputs:
-        im = read_image(path)
-        if im.shape[:2] != (S, S):
-            raise ValueError(f"image {path} is {im.shape[1]}x{im.shape[0]} px; upscale takes the base size, {S}x{S} px")
-        images.append(im)
-    pipe.check_prompts(prompts)
-    for start in range(0, len(images), batch_size):
-        sl = slice(start, start + batch_size)
-        up = pipe.upscale(np.stack(images[sl]), prompts[sl], seed=seed + start, num_steps=num_steps,
-                          guidance_scale=guidance_scale)
-        for img, path in zip(up, outs[sl]):
-            atomic_save_image(path, img)
-    return outs

@@ -60,7 +60,8 @@ def sweep_point(pipe, features, n: int, seeds: int, n_diversity: int = 4, **samp
     """Faithfulness (judged, with its Wilson interval), FID and diversity of one setting. Prompt seed s draws
     eval_prompts(n, eval_seed + 1000 s); the true renders for FID use their own generator streams."""
     from .data import eval_prompts, render, to_tensor
-    from .eval import diversity, faithfulness_at, fid, wilson
+    from .eval import diversity, faithfulness_at
+    from .metrics import fid, wilson
     cfg, t0 = pipe.config, time.time()
     oks, by_kind, fakes, reals = 0, {}, [], []
     for s in range(seeds):

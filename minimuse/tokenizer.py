@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, check_config, load_checkpoint, load_state_strict, read_config, save_checkpoint
+from .checkpoint import (CheckpointError, check_config, load_checkpoint, load_state_strict, read_config, save_checkpoint,
+                         saved_config)
 from .config import Config, TokenizerConfig
-from .limits import saved_config
 
 # Fields that change the meaning of an id; the rest (lr, steps, ...) may differ when loading. The decoder's own size
 # (decoder_channels, decoder_res_blocks) is not among them: a finetuned decoder reads the same tokens (Muse §2.5), and

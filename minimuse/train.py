@@ -22,7 +22,7 @@ from .pool import build_token_pool, text_table, train_step_inputs  # noqa: F401 
 from .locks import releasing
 from .runs import (CRITIC_STATE, LOG_NAME, POOL_NAME, STATE_NAME, SUPERRES_STATE, TRANSFORMER_STATE, JsonlLogger, _last_ckpt,  # noqa: F401
                    TRANSFORMER_STATE_KEYS, _progress, _saved, batch_indices, cosine_lr, keep_freed_memory, load_batch,
-                   make_accelerator, psnr, resolve_precision, restore, restore_rng, seed_everything, set_lr,
+                   make_accelerator, resolve_precision, restore, restore_rng, seed_everything, set_lr,
                    full_state, load_full_state, load_training_state, prepare_run_dir, rng_states, save_training_state,
                    set_rng_states)
 

@@ -15,8 +15,9 @@ import torch
 from .config import Config
 from .limits import check_param_memory, tokenizer_numel
 from .locks import releasing
+from .metrics import psnr
 from .runs import (LOG_NAME, STATE_NAME, TOKENIZER_STATE_KEYS, JsonlLogger, _last_ckpt, _progress, _saved, batch_indices,
-                   cosine_lr, load_batch, load_training_state, make_accelerator, prepare_run_dir, psnr, restore,
+                   cosine_lr, load_batch, load_training_state, make_accelerator, prepare_run_dir, restore,
                    restore_rng, rng_states, save_training_state, seed_everything, set_lr)
 
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, check_config, config_diff, load_checkpoint, load_state_strict, save_checkpoint
+from .checkpoint import (CheckpointError, check_config, config_diff, load_checkpoint, load_state_strict, save_checkpoint,
+                         saved_config)
 from .config import Config, TransformerConfig
-from .limits import saved_config
 
 
 class TextContext(NamedTuple):

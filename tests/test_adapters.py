@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from minimuse.checkpoint import CheckpointError
-from minimuse.config import get_config
+from minimuse.presets import get_config
 from minimuse.data import make_sample, to_tensor
 from minimuse.tokenizer import Tokenizer
 

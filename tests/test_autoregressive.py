@@ -6,7 +6,7 @@ import torch
 
 from minimuse.autoregressive import ARTransformer, KVCache, generate
 from minimuse.checkpoint import CheckpointError
-from minimuse.config import get_config
+from minimuse.presets import get_config
 from minimuse.pipeline import load_pipeline
 from minimuse.sampler import sample
 from minimuse.transformer import MaskedTransformer

@@ -30,7 +30,8 @@ from safetensors.torch import load, save_file
 from clitools import assert_one_line, run_cli, snapshot
 from minimuse.checkpoint import CheckpointError
 from minimuse.cli import main
-from minimuse.config import ConfigError, get_config
+from minimuse.config import ConfigError
+from minimuse.presets import get_config
 from minimuse.data import write_dataset
 from minimuse.pipeline import load_pipeline
 from minimuse.superres import SuperResTransformer
@@ -747,13 +748,13 @@ def _palette_with_transparency():
     C(_palette_with_transparency(), [0] * 3, id="palette-transparency-is-background"),
 ])
 def test_read_image_converts_modes_to_what_the_eye_sees(data, pixel, tmp_path):
-    from minimuse.editing import read_image
+    from minimuse.inputs import read_image
     (tmp_path / "x.png").write_bytes(data)
     assert read_image(tmp_path / "x.png")[0, 0].tolist() == pixel
 
 
 def test_read_image_applies_the_exif_orientation(tmp_path):
-    from minimuse.editing import read_image
+    from minimuse.inputs import read_image
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display": a phone's portrait photo
     Image.fromarray(np.zeros((16, 8, 3), np.uint8)).save(tmp_path / "x.png", exif=exif)
@@ -766,7 +767,7 @@ def test_read_image_applies_the_exif_orientation(tmp_path):
     C(FLOAT, "it holds floating-point pixels (mode F)", id="float"),
 ])
 def test_read_image_refuses_by_name(data, fragment, tmp_path):
-    from minimuse.editing import read_image
+    from minimuse.inputs import read_image
     (tmp_path / "x.png").write_bytes(data)
     with pytest.raises(ValueError) as e:
         read_image(tmp_path / "x.png")

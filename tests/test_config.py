@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from minimuse.config import (PRESETS, Config, ConfigError, DataConfig, SampleConfig, TextConfig, TokenizerConfig, TrainConfig,
-                             TransformerConfig, apply_override, get_config)
+from minimuse.config import Config, ConfigError, DataConfig, SampleConfig, TextConfig, TokenizerConfig, TrainConfig, TransformerConfig
+from minimuse.presets import PRESETS, apply_override, get_config
 
 PAPER_PRESETS = ["ci", "laptop", "gpu", "gpu-small", "muse-632m", "muse-3b", "muse-superres-268m", "laptop-ar", "laptop-critic"]
 

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from minimuse.config import CAPTION_KINDS
-from minimuse.data import (PALETTE, SHAPES, ImageFolderDataset, ShapesDataset, Spec, canonical_caption,
+from minimuse.hfdata import ImageTextDataset
+from minimuse.data import (PALETTE, SHAPES, ShapesDataset, Spec, canonical_caption,
                            centroid, collate, eval_prompts, make_sample, parse_caption, render, specs_of_kind,
                            write_dataset)
 from minimuse.judge import judge_agreement, label_components, score
@@ -242,7 +243,7 @@ def test_image_folder_dataset(tmp_path):
     Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(tmp_path / "small.png")
     (tmp_path / "metadata.jsonl").write_text('{"file_name": "wide.png", "text": "green"}\n\n'
                                              '{"file_name": "small.png", "text": "white"}\n')
-    ds = ImageFolderDataset(tmp_path, size=16)
+    ds = ImageTextDataset(tmp_path, size=16)
     assert len(ds) == 2
     a, b = ds[0], ds[1]
     assert a["caption"] == "green" and a["spec"] is None and a["kind"] == "real"
@@ -251,7 +252,7 @@ def test_image_folder_dataset(tmp_path):
     assert torch.allclose(b["image"], torch.ones(3, 16, 16))
     (tmp_path / "metadata.jsonl").write_text('{"file_name": "wide.png"}\n')
     with pytest.raises(ValueError, match="line 1.*'text'"):
-        ImageFolderDataset(tmp_path)
+        ImageTextDataset(tmp_path)
     (tmp_path / "metadata.jsonl").unlink()
     with pytest.raises(ValueError, match="metadata.jsonl"):
-        ImageFolderDataset(tmp_path)
+        ImageTextDataset(tmp_path)

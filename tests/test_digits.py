@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from minimuse.config import get_config
+from minimuse.presets import get_config
 from minimuse.digits import DIGIT_WORDS, DigitJudge, digit_caption, eval_digits, features, load_digits
 
 

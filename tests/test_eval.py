@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from minimuse.bench import count_flops, honest_peak, model_gemms, run_bench
-from minimuse.config import CAPTION_KINDS, get_config
+from minimuse.config import CAPTION_KINDS
+from minimuse.presets import get_config
 from minimuse.data import parse_caption, render
 from minimuse.eval import eval_faithfulness
 
@@ -115,7 +116,7 @@ def test_wilson_interval_covers_at_its_nominal_rate():
     """Exact binomial coverage of the 95% Wilson interval stays near 95% where Wald's collapses (n=20, p near 0/1)."""
     from math import comb
 
-    from minimuse.eval import wilson
+    from minimuse.metrics import wilson
 
     n = 20
     for p_true in (0.02, 0.1, 0.5, 0.9, 0.98):

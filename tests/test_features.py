@@ -9,7 +9,8 @@ import torch
 from minimuse.checkpoint import CheckpointError
 from minimuse.cli import main
 from minimuse.data import Spec, make_sample, to_tensor
-from minimuse.eval import diversity, fid
+from minimuse.eval import diversity
+from minimuse.metrics import fid
 from minimuse.features import ShapesFeatures, loss_and_accuracy, targets
 
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "features"

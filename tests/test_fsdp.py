@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from minimuse.checkpoint import load_tree, save_tree
-from minimuse.config import get_config
+from minimuse.presets import get_config
 from minimuse.runs import full_state, load_full_state
 from minimuse.scheduler import masked_ce
 from minimuse.transformer import Block, MaskedTransformer

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from minimuse.cli import main
-from minimuse.config import get_config
+from minimuse.presets import get_config
 from minimuse.data import make_sample
 from minimuse.digits import load_digits
 from minimuse.hfdata import DataError, ImageTextDataset, check_imagefolder, write_imagefolder

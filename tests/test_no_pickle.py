@@ -19,7 +19,7 @@ import torch
 
 from minimuse.checkpoint import CheckpointError, load_tree
 from minimuse.cli import main
-from minimuse.config import get_config
+from minimuse.presets import get_config
 from minimuse.pipeline import load_pipeline
 from minimuse.text_encoder import TextEncoder
 from minimuse.tokenizer import Tokenizer

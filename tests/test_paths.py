@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from clitools import assert_one_line, run_cli
-from minimuse.checkpoint import check_outputs, refuse_overlap
+from minimuse.inputs import check_outputs, refuse_overlap
 from minimuse.cli import main
-from minimuse.config import ConfigError, get_config
+from minimuse.config import ConfigError
+from minimuse.presets import get_config
 from minimuse.hfdata import write_imagefolder
 from minimuse.shards import pretokenize
 

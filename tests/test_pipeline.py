@@ -14,7 +14,8 @@ from PIL import Image
 
 from minimuse.checkpoint import CheckpointError
 from minimuse.cli import main
-from minimuse.config import SAMPLER_NAMES, ConfigError, get_config
+from minimuse.config import SAMPLER_NAMES, ConfigError
+from minimuse.presets import get_config
 from minimuse.pipeline import MusePipeline, load_pipeline
 from minimuse.sampler import halton_order, sample
 from minimuse.scheduler import mask_counts

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from minimuse.config import get_config
+from minimuse.presets import get_config
 from minimuse.critic import TokenCritic, critic_batch, critic_loss
 from minimuse.sampler import revisions, sample
 from minimuse.scheduler import mask_counts

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from minimuse.checkpoint import load_tree, save_tree
 from minimuse.cli import main
-from minimuse.config import ConfigError, get_config
+from minimuse.config import ConfigError
+from minimuse.presets import get_config
 from minimuse.pipeline import DEFAULT_CHECKPOINT, load_pipeline
 from minimuse.pool import build_token_pool, train_step_inputs
 from minimuse.runs import SUPERRES_STATE

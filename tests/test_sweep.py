@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from minimuse.eval import wilson
+from minimuse.metrics import wilson
 from minimuse.features import ShapesFeatures
 from minimuse.pipeline import load_pipeline
 from minimuse.runs import RunExistsError

@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from clitools import assert_one_line, run_cli, snapshot
 from minimuse.checkpoint import CheckpointError, load_tree, save_tree
-from minimuse.config import ConfigError, get_config
+from minimuse.config import ConfigError
+from minimuse.presets import get_config
 from minimuse.tokenizer import Tokenizer
 from minimuse.train import train_tokenizer
 from minimuse.transformer import MaskedTransformer

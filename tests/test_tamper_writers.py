@@ -13,7 +13,7 @@ import pytest
 
 from clitools import run_cli
 from minimuse.checkpoint import load_tree
-from minimuse.config import get_config
+from minimuse.presets import get_config
 from minimuse.train import train_tokenizer
 
 TOK_SETS = {"tokenizer.steps": 2, "tokenizer.ckpt_every": 2, "tokenizer.log_every": 1}

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from minimuse.checkpoint import CheckpointError
-from minimuse.config import Config, TokenizerConfig, get_config
+from minimuse.config import Config, TokenizerConfig
+from minimuse.presets import get_config
 from minimuse.tokenizer import (FSQuantizer, Tokenizer, VectorQuantizer, codebook_usage, fsq_codes, fsq_digits, fsq_ids,
                                 fsq_round, nearest_code, perplexity, straight_through)
 

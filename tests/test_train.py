@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from minimuse.config import get_config
+from minimuse.presets import get_config
 from minimuse.tokenizer import Tokenizer
 from minimuse.checkpoint import load_tree, save_tree
 from minimuse.runs import TRANSFORMER_STATE

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from minimuse.checkpoint import CheckpointError
-from minimuse.config import TransformerConfig, get_config
+from minimuse.config import TransformerConfig
+from minimuse.presets import get_config
 from minimuse.transformer import MaskedTransformer
 
 K, GRID, E = 16, (4, 4), 12

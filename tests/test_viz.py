@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from minimuse.config import TransformerConfig, get_config
+from minimuse.config import TransformerConfig
+from minimuse.presets import get_config
 from minimuse.sampler import sample
 from minimuse.tokenizer import Tokenizer
 from minimuse.transformer import MaskedTransformer

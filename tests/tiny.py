@@ -3,7 +3,7 @@ from pathlib import Path
 
 import torch
 
-from minimuse.config import get_config
+from minimuse.presets import get_config
 from minimuse.tokenizer import Tokenizer
 from minimuse.transformer import MaskedTransformer
 

@@ -6,7 +6,7 @@ import sys
 
 from accelerate import PartialState
 
-from minimuse.config import get_config
+from minimuse.presets import get_config
 from minimuse.train import train_transformer
 
 out, tok = sys.argv[1], sys.argv[2]
