@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from minimuse import decoding, sampler, transformer as transformer_mod
 from minimuse.bench import count_flops, honest_peak
-from minimuse.cli import _config
+from minimuse.commands import _config
 from minimuse.transformer import MaskedTransformer
 
 

@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from minimuse import sampler
 from minimuse import bench  # noqa: F401  (registers the FLOP formulas of oneDNN's linear and CPU attention)
-from minimuse.cli import _config
+from minimuse.commands import _config
 from minimuse.transformer import _ONEDNN_LINEAR, MaskedTransformer
 
 FAMILIES = {"linear": ("mkldnn::_linear_pointwise", "aten::addmm", "aten::mm"),

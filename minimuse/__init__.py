@@ -12,6 +12,6 @@ __all__ = ["Config", "ConfigError", "PRESETS", "get_config", "load_pipeline"]
 
 
 def load_pipeline(checkpoint=None, **kwargs):
-    """Load the text-to-image pipeline; defaults to the checkpoints shipped in data/ (see sampler.py)."""
-    from .pipeline import load_pipeline as _load
+    """Load the text-to-image pipeline (pipeline.load_pipeline); defaults to the checkpoints shipped in data/."""
+    from .pipeline import load_pipeline as _load  # local: `import minimuse` stays free of torch until a model is asked for
     return _load(checkpoint, **kwargs)

@@ -19,10 +19,13 @@ import time
 import torch
 
 from . import transformer as transformer_mod
-from .checkpoint import read_config
+from .autoregressive import ARTransformer
+from .checkpoint import atomic_write_json, read_config
 from .config import Config
 from .limits import check_config_memory
 from .sampler import sample
+from .scheduler import masked_ce
+from .superres import SuperResTransformer
 from .transformer import MaskedTransformer
 
 
@@ -212,7 +215,6 @@ def compare_ar(cfg: Config, tokens=(64, 256, 1024), batch_sizes=(1, 16), repeats
     models of that grid. A pass is one forward of the guided batch (2B rows): parallel_passes = steps,
     autoregressive_passes = L; each parallel pass runs all L tokens, each autoregressive pass one token per row.
     On a CUDA `device` every timed call ends with a synchronize, so the clock sees the kernels, not their launch."""
-    from .autoregressive import ARTransformer
     s, E, out, ckpts = cfg.sample, cfg.text.text_dim, [], checkpoints or {}
     w = s.guidance_scale or 1.0  # both with guidance, as the paper's samplers run
     for L in tokens:
@@ -264,7 +266,6 @@ def cascade_bench(cfg: Config, transformer, checkpoint, batch_sizes, repeats: in
     """ms/image of Muse's cascade: the base stage (cfg.sample's steps and guidance) then the super-res stage (its own
     steps, guidance and temperature) on the base grid, timed separately at each batch size; `superres_share` is the
     super-res stage's fraction of the total. The trained super-res model when `checkpoint` holds one."""
-    from .superres import SuperResTransformer
     sr = cfg.superres
     if checkpoint is not None and os.path.isdir(os.path.join(checkpoint, "superres")):
         model = SuperResTransformer.from_pretrained(os.path.join(checkpoint, "superres"))
@@ -306,7 +307,6 @@ def train_step_flops(model, inputs, labels, text, text_mask, extra: dict, label_
     """FLOPs of one training step's forward and backward, counted by FlopCounterMode on a copy of the model (the
     optimizer's elementwise update is not a matmul and is not counted, as in every MFU figure)."""
     import copy
-    from .scheduler import masked_ce
     m = copy.deepcopy(model).train()
     with _flop_counter()(display=False) as counter:
         with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -336,7 +336,6 @@ def format_train_report(r: dict) -> str:
 def write_train_report(out_dir, cfg: Config, model, timing: dict, elapsed_s: float, batch, precision: str) -> dict:
     """What `train --report` writes to out_dir/report.json. The FLOPs of the last step's batch and the matmul peak of
     the precision trained in ("bf16" or "no") are both measured after training, so neither is charged to its minutes."""
-    from .checkpoint import atomic_write_json
     name = "bf16" if precision == "bf16" else "fp32"
     flops = train_step_flops(model, *batch, cfg.train.label_smoothing, name)
     rows = batch[0].shape[0] * batch[0].shape[1]  # B * L: the GEMM rows of one step

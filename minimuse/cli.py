@@ -11,10 +11,10 @@ import argparse
 import os
 import sys
 
-from .commands import (DEFAULT_CHECKPOINT, MAX_DATASET_N, MAX_DATASET_SIZE, SAMPLING_FLAGS, CLIError,  # noqa: F401
-                       _at_least_1, _config, _device, _read_prompts, _sampling, cmd_bench, cmd_dataset, cmd_edit,
-                       cmd_eval, cmd_finetune_decoder, cmd_generate, cmd_outpaint, cmd_pretokenize, cmd_train,
-                       cmd_sweep, cmd_train_critic, cmd_train_features, cmd_train_superres, cmd_train_tokenizer, cmd_upscale)
+from .checkpoint import CheckpointError
+from .commands import (CLIError, cmd_bench, cmd_dataset, cmd_edit, cmd_eval,
+                       cmd_finetune_decoder, cmd_generate, cmd_outpaint, cmd_pretokenize, cmd_sweep, cmd_train,
+                       cmd_train_critic, cmd_train_features, cmd_train_superres, cmd_train_tokenizer, cmd_upscale)
 from .config import EVAL_TASKS, SAMPLER_NAMES, SCHEDULE_NAMES, ConfigError
 from .presets import PRESETS
 from .sweep import PARAMS as SWEEP_PARAMS
@@ -252,7 +252,6 @@ def _fail(e) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
     try:
         args.fn(args)
     except (CLIError, ConfigError, CheckpointError, ValueError, TypeError, FloatingPointError, NotImplementedError) as e:

@@ -285,7 +285,7 @@ def cmd_generate(args):
     else:
         raise CLIError("give a prompt, or --prompts-file FILE --out-dir DIR")
     _lock(args.out_dir, "--out-dir")
-    from .pipeline import generate_cli
+    from .jobs import generate_cli
     # `is not None`, not `or`: an empty --checkpoint "" must fail, not quietly load the shipped model
     generate_cli(prompts, checkpoint=args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT,
                  out=args.out, out_dir=args.out_dir, seed=args.seed, negative_prompt=args.negative_prompt,

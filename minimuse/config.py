@@ -12,7 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .limits import FIELD_MAX, ConfigError, within_bound
+from .limits import ConfigError, check_field, check_positive, check_types, check_within, is_finite_number
 
 EVAL_TASKS = ("generate", "superres", "inpaint", "edit", "outpaint", "digits", "counts")  # `minimuse eval --task`
 CAPTION_KINDS = ("single", "count", "relation", "pair", "mixed")
@@ -22,55 +22,6 @@ MAX_STEPS = 4096  # decoding steps; the sampler further refuses more steps than 
 
 
 MODEL_KINDS = ("masked", "autoregressive", "critic")
-
-
-def _check(ok: bool, name: str, msg: str):
-    if not ok:
-        raise ConfigError(f"invalid config field '{name}': {msg}")
-
-
-# Error messages name a field as section.field; the section of a dataclass is known by its class name.
-_SECTIONS = {"DataConfig": "data.", "TokenizerConfig": "tokenizer.", "TextConfig": "text.", "TransformerConfig": "transformer.",
-             "TrainConfig": "train.", "SampleConfig": "sample.", "EditConfig": "edit.", "SuperResConfig": "superres.",
-             "DecoderConfig": "superres.decoder."}
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_types(obj) -> None:
-    """Every field holds the type of its default (an int where a float is expected is fine): a string or None
-    where a number belongs fails here, naming the field, not deep inside torch. Numbers also stay below their
-    upper bound in limits.FIELD_MAX."""
-    section = _SECTIONS.get(type(obj).__name__, "")
-    for f in dataclasses.fields(obj):
-        v, default = getattr(obj, f.name), f.default
-        name = f"{section}{f.name}"
-        if isinstance(default, bool):
-            _check(isinstance(v, bool), name, f"must be true or false, got {v!r}")
-        elif isinstance(default, int):
-            _check(isinstance(v, int) and not isinstance(v, bool), name, f"must be an integer, got {v!r}")
-        elif isinstance(default, float):
-            _check(_is_num(v), name, f"must be a finite number, got {v!r}")
-        elif isinstance(default, str):
-            _check(isinstance(v, str), name, f"must be a string, got {v!r}")
-        elif isinstance(default, tuple):
-            _check(isinstance(v, tuple), name, f"must be a list, got {v!r}")
-        if name in FIELD_MAX:  # before any model is built from it: a tampered 2**34 fails here, not in the allocator
-            _check(within_bound(name, v), name, f"must be at most {FIELD_MAX[name]:,}, got {v!r} (a larger value is a "
-                                                "typo or a tampered config)")
-
-
-def _positive(obj, *names: str) -> None:
-    for n in names:
-        _check(getattr(obj, n) >= 1, f"{_SECTIONS.get(type(obj).__name__, '')}{n}", f"must be at least 1, got {getattr(obj, n)}")
-
-
-def _within(obj, name: str, lo: float, hi: float, hi_open: bool = False) -> None:
-    v = getattr(obj, name)
-    ok = lo <= v < hi if hi_open else lo <= v <= hi
-    _check(ok, f"{_SECTIONS.get(type(obj).__name__, '')}{name}", f"must lie in [{lo}, {hi}{')' if hi_open else ']'}, got {v}")
 
 
 @dataclass(frozen=True)
@@ -84,12 +35,12 @@ class DataConfig:
     pool_size: int = 50_000              # images pre-tokenized once for transformer training (0 = encode on the fly)
 
     def __post_init__(self):
-        _check_types(self)
-        _check(self.image_size >= 8 and self.image_size % 8 == 0, "data.image_size", f"must be a positive multiple of 8, got {self.image_size}")
+        check_types(self)
+        check_field(self.image_size >= 8 and self.image_size % 8 == 0, "data.image_size", f"must be a positive multiple of 8, got {self.image_size}")
         bad = [k for k in self.kinds if k not in CAPTION_KINDS]
-        _check(not bad and len(self.kinds) > 0, "data.kinds", f"unknown kinds {bad}; choose from {', '.join(CAPTION_KINDS)}")
-        _check(0.0 <= self.paraphrase_prob <= 1.0, "data.paraphrase_prob", "must lie in [0, 1]")
-        _check(self.pool_size >= 0, "data.pool_size", f"must be 0 or more, got {self.pool_size}")
+        check_field(not bad and len(self.kinds) > 0, "data.kinds", f"unknown kinds {bad}; choose from {', '.join(CAPTION_KINDS)}")
+        check_field(0.0 <= self.paraphrase_prob <= 1.0, "data.paraphrase_prob", "must lie in [0, 1]")
+        check_field(self.pool_size >= 0, "data.pool_size", f"must be 0 or more, got {self.pool_size}")
 
 
 @dataclass(frozen=True)
@@ -124,24 +75,24 @@ class TokenizerConfig:
         return 2 ** (len(self.channel_mult) - 1)
 
     def __post_init__(self):
-        _check_types(self)
-        _positive(self, "channels", "num_res_blocks", "code_dim", "steps", "batch_size", "log_every", "ckpt_every")
-        _check(self.decoder_channels >= 0 and self.decoder_res_blocks >= 0, "tokenizer.decoder_channels",
+        check_types(self)
+        check_positive(self, "channels", "num_res_blocks", "code_dim", "steps", "batch_size", "log_every", "ckpt_every")
+        check_field(self.decoder_channels >= 0 and self.decoder_res_blocks >= 0, "tokenizer.decoder_channels",
                "decoder_channels and decoder_res_blocks must be 0 (as the encoder) or more")
-        _check(len(self.channel_mult) >= 1 and all(isinstance(m, int) and m >= 1 for m in self.channel_mult),
+        check_field(len(self.channel_mult) >= 1 and all(isinstance(m, int) and m >= 1 for m in self.channel_mult),
                "tokenizer.channel_mult", f"must be a non-empty list of positive integers, got {self.channel_mult}")
-        _check(self.lr > 0, "tokenizer.lr", f"must be positive, got {self.lr}")
-        _check(len(self.betas) == 2 and all(_is_num(b) and 0 <= b < 1 for b in self.betas), "tokenizer.betas",
+        check_field(self.lr > 0, "tokenizer.lr", f"must be positive, got {self.lr}")
+        check_field(len(self.betas) == 2 and all(is_finite_number(b) and 0 <= b < 1 for b in self.betas), "tokenizer.betas",
                f"must be two numbers in [0, 1), got {self.betas}")
-        _within(self, "ema_decay", 0.0, 1.0, hi_open=True)
+        check_within(self, "ema_decay", 0.0, 1.0, hi_open=True)
         for n in ("commitment", "dead_code_threshold", "disc_weight", "perceptual_weight"):
-            _check(getattr(self, n) >= 0, f"tokenizer.{n}", f"must be 0 or more, got {getattr(self, n)}")
-        _check(self.warmup_steps >= 0 and self.disc_start >= 0, "tokenizer.warmup_steps", "warmup_steps and disc_start must be 0 or more")
-        _check(self.quantizer in ("vq", "fsq"), "tokenizer.quantizer", f"must be 'vq' or 'fsq', got {self.quantizer!r}")
-        _check(self.recon_loss in ("l1", "mse"), "tokenizer.recon_loss", f"must be 'l1' or 'mse', got {self.recon_loss!r}")
-        _check(self.codebook_size >= 2, "tokenizer.codebook_size", "must be at least 2")
+            check_field(getattr(self, n) >= 0, f"tokenizer.{n}", f"must be 0 or more, got {getattr(self, n)}")
+        check_field(self.warmup_steps >= 0 and self.disc_start >= 0, "tokenizer.warmup_steps", "warmup_steps and disc_start must be 0 or more")
+        check_field(self.quantizer in ("vq", "fsq"), "tokenizer.quantizer", f"must be 'vq' or 'fsq', got {self.quantizer!r}")
+        check_field(self.recon_loss in ("l1", "mse"), "tokenizer.recon_loss", f"must be 'l1' or 'mse', got {self.recon_loss!r}")
+        check_field(self.codebook_size >= 2, "tokenizer.codebook_size", "must be at least 2")
         if self.quantizer == "fsq":
-            _check(math.prod(self.fsq_levels) == self.codebook_size, "tokenizer.fsq_levels",
+            check_field(math.prod(self.fsq_levels) == self.codebook_size, "tokenizer.fsq_levels",
                    f"product {math.prod(self.fsq_levels)} must equal codebook_size {self.codebook_size}")
 
 
@@ -153,9 +104,9 @@ class TextConfig:
     cache_dir: str | None = None         # optional on-disk embedding cache
 
     def __post_init__(self):
-        _check_types(self)
-        _positive(self, "text_dim", "max_length")
-        _check(self.cache_dir is None or isinstance(self.cache_dir, str), "text.cache_dir", "must be a path or null")
+        check_types(self)
+        check_positive(self, "text_dim", "max_length")
+        check_field(self.cache_dir is None or isinstance(self.cache_dir, str), "text.cache_dir", "must be a path or null")
 
 
 @dataclass(frozen=True)
@@ -169,12 +120,12 @@ class TransformerConfig:
     kind: str = "masked"                 # masked (Muse), autoregressive (the raster baseline) or critic (Token-Critic)
 
     def __post_init__(self):
-        _check_types(self)
-        _check(self.mlp_ratio > 0, "transformer.mlp_ratio", f"must be positive, got {self.mlp_ratio}")
-        _within(self, "dropout", 0.0, 1.0, hi_open=True)
-        _check(self.width > 0 and self.depth > 0 and self.heads > 0, "transformer.width", "width, depth and heads must be positive")
-        _check(self.width % self.heads == 0, "transformer.width", f"width {self.width} is not divisible by heads {self.heads}")
-        _check(self.kind in MODEL_KINDS, "transformer.kind", f"must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
+        check_types(self)
+        check_field(self.mlp_ratio > 0, "transformer.mlp_ratio", f"must be positive, got {self.mlp_ratio}")
+        check_within(self, "dropout", 0.0, 1.0, hi_open=True)
+        check_field(self.width > 0 and self.depth > 0 and self.heads > 0, "transformer.width", "width, depth and heads must be positive")
+        check_field(self.width % self.heads == 0, "transformer.width", f"width {self.width} is not divisible by heads {self.heads}")
+        check_field(self.kind in MODEL_KINDS, "transformer.kind", f"must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
 
 
 @dataclass(frozen=True)
@@ -204,25 +155,25 @@ class TrainConfig:
     eval_prompts: int = 64
 
     def __post_init__(self):
-        _check_types(self)
-        _positive(self, "steps", "batch_size", "log_every", "ckpt_every", "eval_prompts", "grad_accum")
-        _check(self.batch_size % self.grad_accum == 0, "train.grad_accum",
+        check_types(self)
+        check_positive(self, "steps", "batch_size", "log_every", "ckpt_every", "eval_prompts", "grad_accum")
+        check_field(self.batch_size % self.grad_accum == 0, "train.grad_accum",
                f"must divide train.batch_size {self.batch_size}, got {self.grad_accum}")
-        _check(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
-        _check(self.warmup_steps >= 0 and self.eval_every >= 0, "train.warmup_steps",
+        check_field(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
+        check_field(self.warmup_steps >= 0 and self.eval_every >= 0, "train.warmup_steps",
                "warmup_steps and eval_every must be 0 or more")
-        _check(self.weight_decay >= 0 and self.grad_clip >= 0, "train.weight_decay", "weight_decay and grad_clip must be 0 or more")
-        _check(len(self.betas) == 2 and all(_is_num(b) and 0 <= b < 1 for b in self.betas), "train.betas",
+        check_field(self.weight_decay >= 0 and self.grad_clip >= 0, "train.weight_decay", "weight_decay and grad_clip must be 0 or more")
+        check_field(len(self.betas) == 2 and all(is_finite_number(b) and 0 <= b < 1 for b in self.betas), "train.betas",
                f"must be two numbers in [0, 1), got {self.betas}")
-        _within(self, "min_lr_ratio", 0.0, 1.0)
-        _within(self, "ema_decay", 0.0, 1.0, hi_open=True)
-        _within(self, "label_smoothing", 0.0, 1.0, hi_open=True)
-        _within(self, "rect_mask_prob", 0.0, 1.0)
-        _check(self.optimizer in ("adamw", "adafactor"), "train.optimizer", f"must be 'adamw' or 'adafactor', got {self.optimizer!r}")
-        _check(self.mixed_precision in ("no", "bf16", "fp16", "auto"), "train.mixed_precision", "must be 'no', 'bf16', 'fp16' or 'auto'")
-        _check(0.0 <= self.min_mask_rate < 1.0, "train.min_mask_rate", "must lie in [0, 1)")
-        _check(0.0 <= self.cond_drop_prob <= 1.0, "train.cond_drop_prob", "must lie in [0, 1]")
-        _check(all(_is_num(w) and w >= 0 for w in self.kind_weights) and (not self.kind_weights or sum(self.kind_weights) > 0),
+        check_within(self, "min_lr_ratio", 0.0, 1.0)
+        check_within(self, "ema_decay", 0.0, 1.0, hi_open=True)
+        check_within(self, "label_smoothing", 0.0, 1.0, hi_open=True)
+        check_within(self, "rect_mask_prob", 0.0, 1.0)
+        check_field(self.optimizer in ("adamw", "adafactor"), "train.optimizer", f"must be 'adamw' or 'adafactor', got {self.optimizer!r}")
+        check_field(self.mixed_precision in ("no", "bf16", "fp16", "auto"), "train.mixed_precision", "must be 'no', 'bf16', 'fp16' or 'auto'")
+        check_field(0.0 <= self.min_mask_rate < 1.0, "train.min_mask_rate", "must lie in [0, 1)")
+        check_field(0.0 <= self.cond_drop_prob <= 1.0, "train.cond_drop_prob", "must lie in [0, 1]")
+        check_field(all(is_finite_number(w) and w >= 0 for w in self.kind_weights) and (not self.kind_weights or sum(self.kind_weights) > 0),
                "train.kind_weights", f"must be numbers >= 0 with a positive sum, got {self.kind_weights}")
 
 
@@ -239,18 +190,18 @@ class SampleConfig:
     remask_prob: float = 0.05            # sampler "remask": chance that a committed token competes to be masked again
 
     def __post_init__(self):
-        _check_types(self)
-        _within(self, "remask_prob", 0.0, 1.0)
-        _check(self.num_steps >= 1, "sample.num_steps", f"must be at least 1, got {self.num_steps}")
-        _check(self.num_steps <= MAX_STEPS, "sample.num_steps", f"must be at most {MAX_STEPS}, got {self.num_steps}")
-        _check(self.guidance_scale >= 0, "sample.guidance_scale", f"must be 0 or more, got {self.guidance_scale}")
-        _check(self.choice_temperature >= 0, "sample.choice_temperature", f"must be 0 or more, got {self.choice_temperature}")
-        _check(self.temperature >= 0, "sample.temperature", f"must be 0 or more (0 = greedy), got {self.temperature}")
-        _check(self.top_k >= 0, "sample.top_k", f"must be 0 (off) or more, got {self.top_k}")
-        _check(self.guidance_schedule in ("constant", "linear"), "sample.guidance_schedule",
+        check_types(self)
+        check_within(self, "remask_prob", 0.0, 1.0)
+        check_field(self.num_steps >= 1, "sample.num_steps", f"must be at least 1, got {self.num_steps}")
+        check_field(self.num_steps <= MAX_STEPS, "sample.num_steps", f"must be at most {MAX_STEPS}, got {self.num_steps}")
+        check_field(self.guidance_scale >= 0, "sample.guidance_scale", f"must be 0 or more, got {self.guidance_scale}")
+        check_field(self.choice_temperature >= 0, "sample.choice_temperature", f"must be 0 or more, got {self.choice_temperature}")
+        check_field(self.temperature >= 0, "sample.temperature", f"must be 0 or more (0 = greedy), got {self.temperature}")
+        check_field(self.top_k >= 0, "sample.top_k", f"must be 0 (off) or more, got {self.top_k}")
+        check_field(self.guidance_schedule in ("constant", "linear"), "sample.guidance_schedule",
                f"unknown guidance_schedule {self.guidance_schedule!r}; choose one of: constant, linear")
-        _check(self.schedule in SCHEDULE_NAMES, "sample.schedule", f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULE_NAMES)}")
-        _check(self.sampler in SAMPLER_NAMES, "sample.sampler", f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLER_NAMES)}")
+        check_field(self.schedule in SCHEDULE_NAMES, "sample.schedule", f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULE_NAMES)}")
+        check_field(self.sampler in SAMPLER_NAMES, "sample.sampler", f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLER_NAMES)}")
 
 
 @dataclass(frozen=True)
@@ -263,10 +214,10 @@ class EditConfig:
     top_k: int = 3                       # sample among the k likeliest tokens; 1 = greedy
 
     def __post_init__(self):
-        _check_types(self)
-        _positive(self, "num_iters", "top_k")
-        _check(0 < self.resample_frac <= 1, "edit.resample_frac", f"must lie in (0, 1], got {self.resample_frac}")
-        _check(self.guidance_scale >= 0, "edit.guidance_scale", f"must be 0 or more, got {self.guidance_scale}")
+        check_types(self)
+        check_positive(self, "num_iters", "top_k")
+        check_field(0 < self.resample_frac <= 1, "edit.resample_frac", f"must lie in (0, 1], got {self.resample_frac}")
+        check_field(self.guidance_scale >= 0, "edit.guidance_scale", f"must be 0 or more, got {self.guidance_scale}")
 
 
 @dataclass(frozen=True)
@@ -279,11 +230,11 @@ class DecoderConfig:
     lr: float = 1e-3
 
     def __post_init__(self):
-        _check_types(self)
-        _check(self.channels >= 0 and self.res_blocks >= 0, "superres.decoder.channels",
+        check_types(self)
+        check_field(self.channels >= 0 and self.res_blocks >= 0, "superres.decoder.channels",
                "channels and res_blocks must be 0 (as the tokenizer) or more")
-        _positive(self, "steps", "batch_size")
-        _check(self.lr > 0, "superres.decoder.lr", f"must be positive, got {self.lr}")
+        check_positive(self, "steps", "batch_size")
+        check_field(self.lr > 0, "superres.decoder.lr", f"must be positive, got {self.lr}")
 
 
 @dataclass(frozen=True)
@@ -301,12 +252,12 @@ class SuperResConfig:
     decoder: DecoderConfig = DecoderConfig()  # `minimuse finetune-decoder`
 
     def __post_init__(self):
-        _check_types(self)
-        _positive(self, "image_size", "lowres_depth", "num_steps")
-        _check(self.num_steps <= MAX_STEPS, "superres.num_steps", f"must be at most {MAX_STEPS}, got {self.num_steps}")
-        _check(self.guidance_scale >= 0, "superres.guidance_scale", f"must be 0 or more, got {self.guidance_scale}")
-        _check(self.temperature >= 0, "superres.temperature", f"must be 0 or more (0 = greedy), got {self.temperature}")
-        _within(self, "lowres_noise", 0.0, 1.0)
+        check_types(self)
+        check_positive(self, "image_size", "lowres_depth", "num_steps")
+        check_field(self.num_steps <= MAX_STEPS, "superres.num_steps", f"must be at most {MAX_STEPS}, got {self.num_steps}")
+        check_field(self.guidance_scale >= 0, "superres.guidance_scale", f"must be 0 or more, got {self.guidance_scale}")
+        check_field(self.temperature >= 0, "superres.temperature", f"must be 0 or more (0 = greedy), got {self.temperature}")
+        check_within(self, "lowres_noise", 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -334,17 +285,17 @@ class Config:
         return h * w
 
     def __post_init__(self):
-        _check(isinstance(self.name, str) and self.name != "", "name", f"must be a non-empty string, got {self.name!r}")
+        check_field(isinstance(self.name, str) and self.name != "", "name", f"must be a non-empty string, got {self.name!r}")
         f = self.tokenizer.downsample
-        _check(self.data.image_size % f == 0, "data.image_size",
+        check_field(self.data.image_size % f == 0, "data.image_size",
                f"{self.data.image_size} is not divisible by the tokenizer's downsampling factor {f}")
-        _check(not self.train.kind_weights or len(self.train.kind_weights) == len(self.data.kinds), "train.kind_weights",
+        check_field(not self.train.kind_weights or len(self.train.kind_weights) == len(self.data.kinds), "train.kind_weights",
                f"needs one weight per kind in data.kinds {self.data.kinds}, got {self.train.kind_weights}")
         if self.superres is not None:
             sr = self.superres
-            _check(sr.image_size % sr.tokenizer.downsample == 0, "superres.image_size",
+            check_field(sr.image_size % sr.tokenizer.downsample == 0, "superres.image_size",
                    f"{sr.image_size} is not divisible by the super-res tokenizer's downsampling factor {sr.tokenizer.downsample}")
-            _check(sr.image_size > self.data.image_size, "superres.image_size",
+            check_field(sr.image_size > self.data.image_size, "superres.image_size",
                    f"{sr.image_size} must exceed the base image size {self.data.image_size}")
 
     def to_dict(self) -> dict:

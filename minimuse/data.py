@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .checkpoint import atomic_save_image, atomic_write_text
 from .config import CAPTION_KINDS
+from .inputs import check_outputs
 
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 220),
@@ -308,8 +310,6 @@ def write_dataset(n: int, out_dir, size: int = 32, seed: int = 0, kinds=CAPTION_
     """DIR/000.png ..., DIR/captions.jsonl {"file", "caption", "kind", "spec"} per image, DIR/grid.png (first 64).
 
     Every file is written atomically; an existing one is refused, before anything is drawn, unless `overwrite`."""
-    from .checkpoint import atomic_save_image, atomic_write_text
-    from .inputs import check_outputs
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be an integer of at least 1, got {n!r}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:  # numpy's SeedSequence takes no negatives

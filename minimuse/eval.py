@@ -12,15 +12,23 @@ import dataclasses
 import numpy as np
 import torch
 
-from .checkpoint import read_config
-from .config import EVAL_TASKS
+from .checkpoint import CheckpointError, read_config
+from .config import EVAL_TASKS, Config
+from .data import ShapesDataset, eval_prompts, make_sample, render, to_tensor
+from .digits import eval_digits
+from .eval_counts import eval_counts
+from .eval_edits import evaluate_edits
+from .judge import find_objects, score
 from .metrics import fid, psnr_from_mse, wilson  # noqa: F401 (fid: minimuse.eval.fid, as notebook 09 calls it)
+from .pipeline import MusePipeline, load_pipeline
+from .superres import decimate_uint8
+from .quantizer import codebook_usage, perplexity
+from .tokenizer import Tokenizer
 
 
 def diversity(images, features) -> dict:
     """Spread of one prompt's samples (uint8 (n, S, S, 3), n seeds): the mean pairwise distance of their feature
     vectors, and the mean distance of the judge's object centroids from their mean, in pixels (0 = the same layout)."""
-    from .judge import find_objects
     x = torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float().div(255)  # (n, 3, S, S)
     with torch.no_grad():
         f = features(x)  # (n, F)
@@ -36,7 +44,6 @@ def eval_fid(pipe, features, n_per_kind: int = 64, seed: int | None = None, n_di
     """`minimuse eval --fid`: FID between the model's images for the held-out prompts and true renders of the same
     prompts (each spec drawn once more, at the base size), beside the FID of a second set of true renders (the floor
     at this n), and the mean diversity of n_diversity prompts over 8 seeds."""
-    from .data import eval_prompts, render, to_tensor
     seed = pipe.config.data.eval_seed if seed is None else seed
     S = pipe.config.data.image_size
     prompts = eval_prompts(n_per_kind, seed)
@@ -63,9 +70,6 @@ def eval_tokenizer(ckpt_dir, n: int = 1000, seed: int | None = None, batch_size:
     PSNR is over all n images (10 log10(1 / MSE) for pixels in [0, 1]); usage is the fraction of the K codes used
     at least once; seed defaults to the checkpoint's data.eval_seed.
     """
-    from .config import Config
-    from .data import ShapesDataset
-    from .tokenizer import Tokenizer, codebook_usage, perplexity
 
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -102,9 +106,6 @@ def faithfulness_at(pipe, n_per_kind: int, seed: int | None, kinds, batch_size: 
                     **sampling) -> list:
     """eval_faithfulness judged at each of `judge_sizes` (None: as drawn) from one set of images, drawn once; the
     images are appended, batch by batch, to `keep` when it is a list (sweep.py measures FID on them)."""
-    from .data import eval_prompts
-    from .judge import score
-    from .superres import decimate_uint8
     cfg = pipe.config
     seed = cfg.data.eval_seed if seed is None else seed
     prompts = eval_prompts(n_per_kind, seed=seed, kinds=kinds or cfg.data.kinds)
@@ -144,8 +145,6 @@ def eval_upscale(pipe, n: int = 256, seed: int | None = None, batch_size: int = 
     reconstruction (the ceiling any model on its tokens has). shuffle_lowres permutes each image's low-res tokens
     before upscaling: the leak test, since a model that ignored its conditioning would not notice."""
     import torch.nn.functional as F
-    from .data import make_sample, to_tensor
-    from .superres import decimate_uint8
     cfg = pipe.config
     S, s = cfg.superres.image_size, cfg.data.image_size
     seed = cfg.data.eval_seed if seed is None else seed
@@ -177,7 +176,6 @@ def eval_upscale(pipe, n: int = 256, seed: int | None = None, batch_size: int = 
 
 def quick_superres_eval_fn(cfg, tokenizer, superres_tokenizer, text_encoder, n_images: int):
     """What train_superres logs every train.eval_every steps: PSNR of the upscaled held-out images and of bicubic."""
-    from .pipeline import MusePipeline
 
     def run(model, step):
         pipe = MusePipeline(cfg, tokenizer, text_encoder, None, model, superres_tokenizer)
@@ -189,7 +187,6 @@ def quick_superres_eval_fn(cfg, tokenizer, superres_tokenizer, text_encoder, n_i
 
 def quick_eval_fn(cfg, tokenizer, text_encoder, n_prompts: int):
     """The sample-and-score that train_transformer runs every train.eval_every steps: a few held-out prompts per kind."""
-    from .pipeline import MusePipeline
     per_kind = max(1, n_prompts // len(cfg.data.kinds))
 
     def run(model, step):
@@ -231,7 +228,6 @@ def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None
     held-out scenes); "digits" is digits.eval_digits (n images per digit); "counts" is eval_counts (n prompts for
     each partition of the object count into groups, under the sampling overrides)."""
     from pathlib import Path
-    from .checkpoint import CheckpointError
     root = Path(checkpoint)
     if (root / "config.json").is_file() and read_config(root).get("kind") == "tokenizer":
         if tokenizer_n < 1:
@@ -239,18 +235,14 @@ def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None
         return {"checkpoint": str(root), "tokenizer": eval_tokenizer(root, tokenizer_n, seed)}
     if not (root / "transformer").is_dir():
         raise CheckpointError(f"no checkpoint at {root}: expected a tokenizer dir or a pipeline dir with tokenizer/ and transformer/")
-    from .pipeline import load_pipeline
     pipe = load_pipeline(root, device=device)
     if task == "superres":
         return {"checkpoint": str(root), "superres": eval_superres(pipe, n, seed=seed)}
     if task == "digits":  # a model trained on the handwritten digits, judged by the classifier of digits.py
-        from .digits import eval_digits
         return {"checkpoint": str(root), "digits": eval_digits(pipe, n, 0 if seed is None else seed, **sampling)}
     if task == "counts":
-        from .eval_counts import eval_counts
         return {"checkpoint": str(root), "counts": eval_counts(pipe, n, seed, **sampling)}
     if task in ("inpaint", "edit", "outpaint"):
-        from .eval_edits import evaluate_edits
         return {"checkpoint": str(root), task: evaluate_edits(pipe, task, n, seed, **sampling)}
     if task != "generate":
         raise ValueError(f"unknown eval task {task!r}; choose one of: {', '.join(EVAL_TASKS)}")

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from .data import PALETTE, SHAPES, Spec, canonical_caption, centroid, make_sample
-from .metrics import psnr_from_mse, wilson
+from .editing import cell_mask
 from .judge import find_objects, score
+from .metrics import psnr_from_mse, wilson
 
 KEPT_PX = 2.0  # "kept in place": the edited object's centroid moved at most this many pixels
 
@@ -58,7 +59,6 @@ def object_box_mask(size: int, box, pad: float = 1.0) -> np.ndarray:
 
 
 def eval_inpaint(pipe, n: int = 256, seed: int | None = None, batch_size: int = 64) -> dict:
-    from .editing import cell_mask
     seed = pipe.config.data.eval_seed if seed is None else seed
     S = pipe.config.data.image_size
     oks, kept, sq, count, fails = [], [], 0.0, 0, []

@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from .checkpoint import atomic_write_json, load_checkpoint, load_state_strict, save_checkpoint
+from .data import ShapesDataset, collate
 from .locks import releasing
 from .runs import (LOG_NAME, STATE_KEYS, STATE_NAME, JsonlLogger, _progress, _saved, batch_indices, cosine_lr,
                    load_training_state, make_accelerator, prepare_run_dir, restore, restore_rng, rng_states,
@@ -99,8 +100,6 @@ def train_features(cfg, out_dir, resume: bool = False, overwrite: bool = False, 
     """`minimuse train-features`: train ShapesFeatures on real renders of stream cfg.data.train_seed at the base size
     (step s reads images [s*B, (s+1)*B)), then measure it on 1,000 held-out renders (cfg.data.eval_seed), written to
     out_dir/eval.json and into its config.json."""
-    from .checkpoint import atomic_write_json
-    from .data import ShapesDataset, collate
     tc = {**TRAIN, **({"steps": steps} if steps else {})}
     accelerator = make_accelerator(cfg, "no")
     out = prepare_run_dir(out_dir, STATE_NAME, ("model.safetensors",), resume, overwrite, accelerator)

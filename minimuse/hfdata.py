@@ -20,6 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .checkpoint import atomic_save_image, atomic_write_text
+from .data import make_sample, to_tensor
+from .digits import digit_caption, load_digits
+from .inputs import MAX_METADATA_BYTES, check_outputs, open_image, read_text_input
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -45,7 +50,6 @@ def check_imagefolder(root, caption_column: str = "text") -> int:
     if not metas:
         raise DataError(f"{root / 'metadata.jsonl'} not found: an image folder needs metadata.jsonl with one "
                         f'{{"file_name": ..., "{caption_column}": ...}} per line (Hugging Face imagefolder)')
-    from .inputs import MAX_METADATA_BYTES, read_text_input
     captioned = set()
     for meta in metas:
         try:  # bounded, and a FIFO or non-UTF-8 file named
@@ -117,7 +121,6 @@ def prepare_image(value, size: int) -> np.ndarray:
     """An undecoded image ({"bytes", "path"}, a path, or a PIL image) -> uint8 (S, S, 3): the shorter side resized to
     S (bicubic), the middle S x S kept. Decoded by inputs.open_image, as every image minimuse reads: a decompression
     bomb or any decoder error is one DataError naming the file; EXIF rotation, 16-bit and alpha are handled."""
-    from .inputs import open_image
     where = value.get("path") if isinstance(value, dict) else value
     try:
         if isinstance(value, dict):
@@ -172,7 +175,6 @@ class ImageTextDataset(torch.utils.data.Dataset):
         return int(self._perm[epoch][index % self.n])
 
     def __getitem__(self, index: int) -> dict:
-        from .data import to_tensor
         row = self.ds[self._row(index)]
         return dict(image=to_tensor(prepare_image(row[self.image_column], self.size)),
                     caption=caption_of(row, self.caption_column, self.image_column), spec=None, kind="real")
@@ -187,15 +189,11 @@ def write_imagefolder(out_dir, source: str = "shapes", n: int = 1000, size: int 
     shapes: n images of stream `seed` in OUT/ (with "kind"); digits: all 1,797 in OUT/train and OUT/test (with
     "digit"). Every file is written atomically; existing files are refused before any is written, unless `overwrite`.
     Returns {split: rows}."""
-    from .checkpoint import atomic_save_image, atomic_write_text
-    from .inputs import check_outputs
-    from .data import make_sample
     out = Path(out_dir)
     if source == "shapes":
         width = max(3, len(str(n - 1)))
         splits = {".": [(f"{i:0{width}d}.png", i) for i in range(n)]}
     elif source == "digits":
-        from .digits import digit_caption, load_digits
         images, digits, is_test = load_digits(size)
         splits = {s: [(f"{i:04d}.png", i) for i in range(len(images)) if is_test[i] == (s == "test")]
                   for s in ("train", "test")}

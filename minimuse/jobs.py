@@ -1,13 +1,14 @@
-"""The batch commands' work: `minimuse upscale`, `edit` and `outpaint`, with every job read and checked first.
+"""The batch commands' work: `minimuse generate`, `upscale`, `edit` and `outpaint`, every job read and checked first.
 
 Each reads all of its inputs (images, masks, prompts, seeds) and checks every output path before it draws its first
 image, then writes each PNG atomically, so a bad line near the end of a jobs file costs no sampling time and leaves no
-partial outputs. The drawing itself is the pipeline's (pipe.upscale, pipe.inpaint, pipe.edit, pipe.outpaint; Muse
+partial outputs. The drawing itself is the pipeline's (pipe(...), pipe.upscale, pipe.inpaint, pipe.edit, pipe.outpaint; Muse
 §2.4 and §3.3). Used by commands.py; the notebooks call the pipeline's methods directly.
 """
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,60 @@ import numpy as np
 from .checkpoint import atomic_save_image
 from .editing import check_images, check_masks, edit_settings, parse_extend
 from .inputs import MAX_CAPTIONS_BYTES, MAX_SEED, check_batch_seeds, check_outputs, read_image, read_jsonl
-from .pipeline import load_pipeline
+from .pipeline import MAX_UPSCALE, load_pipeline
+from .viz import history_strip, upscale
+
+
+def generate_cli(prompts: list[str], checkpoint, out=None, out_dir=None, history=None, batch_size: int = 64,
+                 upscale_factor: int = 1, overwrite: bool = False, device=None, superres: bool | None = None,
+                 **sampling) -> list[Path]:
+    """What `minimuse generate` does: one PNG per prompt, in order, plus an optional per-step strip.
+
+    Everything is checked before the first image is drawn (output paths, checkpoint, prompts, settings), and each
+    file is written atomically, so a mistake costs no sampling time and a kill leaves no half-written PNG."""
+    if out is not None and out_dir is not None:
+        raise ValueError("give --out (one image) or --out-dir (numbered images), not both")
+    if out_dir is None and len(prompts) > 1:
+        raise ValueError(f"{len(prompts)} prompts need --out-dir: --out names a single image")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    paths = ([Path(out_dir) / f"{i:03d}.png" for i in range(len(prompts))] if out_dir is not None
+             else [Path(out if out is not None else "out.png")])
+    if history is not None and Path(history).resolve() in {p.resolve() for p in paths}:
+        raise ValueError(f"--history {history} is also an image output; give it its own file name")
+    check_outputs(paths + ([Path(history)] if history is not None else []), overwrite)
+    seed = sampling.pop("seed", 0)
+    check_batch_seeds(seed, len(prompts), batch_size)  # batch i draws with seed + its first index: the last one too
+    pipe = load_pipeline(checkpoint, device=device)
+    cascade = pipe._use_superres(superres)
+    S = pipe.config.superres.image_size if cascade else pipe.config.data.image_size
+    if not isinstance(upscale_factor, int) or upscale_factor < 1:
+        raise ValueError(f"--upscale must be an integer from 1 to {MAX_UPSCALE}, got {upscale_factor}")
+    if upscale_factor > MAX_UPSCALE:
+        raise ValueError(f"--upscale {upscale_factor} would write {upscale_factor * S} px images from this {S} px model; "
+                         f"use at most {MAX_UPSCALE} ({MAX_UPSCALE * S} px)")
+    prompts, _ = pipe.validate(prompts, seed=seed, **sampling)  # every prompt, before the first batch is drawn
+    limit, tok = pipe.config.text.max_length, pipe.text_encoder.tokenizer
+    for p in prompts:
+        n = len(tok(p)["input_ids"])
+        if n > limit:
+            warnings.warn(f"prompt is {n} tokens, longer than the encoder's limit of {limit}; it is truncated", stacklevel=2)
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        want = history is not None and start == 0
+        images, hist = pipe(chunk, seed=seed + start, return_history=want, superres=cascade, **sampling) if want else \
+            (pipe(chunk, seed=seed + start, superres=cascade, **sampling), None)
+        for img, path in zip(images, paths[start:start + len(chunk)]):
+            atomic_save_image(path, upscale(img, upscale_factor))
+        if want:
+            atomic_save_image(history, history_strip(hist, *pipe.stage_parts(), index=0))
+    for p in paths[:3]:
+        print(f"wrote {p}")
+    if len(paths) > 3:
+        print(f"... and {len(paths) - 3} more")
+    if history is not None:
+        print(f"wrote {history}")
+    return paths
 
 
 def _upscale_jobs(image, prompt, out, in_dir, out_dir) -> tuple[list, list[str], list]:

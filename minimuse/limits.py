@@ -12,6 +12,7 @@ Nothing here imports torch: the count is arithmetic on the config.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -168,3 +169,53 @@ def within_bound(name: str, value) -> bool:
         return True
     values = value if isinstance(value, tuple) else (value,)
     return all(not isinstance(v, (int, float)) or (math.isfinite(v) and v <= hi) for v in values)
+
+
+# ------------------------------------------------------------------------- the checks config.py's dataclasses run
+def check_field(ok: bool, name: str, msg: str):
+    if not ok:
+        raise ConfigError(f"invalid config field '{name}': {msg}")
+
+
+# Error messages name a field as section.field; the section of a dataclass is known by its class name.
+_SECTIONS = {"DataConfig": "data.", "TokenizerConfig": "tokenizer.", "TextConfig": "text.", "TransformerConfig": "transformer.",
+             "TrainConfig": "train.", "SampleConfig": "sample.", "EditConfig": "edit.", "SuperResConfig": "superres.",
+             "DecoderConfig": "superres.decoder."}
+
+
+def is_finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_types(obj) -> None:
+    """Every field holds the type of its default (an int where a float is expected is fine): a string or None
+    where a number belongs fails here, naming the field, not deep inside torch. Numbers also stay below their
+    upper bound in FIELD_MAX."""
+    section = _SECTIONS.get(type(obj).__name__, "")
+    for f in dataclasses.fields(obj):
+        v, default = getattr(obj, f.name), f.default
+        name = f"{section}{f.name}"
+        if isinstance(default, bool):
+            check_field(isinstance(v, bool), name, f"must be true or false, got {v!r}")
+        elif isinstance(default, int):
+            check_field(isinstance(v, int) and not isinstance(v, bool), name, f"must be an integer, got {v!r}")
+        elif isinstance(default, float):
+            check_field(is_finite_number(v), name, f"must be a finite number, got {v!r}")
+        elif isinstance(default, str):
+            check_field(isinstance(v, str), name, f"must be a string, got {v!r}")
+        elif isinstance(default, tuple):
+            check_field(isinstance(v, tuple), name, f"must be a list, got {v!r}")
+        if name in FIELD_MAX:  # before any model is built from it: a tampered 2**34 fails here, not in the allocator
+            check_field(within_bound(name, v), name, f"must be at most {FIELD_MAX[name]:,}, got {v!r} (a larger value is a "
+                                                "typo or a tampered config)")
+
+
+def check_positive(obj, *names: str) -> None:
+    for n in names:
+        check_field(getattr(obj, n) >= 1, f"{_SECTIONS.get(type(obj).__name__, '')}{n}", f"must be at least 1, got {getattr(obj, n)}")
+
+
+def check_within(obj, name: str, lo: float, hi: float, hi_open: bool = False) -> None:
+    v = getattr(obj, name)
+    ok = lo <= v < hi if hi_open else lo <= v <= hi
+    check_field(ok, f"{_SECTIONS.get(type(obj).__name__, '')}{name}", f"must lie in [{lo}, {hi}{')' if hi_open else ']'}, got {v}")

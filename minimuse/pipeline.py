@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch
 
 from . import editing
 from .autoregressive import ARTransformer
-from .checkpoint import CheckpointError, atomic_save_image, read_config, resolve_checkpoint
+from .checkpoint import CheckpointError, read_config, resolve_checkpoint
 from .config import Config, ConfigError, SampleConfig
 from .inputs import MAX_SEED, check_batch_seeds, check_outputs, check_seed  # noqa: F401 (MAX_SEED: minimuse.pipeline.MAX_SEED)
 from .sampler import sample
@@ -28,7 +27,7 @@ from .text_encoder import TextEncoder, trusted_text_config
 from .tokenizer import Tokenizer
 from .superres import SuperResTransformer
 from .transformer import MaskedTransformer
-from .viz import history_strip, to_uint8, upscale
+from .viz import to_uint8
 from .vqmodel import is_diffusers_vq
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "laptop"
@@ -339,55 +338,3 @@ def load_pipeline(checkpoint=None, config: Config | None = None, device=None, su
     # MINIMUSE_TEXT_CACHE (text_encoder.py)
     text = TextEncoder(trusted_text_config(saved.text, root))
     return MusePipeline(config or saved, tokenizer, text, transformer, superres, sr_tokenizer, critic).to(device)
-
-
-def generate_cli(prompts: list[str], checkpoint, out=None, out_dir=None, history=None, batch_size: int = 64,
-                 upscale_factor: int = 1, overwrite: bool = False, device=None, superres: bool | None = None,
-                 **sampling) -> list[Path]:
-    """What `minimuse generate` does: one PNG per prompt, in order, plus an optional per-step strip.
-
-    Everything is checked before the first image is drawn (output paths, checkpoint, prompts, settings), and each
-    file is written atomically, so a mistake costs no sampling time and a kill leaves no half-written PNG."""
-    if out is not None and out_dir is not None:
-        raise ValueError("give --out (one image) or --out-dir (numbered images), not both")
-    if out_dir is None and len(prompts) > 1:
-        raise ValueError(f"{len(prompts)} prompts need --out-dir: --out names a single image")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-    paths = ([Path(out_dir) / f"{i:03d}.png" for i in range(len(prompts))] if out_dir is not None
-             else [Path(out if out is not None else "out.png")])
-    if history is not None and Path(history).resolve() in {p.resolve() for p in paths}:
-        raise ValueError(f"--history {history} is also an image output; give it its own file name")
-    check_outputs(paths + ([Path(history)] if history is not None else []), overwrite)
-    seed = sampling.pop("seed", 0)
-    check_batch_seeds(seed, len(prompts), batch_size)  # batch i draws with seed + its first index: the last one too
-    pipe = load_pipeline(checkpoint, device=device)
-    cascade = pipe._use_superres(superres)
-    S = pipe.config.superres.image_size if cascade else pipe.config.data.image_size
-    if not isinstance(upscale_factor, int) or upscale_factor < 1:
-        raise ValueError(f"--upscale must be an integer from 1 to {MAX_UPSCALE}, got {upscale_factor}")
-    if upscale_factor > MAX_UPSCALE:
-        raise ValueError(f"--upscale {upscale_factor} would write {upscale_factor * S} px images from this {S} px model; "
-                         f"use at most {MAX_UPSCALE} ({MAX_UPSCALE * S} px)")
-    prompts, _ = pipe.validate(prompts, seed=seed, **sampling)  # every prompt, before the first batch is drawn
-    limit, tok = pipe.config.text.max_length, pipe.text_encoder.tokenizer
-    for p in prompts:
-        n = len(tok(p)["input_ids"])
-        if n > limit:
-            warnings.warn(f"prompt is {n} tokens, longer than the encoder's limit of {limit}; it is truncated", stacklevel=2)
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        want = history is not None and start == 0
-        images, hist = pipe(chunk, seed=seed + start, return_history=want, superres=cascade, **sampling) if want else \
-            (pipe(chunk, seed=seed + start, superres=cascade, **sampling), None)
-        for img, path in zip(images, paths[start:start + len(chunk)]):
-            atomic_save_image(path, upscale(img, upscale_factor))
-        if want:
-            atomic_save_image(history, history_strip(hist, *pipe.stage_parts(), index=0))
-    for p in paths[:3]:
-        print(f"wrote {p}")
-    if len(paths) > 3:
-        print(f"... and {len(paths) - 3} more")
-    if history is not None:
-        print(f"wrote {history}")
-    return paths

@@ -14,7 +14,10 @@ import torch
 
 from .checkpoint import CheckpointError, load_tree, save_tree
 from .config import Config
+from .data import make_sample, to_tensor
 from .runs import POOL_NAME
+from .scheduler import add_noise, make_labels, random_mask
+from .superres import decimate
 
 
 def _fingerprint(model) -> float:
@@ -29,8 +32,6 @@ def build_token_pool(cfg: Config, tokenizer, n: int, cache_dir=None, batch_size:
     With `lowres_tokenizer` it is the super-res stage's pool: each scene rendered at superres.image_size gives `ids`
     through `tokenizer`, and its box-filter decimation to the base size (stored as uint8, as a PNG would hold it)
     gives `lowres_ids` through `lowres_tokenizer`: one scene at both sizes (Muse §2.4)."""
-    from .data import make_sample, to_tensor
-    from .superres import decimate
     size = cfg.data.image_size if lowres_tokenizer is None else cfg.superres.image_size
     key = {"n": n, "size": size, "seed": cfg.data.train_seed, "kinds": list(cfg.data.kinds),
            "paraphrase_prob": cfg.data.paraphrase_prob, "tokenizer": _fingerprint(tokenizer),
@@ -82,7 +83,6 @@ def train_step_inputs(pool: dict, table, cfg: Config, step: int, batch_size: int
     """The batch of one step, a pure function of (seed, step): sampled pool rows, text dropped to "" with prob
     cond_drop_prob (Muse §2.7, for guidance), and a fresh random mask over the pool's grid. Returns inputs, labels,
     text, text_mask, and for a super-res pool a fifth, the rows' lowres_ids (B, h', w'), never dropped or masked."""
-    from .scheduler import add_noise, make_labels, random_mask
     g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
     if cfg.train.kind_weights:  # rows drawn so that each caption kind makes up its weight's share of the batch
         rows = torch.multinomial(_row_weights(pool, cfg), batch_size * world, replacement=True, generator=g)

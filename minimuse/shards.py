@@ -31,6 +31,7 @@ from . import locks
 from .checkpoint import TMP_SUFFIX, CheckpointError, atomic_write_json, load_tree, save_tree
 from .hfdata import DataError, caption_of, load_image_text, prepare_image
 from .inputs import refuse_overlap
+from .superres import decimate
 
 FORMAT = "minimuse-shards/1"
 MANIFEST, TABLE = "manifest.json", "text_table.safetensors"
@@ -65,7 +66,6 @@ def text_identity(text_encoder) -> str:
 
 def _encode_fn(tokenizer, size: int, caption_column: str, image_column: str, lowres_tokenizer=None, lowres_size=None):
     """The batched `datasets.map` function: decode and crop the images, tokenize them, keep caption (and kind)."""
-    from .superres import decimate
     device = next(tokenizer.parameters()).device
 
     def fn(batch: dict) -> dict:

@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import atomic_write_bytes, atomic_write_text
 from .config import SampleConfig
+from .data import eval_prompts, render, to_tensor
+from .eval import diversity, faithfulness_at
+from .inputs import MAX_CAPTIONS_BYTES, read_jsonl
+from .metrics import fid, wilson
+from .runs import RunExistsError
 
 # flag-style name -> SampleConfig field; the values of each are read as that field's type
 PARAMS = {"steps": "num_steps", "guidance": "guidance_scale", "guidance-schedule": "guidance_schedule",
@@ -59,9 +65,6 @@ def parse_grid(params: list[str], values: list[str]) -> list[dict]:
 def sweep_point(pipe, features, n: int, seeds: int, n_diversity: int = 4, **sampling) -> dict:
     """Faithfulness (judged, with its Wilson interval), FID and diversity of one setting. Prompt seed s draws
     eval_prompts(n, eval_seed + 1000 s); the true renders for FID use their own generator streams."""
-    from .data import eval_prompts, render, to_tensor
-    from .eval import diversity, faithfulness_at
-    from .metrics import fid, wilson
     cfg, t0 = pipe.config, time.time()
     oks, by_kind, fakes, reals = 0, {}, [], []
     for s in range(seeds):
@@ -97,8 +100,6 @@ def sweep_point(pipe, features, n: int, seeds: int, n_diversity: int = 4, **samp
 def run_sweep(pipe, features, grid: list[dict], n: int, seeds: int, out_dir, resume: bool = False,
               overwrite: bool = False, log=print, n_diversity: int = 4) -> list[dict]:
     """Every point of `grid` through sweep_point; DIR/sweep.jsonl rewritten atomically after each, then the plot."""
-    from .checkpoint import atomic_write_text
-    from .runs import RunExistsError
     out = Path(out_dir)
     path = out / JSONL
     if out.exists() and not out.is_dir():
@@ -128,7 +129,6 @@ def run_sweep(pipe, features, grid: list[dict], n: int, seeds: int, out_dir, res
 
 def _read_rows(path: Path) -> list[dict]:
     """The rows of a sweep.jsonl to resume, each checked to be a row this module wrote (a hand edit is named)."""
-    from .inputs import MAX_CAPTIONS_BYTES, read_jsonl
     rows = read_jsonl(path, "sweep file", MAX_CAPTIONS_BYTES)
     for n, r in rows:
         missing = sorted({"params", "n", "seeds", "diversity_prompts"} - set(r))
@@ -146,7 +146,6 @@ def plot_sweep(rows: list[dict], path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from .checkpoint import atomic_write_bytes
     import io
     names = list(rows[0]["params"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -15,19 +15,29 @@ from pathlib import Path
 import torch
 from accelerate.utils import DistributedType
 
-from .checkpoint import CheckpointError
+from .bench import write_train_report
+from .checkpoint import WEIGHTS_NAME, CheckpointError
 from .config import Config
+from .critic import TokenCritic, critic_batch, critic_loss
+from .eval import quick_eval_fn, quick_superres_eval_fn
 from .limits import check_config_memory
-from .pool import build_token_pool, text_table, train_step_inputs  # noqa: F401 (notebook 05 imports them from here)
 from .locks import releasing
-from .runs import (CRITIC_STATE, LOG_NAME, POOL_NAME, STATE_NAME, SUPERRES_STATE, TRANSFORMER_STATE, JsonlLogger, _last_ckpt,  # noqa: F401
-                   TRANSFORMER_STATE_KEYS, _progress, _saved, batch_indices, cosine_lr, keep_freed_memory, load_batch,
-                   make_accelerator, resolve_precision, restore, restore_rng, seed_everything, set_lr,
-                   full_state, load_full_state, load_training_state, prepare_run_dir, rng_states, save_training_state,
-                   set_rng_states)
+from .pipeline import DEFAULT_CHECKPOINT, transformer_class
+from .pool import build_token_pool, text_table, train_step_inputs  # noqa: F401 (notebook 05 imports them from here)
+from .runs import (CRITIC_STATE, LOG_NAME, SUPERRES_STATE, TRANSFORMER_STATE,
+                   TRANSFORMER_STATE_KEYS, JsonlLogger, _last_ckpt, _progress, _saved, cosine_lr,
+                   full_state, keep_freed_memory, load_full_state, load_training_state, make_accelerator,
+                   prepare_run_dir, resolve_precision, restore, restore_rng, rng_states, save_training_state,
+                   seed_everything, set_lr)
+from .scheduler import masked_ce
+from .shards import identity, load_shards
+from .superres import SuperResTransformer
+from .text_encoder import TextEncoder
+from .tokenizer import Tokenizer
+from .train_tokenizer import train_tokenizer  # noqa: F401 (notebooks and tests import it from here)
+from .vqmodel import is_diffusers_vq
 
 TIMING_KEYS = ("setup_s", "step_s", "eval_s", "ckpt_s", "steps")  # where a run's seconds went (--report)
-from .train_tokenizer import train_tokenizer  # noqa: F401 (notebooks and tests import it from here)
 
 
 # ------------------------------------------------------------------------------------------- transformer training
@@ -38,9 +48,6 @@ def micro_batches(batch: int, accum: int) -> list[slice]:
 
 
 def _resolve_tokenizer_dir(out_dir: Path, tokenizer_dir, name: str = "tokenizer") -> Path:
-    from .checkpoint import WEIGHTS_NAME
-    from .pipeline import DEFAULT_CHECKPOINT
-    from .vqmodel import is_diffusers_vq
     flag = "--" + name.replace("_", "-")
     if tokenizer_dir is not None:  # a path the user typed is used or refused, never silently replaced
         if not (Path(tokenizer_dir) / WEIGHTS_NAME).is_file() and not is_diffusers_vq(tokenizer_dir):
@@ -96,12 +103,6 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     that many micro-batches, each weighted by its share of the masked tokens, so the step's gradient is the batch's.
     """
     import dataclasses
-    from .scheduler import masked_ce
-    from .superres import SuperResTransformer
-    from .text_encoder import TextEncoder
-    from .tokenizer import Tokenizer
-    from .critic import TokenCritic, critic_batch, critic_loss
-    from .pipeline import transformer_class
 
     if stage not in ("base", "superres", "critic"):
         raise ValueError(f"stage must be 'base', 'superres' or 'critic', got {stage!r}")
@@ -142,7 +143,6 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     if sr:
         hi_tokenizer.to(accelerator.device)
     if data is not None:  # tokens read from shards, after checking they are this run's tokenizer's and encoder's
-        from .shards import load_shards
         pool, table = load_shards(data, hi_tokenizer if sr else tokenizer, text_encoder, tokenizer if sr else None,
                                   tokenizer_src=sr_src if sr else tok_src)
         grid = (cfg.superres.image_size // hi_tokenizer.downsample,) * 2 if sr else cfg.grid
@@ -166,7 +166,6 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     data_key = pool["key"] if data is not None else None  # a resume must read the same shards
     gen = None
     if critic:  # the frozen generator whose samples the critic learns to judge; a resume must use the same one
-        from .shards import identity
         gen = transformer_class("masked").from_pretrained(Path(generator) / "transformer").to(accelerator.device)
         if (gen.codebook_size, gen.grid, gen.text_dim) != (cfg.tokenizer.codebook_size, cfg.grid, cfg.text.text_dim):
             raise ValueError(f"the generator {generator} draws {gen.grid} grids of K={gen.codebook_size} codes from "
@@ -253,7 +252,6 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     eval_fn = None
     shapes = set(pool["kinds"]) <= set(cfg.data.kinds)  # the quick eval's judge reads the shapes world only
     if tc.eval_every and accelerator.is_main_process and shapes and not critic:
-        from .eval import quick_eval_fn, quick_superres_eval_fn
         eval_fn = (quick_superres_eval_fn(cfg, tokenizer, hi_tokenizer, text_encoder, tc.eval_prompts) if sr
                    else quick_eval_fn(cfg, tokenizer, text_encoder, tc.eval_prompts))
     t0, last_ckpt = t_enter, start if resume else None
@@ -329,7 +327,6 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
             on_step(step + 1, record, raw)
     bar.close()
     if report and accelerator.is_main_process and last_batch is not None and not fsdp and not critic:
-        from .bench import write_train_report
         write_train_report(out_dir, scfg, raw, timing, elapsed + time.time() - t0, last_batch, resolve_precision(tc.mixed_precision))
     return history
 

@@ -12,13 +12,19 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import atomic_write_json
 from .config import Config
+from .data import ShapesDataset
+from .eval import eval_tokenizer
+from .hfdata import ImageTextDataset
 from .limits import check_param_memory, tokenizer_numel
 from .locks import releasing
 from .metrics import psnr
-from .runs import (LOG_NAME, STATE_NAME, TOKENIZER_STATE_KEYS, JsonlLogger, _last_ckpt, _progress, _saved, batch_indices,
-                   cosine_lr, load_batch, load_training_state, make_accelerator, prepare_run_dir, restore,
-                   restore_rng, rng_states, save_training_state, seed_everything, set_lr)
+from .runs import (LOG_NAME, STATE_NAME, TOKENIZER_STATE_KEYS, JsonlLogger, _last_ckpt, _progress, _saved,
+                   batch_indices, cosine_lr, load_batch, load_training_state, make_accelerator, prepare_run_dir,
+                   restore, restore_rng, rng_states, save_training_state, seed_everything, set_lr)
+from .quantizer import codebook_usage, perplexity
+from .tokenizer import PatchDiscriminator, Tokenizer, hinge_d_loss, hinge_g_loss
 
 
 @releasing  # the lock prepare_run_dir takes on out_dir is held until training returns or fails
@@ -35,8 +41,6 @@ def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "ba
     images [s*B, (s+1)*B) of an endless stream, each epoch a fresh seeded shuffle, and the usage monitor is the
     data's first 256 images.
     """
-    from .data import ShapesDataset  # the data module is only needed once training starts
-    from .tokenizer import PatchDiscriminator, Tokenizer, codebook_usage, hinge_d_loss, hinge_g_loss, perplexity
 
     if stage not in ("base", "superres"):
         raise ValueError(f"stage must be 'base' or 'superres', got {stage!r}")
@@ -102,7 +106,6 @@ def train_tokenizer(cfg: Config, out_dir, resume: bool = False, stage: str = "ba
         # A fixed held-out batch for usage and perplexity: the eval seed is never trained on.
         monitor = load_batch(ShapesDataset(size=size, seed=cfg.data.eval_seed, length=256), range(256)).to(accelerator.device)
     else:
-        from .hfdata import ImageTextDataset
         train_set = ImageTextDataset(data, size, caption_column, seed=cfg.data.train_seed, shuffle=True)
         monitor = load_batch(train_set, range(min(256, len(train_set)))).to(accelerator.device)
     logger = JsonlLogger(out_dir / LOG_NAME, resume_step=start if resume else None, enabled=accelerator.is_main_process)
@@ -175,8 +178,6 @@ def finetune_decoder(cfg: Config, checkpoint, out_dir, resume: bool = False, ove
     codebook of checkpoint/superres_tokenizer, then measure PSNR before and after on eval_n held-out images. Writes
     out_dir/eval.json and returns it; the pipeline decodes with the new decoder once it sits in the checkpoint as
     superres_decoder/ (ship it only if PSNR rose)."""
-    from .checkpoint import atomic_write_json
-    from .eval import eval_tokenizer
     if cfg.superres is None:
         raise ValueError(f"preset '{cfg.name}' has no super-res stage, so no super-res decoder to finetune")
     src = Path(checkpoint) / "superres_tokenizer"

@@ -517,7 +517,7 @@ def test_read_only_directory_is_refused_before_any_work(ckpt, tmp_path, capsys, 
     ro.mkdir()
     real = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == ro else real(p, mode, **kw))
-    monkeypatch.setattr("minimuse.pipeline.load_pipeline", lambda *a, **k: pytest.fail("loaded a model first"))
+    monkeypatch.setattr("minimuse.jobs.load_pipeline", lambda *a, **k: pytest.fail("loaded a model first"))
     code, _, err = run_cli(capsys, "generate", "a red circle", "--checkpoint", str(ckpt), "--out", str(ro / "sub" / "x.png"))
     assert_one_line(code, err, f"directory {ro} is read-only")
     code, _, err = run_cli(capsys, "dataset", "--n", "2", "--out-dir", str(ro))
@@ -528,7 +528,7 @@ def test_read_only_directory_is_refused_before_any_work(ckpt, tmp_path, capsys, 
 def test_an_os_error_while_writing_is_one_line_naming_the_path(ckpt, tmp_path, capsys, monkeypatch):
     def full_disk(path, image):
         raise OSError(28, "No space left on device", str(path))
-    monkeypatch.setattr("minimuse.pipeline.atomic_save_image", full_disk)
+    monkeypatch.setattr("minimuse.jobs.atomic_save_image", full_disk)
     out = tmp_path / "o.png"
     code, _, err = run_cli(capsys, "generate", "a red circle", "--checkpoint", str(ckpt), "--out", str(out))
     assert_one_line(code, err, f"{out}: No space left on device")

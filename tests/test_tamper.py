@@ -52,16 +52,16 @@ def test_absurd_values_fail_at_the_config_naming_the_field(field, value):
 def test_every_numeric_field_is_bounded_or_unbounded_on_purpose():
     import dataclasses
     from minimuse import config as c
-    from minimuse.limits import FIELD_MAX, UNBOUNDED
+    from minimuse.limits import _SECTIONS, FIELD_MAX, UNBOUNDED
     classes = (c.DataConfig, c.TokenizerConfig, c.TextConfig, c.TransformerConfig, c.TrainConfig, c.SampleConfig,
                c.EditConfig, c.DecoderConfig, c.SuperResConfig)
-    numeric = {c._SECTIONS[k.__name__] + f.name for k in classes for f in dataclasses.fields(k)
+    numeric = {_SECTIONS[k.__name__] + f.name for k in classes for f in dataclasses.fields(k)
                if isinstance(f.default, (int, float)) and not isinstance(f.default, bool)
                or isinstance(f.default, tuple) and all(isinstance(v, (int, float)) for v in f.default)}
     assert numeric <= set(FIELD_MAX) | UNBOUNDED and not set(FIELD_MAX) & UNBOUNDED
     for name, hi in FIELD_MAX.items():  # each bound is enforced where the dataclass is built
         section, field = name.rsplit(".", 1)
-        cls = next(k for k in classes if c._SECTIONS[k.__name__] == section + ".")
+        cls = next(k for k in classes if _SECTIONS[k.__name__] == section + ".")
         big = hi * 2 + 2 if isinstance(hi, int) else hi * 2
         with pytest.raises(ConfigError, match=re.escape(f"'{name}'")):
             cls(**{field: (big,) if isinstance(getattr(cls(), field), tuple) else big})

@@ -9,8 +9,9 @@ import torch
 from minimuse.checkpoint import CheckpointError
 from minimuse.config import Config, TokenizerConfig
 from minimuse.presets import get_config
-from minimuse.tokenizer import (FSQuantizer, Tokenizer, VectorQuantizer, codebook_usage, fsq_codes, fsq_digits, fsq_ids,
-                                fsq_round, nearest_code, perplexity, straight_through)
+from minimuse.quantizer import (FSQuantizer, VectorQuantizer, codebook_usage, fsq_codes, fsq_digits, fsq_ids, fsq_round,
+                                nearest_code, perplexity, straight_through)
+from minimuse.tokenizer import Tokenizer
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "checkpoints" / "laptop"
 TINY = TokenizerConfig(channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, codebook_size=16, code_dim=4)

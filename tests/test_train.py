@@ -88,8 +88,8 @@ def test_resume_with_another_config_is_refused(tmp_path, tok_dir):
 
 
 def test_missing_tokenizer_is_a_clear_error(tmp_path, monkeypatch):
-    import minimuse.pipeline
-    monkeypatch.setattr(minimuse.pipeline, "DEFAULT_CHECKPOINT", tmp_path / "nothing")
+    import minimuse.train
+    monkeypatch.setattr(minimuse.train, "DEFAULT_CHECKPOINT", tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="no trained tokenizer"):
         train_transformer(CFG, tmp_path / "run")
 

@@ -12,7 +12,8 @@ from minimuse.tokenizer import Tokenizer
 from minimuse.checkpoint import load_tree
 from minimuse.runs import STATE_NAME
 from minimuse.metrics import psnr
-from minimuse.train import JsonlLogger, batch_indices, cosine_lr, train_tokenizer
+from minimuse.runs import JsonlLogger, batch_indices, cosine_lr
+from minimuse.train import train_tokenizer
 
 # The ci preset with a checkpoint every 5 steps; 20 steps keep the whole file to seconds.
 CFG = get_config("ci", **{"tokenizer.steps": 20, "tokenizer.ckpt_every": 5, "tokenizer.log_every": 5})
