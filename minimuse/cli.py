@@ -2,7 +2,7 @@
 
 Thin wrappers over the package functions (the commands of docs/CONTRACTS.md): each subcommand parses its arguments, checks them once,
 before anything slow, calls one function, and turns the package's errors into one line on stderr with exit code 2
-(MINIMUSE_DEBUG=1 shows the traceback instead). Nothing here holds maths. The README and
+(MINIMUSE_DEBUG=1 shows the traceback instead). Nothing here holds maths. docs/CLI.md and
 notebooks/00_overview.ipynb list every command.
 """
 from __future__ import annotations
@@ -30,7 +30,54 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="minimuse", description="Muse-style masked generative text-to-image, small enough to read.")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_data_commands, _train_commands, _draw_commands, _measure_commands):
+        add(sub)
+    return p
 
+
+# Flags several commands share.
+def _add_preset(q):
+    q.add_argument("--preset", default=None, help=f"one of: {', '.join(PRESETS)} (default: $MINIMUSE_PRESET or laptop)")
+    q.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a config field, e.g. --set width=256")
+
+
+def _add_run(q):  # a directory holding a run is only trained in again when the user says how
+    q.add_argument("--out")
+    q.add_argument("--resume", action="store_true", help="continue the run in --out")
+    q.add_argument("--overwrite", action="store_true", help="start over in an --out that already holds a run")
+
+
+def _add_io(q, device: bool = True):  # what every command that loads a checkpoint and writes images takes
+    q.add_argument("--checkpoint", help="a pipeline checkpoint folder (default: the shipped laptop checkpoint)")
+    q.add_argument("--seed", type=int, default=0)
+    if device:
+        q.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+    q.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
+
+
+def _add_sampling(q):  # defaults None: the checkpoint's measured best settings
+    q.add_argument("--steps", type=int, default=None)
+    q.add_argument("--guidance", type=float, default=None)
+    q.add_argument("--guidance-schedule", choices=["constant", "linear"], default=None)
+    q.add_argument("--sampler", choices=SAMPLER_NAMES, default=None)
+    q.add_argument("--schedule", choices=SCHEDULE_NAMES, default=None)
+    q.add_argument("--choice-temperature", type=float, default=None)
+    q.add_argument("--temperature", type=float, default=None, help="softmax temperature of the token draws")
+    q.add_argument("--top-k", type=int, default=None, help="draw from the k most likely tokens (0: all)")
+    q.add_argument("--remask-prob", type=float, default=None, help="sampler remask: chance a committed token rejoins")
+    q.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, faster on CPUs with bf16")
+    q.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+
+
+def _add_data(q, images: bool = False):
+    if images:
+        q.add_argument("--data", help="an image folder or saved Hugging Face dataset (default: the shapes world)")
+        q.add_argument("--caption-column", default="text")
+    else:
+        q.add_argument("--data", help="shards from `minimuse pretokenize` (default: the shapes world)")
+
+
+def _data_commands(sub):
     d = sub.add_parser("dataset", help="write shapes-world (or digits, or Nouns) images with their captions")
     d.add_argument("--n", type=int, default=None, help="images to draw (shapes, nouns)")
     d.add_argument("--out-dir", required=True)
@@ -47,44 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help="replace files already in --out-dir")
     d.set_defaults(fn=cmd_dataset)
 
-    def add_preset(q):
-        q.add_argument("--preset", default=None, help=f"one of: {', '.join(PRESETS)} (default: $MINIMUSE_PRESET or laptop)")
-        q.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a config field, e.g. --set width=256")
-
-    def add_run(q):  # a directory holding a run is only trained in again when the user says how
-        q.add_argument("--out")
-        q.add_argument("--resume", action="store_true", help="continue the run in --out")
-        q.add_argument("--overwrite", action="store_true", help="start over in an --out that already holds a run")
-
-    def add_io(q, device: bool = True):  # what every command that loads a checkpoint and writes images takes
-        q.add_argument("--checkpoint", help="a pipeline checkpoint folder (default: the shipped laptop checkpoint)")
-        q.add_argument("--seed", type=int, default=0)
-        if device:
-            q.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
-        q.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
-
-    def add_sampling(q):  # defaults None: the checkpoint's measured best settings
-        q.add_argument("--steps", type=int, default=None)
-        q.add_argument("--guidance", type=float, default=None)
-        q.add_argument("--guidance-schedule", choices=["constant", "linear"], default=None)
-        q.add_argument("--sampler", choices=SAMPLER_NAMES, default=None)
-        q.add_argument("--schedule", choices=SCHEDULE_NAMES, default=None)
-        q.add_argument("--choice-temperature", type=float, default=None)
-        q.add_argument("--temperature", type=float, default=None, help="softmax temperature of the token draws")
-        q.add_argument("--top-k", type=int, default=None, help="draw from the k most likely tokens (0: all)")
-        q.add_argument("--remask-prob", type=float, default=None, help="sampler remask: chance a committed token rejoins")
-        q.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, faster on CPUs with bf16")
-        q.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
-
-    def add_data(q, images: bool = False):
-        if images:
-            q.add_argument("--data", help="an image folder or saved Hugging Face dataset (default: the shapes world)")
-            q.add_argument("--caption-column", default="text")
-        else:
-            q.add_argument("--data", help="shards from `minimuse pretokenize` (default: the shapes world)")
-
     k = sub.add_parser("pretokenize", help="encode an image-text dataset once into token and caption shards")
-    add_preset(k)
+    _add_preset(k)
     k.add_argument("--data", required=True, help="an image folder (metadata.jsonl) or a dataset saved with save_to_disk")
     k.add_argument("--tokenizer", required=True, help="tokenizer checkpoint dir (the base one)")
     k.add_argument("--superres-tokenizer", help="also: shards for train-superres (high-res ids + low-res ids)")
@@ -97,31 +108,33 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--overwrite", action="store_true", help="replace shards made with another tokenizer or source")
     k.set_defaults(fn=cmd_pretokenize)
 
+
+def _train_commands(sub):
     t = sub.add_parser("train-features", help="train the shapes feature network that FID is measured in")
-    add_preset(t)
-    add_run(t)
+    _add_preset(t)
+    _add_run(t)
     t.set_defaults(fn=cmd_train_features)
 
     t = sub.add_parser("train-tokenizer", help="train the VQ/FSQ image tokenizer")
-    add_preset(t)
-    add_run(t)
-    add_data(t, images=True)
+    _add_preset(t)
+    _add_run(t)
+    _add_data(t, images=True)
     t.add_argument("--stage", choices=["base", "superres"], default="base")
     t.set_defaults(fn=cmd_train_tokenizer)
 
     t = sub.add_parser("train", help="train the masked transformer on a trained tokenizer")
-    add_preset(t)
-    add_run(t)
-    add_data(t)
+    _add_preset(t)
+    _add_run(t)
+    _add_data(t)
     t.add_argument("--tokenizer", help="tokenizer checkpoint dir (default: OUT/tokenizer, else the shipped one)")
     t.add_argument("--report", action="store_true",
                    help="end with one line (and OUT/report.json): minutes, steps/s, achieved GFLOP/s, %% of the measured matmul peak")
     t.set_defaults(fn=cmd_train)
 
     t = sub.add_parser("train-superres", help="train the super-resolution transformer (Muse §2.4) on both tokenizers")
-    add_preset(t)
-    add_run(t)
-    add_data(t)
+    _add_preset(t)
+    _add_run(t)
+    _add_data(t)
     t.add_argument("--tokenizer", help="base tokenizer dir (default: OUT/tokenizer, else the shipped one)")
     t.add_argument("--superres-tokenizer", help="high-res tokenizer dir (default: OUT/superres_tokenizer, else the shipped one)")
     t.add_argument("--report", action="store_true", help="end with the minutes, steps/s and %% of peak line (OUT/report.json)")
@@ -130,44 +143,33 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train-critic", help="train a Token-Critic on a generator's samples (sampler critic)")
     t.add_argument("--preset", default="laptop-critic", help=f"one of: {', '.join(PRESETS)} (default: laptop-critic)")
     t.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a config field")
-    add_run(t)
-    add_data(t)
+    _add_run(t)
+    _add_data(t)
     t.add_argument("--generator", required=True, help="the pipeline checkpoint whose samples it judges (with tokenizer/)")
     t.set_defaults(fn=cmd_train_critic)
 
     t = sub.add_parser("finetune-decoder", help="train a larger decoder on the frozen super-res tokens (Muse §2.5)")
-    add_preset(t)
-    add_run(t)
+    _add_preset(t)
+    _add_run(t)
     t.add_argument("--checkpoint", help="a folder holding superres_tokenizer/ (default: the shipped laptop checkpoint)")
     t.add_argument("--eval-n", type=int, default=1000, help="held-out images for the PSNR before and after")
     t.set_defaults(fn=cmd_finetune_decoder)
 
-    e = sub.add_parser("eval", help="print JSON metrics of a checkpoint: faithfulness per kind, PSNR, usage")
-    e.add_argument("--checkpoint", help="a tokenizer dir or a pipeline dir (default: the shipped laptop checkpoint)")
-    e.add_argument("--n", type=int, default=256, help="held-out prompts per caption kind")
-    e.add_argument("--tokenizer-n", type=int, default=1000, help="held-out images for the tokenizer metrics (0 skips them)")
-    e.add_argument("--seed", type=int, default=None, help="prompt seed (default: the config's held-out eval seed)")
-    e.add_argument("--task", choices=list(EVAL_TASKS), default="generate",
-                   help="superres: upscaling PSNR against bicubic, the leak test and the cascade's faithfulness "
-                        "(docs/SUPERRES.md); inpaint, edit, outpaint: success and preservation on n held-out scenes; "
-                        "counts: faithfulness per partition of the object count into groups, n prompts each")
-    add_sampling(e)
-    e.add_argument("--fid", action="store_true", help="also FID against true renders and diversity over 8 seeds")
-    e.add_argument("--fid-features", help="the FID feature network (default: data/checkpoints/features)")
-    e.set_defaults(fn=cmd_eval)
 
+def _draw_commands(sub):
     g = sub.add_parser("generate", help="draw images from prompts")
     g.add_argument("prompt", nargs="?")
     g.add_argument("--prompts-file")
     g.add_argument("--out", default=None, help="output PNG for a single prompt (default: out.png)")
     g.add_argument("--out-dir")
-    add_sampling(g)
+    _add_sampling(g)
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--history", help="write a per-step strip (image, mask, confidence) to this PNG")
     g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--upscale", type=int, default=1, help="nearest-neighbour upscale factor for the written PNGs (1 to 32)")
+    g.add_argument("--enlarge", type=int, default=None, help="nearest-neighbour enlargement of the written PNGs (1 to 32)")
+    g.add_argument("--upscale", type=int, default=None, help=argparse.SUPPRESS)  # --enlarge's old spelling, deprecated
     g.add_argument("--no-superres", action="store_true", help="write the base stage's output, skipping the super-res stage")
-    add_io(g, device=False)  # --device comes with the sampling flags
+    _add_io(g, device=False)  # --device comes with the sampling flags
     g.set_defaults(fn=cmd_generate)
 
     u = sub.add_parser("upscale", help="turn base-size images into high-res ones with the super-res stage (Muse §2.4)")
@@ -179,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--steps", type=int, default=None, help="super-res sampling steps (default: the checkpoint's, Muse 8)")
     u.add_argument("--guidance", type=float, default=None)
     u.add_argument("--batch-size", type=int, default=64)
-    add_io(u)
+    _add_io(u)
     u.set_defaults(fn=cmd_upscale)
 
     x = sub.add_parser("edit", help="inpaint an image region (--mask) or edit it mask-free under a new prompt (Muse §3.3)")
@@ -192,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--num-iters", type=int, default=None, help="mask-free editing iterations (default: the checkpoint's; Muse: 100)")
     x.add_argument("--guidance", type=float, default=None, help="mask-free editing guidance (default: the checkpoint's; Muse: 4)")
     x.add_argument("--top-k", type=int, default=None, help="mask-free editing top-k (default: the checkpoint's; Muse: 3)")
-    add_io(x)
+    _add_io(x)
     x.set_defaults(fn=cmd_edit)
 
     o = sub.add_parser("outpaint", help="extend an image beyond one side under a prompt")
@@ -200,8 +202,25 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--prompt", required=True)
     o.add_argument("--extend", default="right:16", help="SIDE:PIXELS, SIDE one of right, left, top, bottom")
     o.add_argument("--out", default="outpainted.png")
-    add_io(o)
+    _add_io(o)
     o.set_defaults(fn=cmd_outpaint)
+
+
+def _measure_commands(sub):
+    e = sub.add_parser("eval", help="print JSON metrics of a checkpoint: faithfulness per kind, PSNR, usage")
+    e.add_argument("--checkpoint", help="a tokenizer dir or a pipeline dir (default: the shipped laptop checkpoint)")
+    e.add_argument("--n", type=int, default=256, help="held-out prompts per caption kind")
+    e.add_argument("--tokenizer-n", type=int, default=1000, help="held-out images for the tokenizer metrics (0 skips them)")
+    e.add_argument("--seed", type=int, default=None, help="prompt seed (default: the config's held-out eval seed)")
+    e.add_argument("--task", choices=list(EVAL_TASKS), default="generate",
+                   help="superres: upscaling PSNR against bicubic, the leak test and the cascade's faithfulness "
+                        "(docs/SUPERRES.md); inpaint, edit, outpaint: success and preservation on n held-out scenes; "
+                        "counts: faithfulness per partition of the object count into groups, n prompts each; "
+                        "nouns: each part's accuracy on n held-out Nouns characters (docs/NOUNS.md)")
+    _add_sampling(e)
+    e.add_argument("--fid", action="store_true", help="also FID against true renders and diversity over 8 seeds")
+    e.add_argument("--fid-features", help="the FID feature network (default: data/checkpoints/features)")
+    e.set_defaults(fn=cmd_eval)
 
     w = sub.add_parser("sweep", help="faithfulness (Wilson 95%%), FID and diversity over a grid of sampling settings")
     w.add_argument("--checkpoint", help="a pipeline checkpoint folder (default: the shipped laptop checkpoint)")
@@ -218,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(fn=cmd_sweep)
 
     b = sub.add_parser("bench", help="print JSON: ms/image, tokens/s, achieved GFLOP/s against the matmul peak")
-    add_preset(b)
+    _add_preset(b)
     b.add_argument("--checkpoint", help="time a trained pipeline instead of a random-initialised model")
     b.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     b.add_argument("--steps", type=int, nargs="+", default=[8, 12, 24])
@@ -235,7 +254,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default=None, help="with --compare-ar: where to time both decoders (cpu, the default, "
                    "or cuda); on CUDA every timed call ends with a synchronize")
     b.set_defaults(fn=cmd_bench)
-    return p
 
 
 def _debug() -> bool:

@@ -8,22 +8,33 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from pathlib import Path
 
-from . import locks
-from .config import ConfigError, SampleConfig
-from .presets import PRESETS, apply_override, get_config
+import torch
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "laptop"
-MAX_DATASET_N = 1_000_000   # images per `minimuse dataset`; more is a typo, not a plan
-MAX_DATASET_SIZE = 1024     # pixels; shapes are drawn at 4x supersampling, so 1024 px is already 16M sub-pixels
-# Ceilings on counts no check below would stop: far above them is a typo that runs for days, not a plan
-MAX_EVAL_N = 100_000        # eval --n (per caption kind), --tokenizer-n, sweep --n, finetune-decoder --eval-n
-MAX_SWEEP_SEEDS = 1_000     # sweep --seeds: prompt seeds per point, each n prompts per kind
-MAX_BENCH_STEPS = 1_000     # bench --steps: Muse samples in 24; the sampler config allows 4096 on any grid
-MAX_BENCH_REPEATS = 1_000   # bench --repeats: timings per point; the median settles long before
-MAX_BENCH_BATCH = 4_096     # bench --batch-sizes: images per timed call
-MAX_BENCH_TOKENS = 4_096    # bench --tokens: a 64x64 grid, 4x the 1024 tokens of Muse's 256 px base model
+from . import locks
+from .bench import _cpu_name, compare_ar, format_train_report, run_bench
+from .config import ConfigError, SampleConfig
+from .data import write_dataset
+from .editing import MAX_EDIT_ITERS
+from .eval import evaluate
+from .features import ShapesFeatures, train_features
+from .hfdata import write_imagefolder
+from .inputs import check_device, read_prompts, refuse_overlap
+from .limits import (MAX_BENCH_BATCH, MAX_BENCH_REPEATS, MAX_BENCH_STEPS, MAX_BENCH_TOKENS, MAX_DATASET_N,
+                     MAX_DATASET_SIZE, MAX_EVAL_N, MAX_SWEEP_SEEDS)
+from .jobs import edit_cli, generate_cli, outpaint_cli, read_jobs, upscale_cli
+from .nouns import write_dataset as write_nouns
+from .pipeline import DEFAULT_CHECKPOINT, load_pipeline
+from .presets import PRESETS, apply_override, get_config
+from .shards import pretokenize
+from .sweep import parse_grid, run_sweep
+from .text_encoder import TextEncoder
+from .tokenizer import Tokenizer
+from .train import train_critic, train_superres, train_tokenizer, train_transformer
+from .train_tokenizer import finetune_decoder
+
 # SampleConfig field -> the argparse dest of its flag, so an error names what the user typed
 SAMPLING_FLAGS = {"num_steps": "steps", "guidance_scale": "guidance", "guidance_schedule": "guidance_schedule",
                   "sampler": "sampler", "schedule": "schedule", "choice_temperature": "choice_temperature",
@@ -53,30 +64,15 @@ def _at_least_1(**flags):
 
 
 def _at_most(limit: int, **flags):
-    """Counts with a ceiling (the MAX_* above): the first one over it, named as its flag, with the limit."""
+    """Counts with a ceiling (limits.MAX_*): the first one over it, named as its flag, with the limit."""
     for name, values in flags.items():
         for v in values if isinstance(values, list) else [values]:
             if v is not None and v > limit:
                 raise CLIError(f"--{name.replace('_', '-')} must be at most {limit:,}, got {v}")
 
 
-def _lock(folder, flag: str) -> None:
-    """Take the one-writer lock of an output folder the command fills (locks.py), held until the command returns
-    (`@locks.releasing`): a second writer is refused naming this one's PID. A path that is not a folder is refused
-    here by name, before the lock would try to create a folder there."""
-    if folder is None:
-        return
-    folder = Path(folder)
-    if folder.is_symlink():
-        raise CLIError(f"{flag} {folder} is a symlink; give the real path of a folder to write into")
-    if folder.exists() and not folder.is_dir():
-        raise CLIError(f"{flag} {folder} is a file, not a directory; give the path of a folder to write into")
-    locks.acquire(folder, flag)
-
-
 def _device(args):
     """--device checked before any model is loaded (None: CUDA when present, else the CPU)."""
-    from .pipeline import check_device
     try:
         return None if args.device is None else check_device(args.device)
     except ValueError as e:
@@ -94,16 +90,6 @@ def _sampling(args) -> dict:
     return given
 
 
-def _read_prompts(path: Path) -> list[str]:
-    """One prompt per non-blank line of a UTF-8 text file of at most 10 MB (a FIFO or a device is refused by name:
-    one would block for ever, /dev/zero never ends)."""
-    from .inputs import read_text_input
-    prompts = [line.strip() for line in read_text_input(path, "prompts file").splitlines() if line.strip()]
-    if not prompts:
-        raise CLIError(f"prompts file {path} holds no prompts")
-    return prompts
-
-
 @locks.releasing
 def cmd_dataset(args):
     if args.source == "digits" and (args.n is not None or args.format != "imagefolder"):
@@ -117,31 +103,24 @@ def cmd_dataset(args):
         raise CLIError(f"--n must be at least 1 and at most {MAX_DATASET_N}, got {args.n}")
     if not (8 <= args.size <= MAX_DATASET_SIZE and args.size % 8 == 0):
         raise CLIError(f"--size must be a positive multiple of 8 up to {MAX_DATASET_SIZE} (16, 32, 64, ...), got {args.size}")
-    _lock(args.out_dir, "--out-dir")
+    locks.acquire_output(args.out_dir, "--out-dir")
     if args.source == "nouns":
-        from .nouns import write_dataset as write_nouns
         write_nouns(args.out_dir, args.n, split or "train", args.seed, args.size, args.format, assets, args.overwrite)
         print(f"wrote {args.n} Nouns characters ({split or 'train'} split) as {args.format} to {args.out_dir}")
         return
     if args.format == "imagefolder":
-        from .hfdata import write_imagefolder
         counts = write_imagefolder(args.out_dir, args.source, args.n or 0, args.size, args.seed, args.overwrite)
         print(f"wrote {' and '.join(f'{v} {k}' for k, v in counts.items())} images with metadata.jsonl to {args.out_dir}")
         return
-    from .data import write_dataset
     write_dataset(args.n, args.out_dir, size=args.size, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote {args.n} images, captions.jsonl and grid.png to {args.out_dir}")
 
 
 def cmd_pretokenize(args):
     _at_least_1(shard_size=args.shard_size, batch_size=args.batch_size)
-    from .inputs import refuse_overlap
     # Before anything is loaded, written or deleted: --overwrite empties --out, so it must hold none of the inputs.
     refuse_overlap(args.out, {"--data": args.data, "--tokenizer": args.tokenizer,
                               "--superres-tokenizer": args.superres_tokenizer})
-    from .shards import pretokenize
-    from .text_encoder import TextEncoder
-    from .tokenizer import Tokenizer
     cfg = _config(args)
     tok = Tokenizer.from_pretrained(args.tokenizer)
     saved = tok.full_config or cfg  # a diffusers VQModel carries no minimuse config: the preset's size applies
@@ -159,7 +138,6 @@ def cmd_pretokenize(args):
 
 def cmd_train_tokenizer(args):
     cfg = _config(args)
-    from .train import train_tokenizer
     out = args.out or f"runs/{cfg.name}/{'superres_tokenizer' if args.stage == 'superres' else 'tokenizer'}"
     train_tokenizer(cfg, out, resume=args.resume, stage=args.stage, overwrite=args.overwrite, data=args.data,
                     caption_column=args.caption_column)
@@ -168,7 +146,6 @@ def cmd_train_tokenizer(args):
 
 def cmd_train(args):
     cfg = _config(args)
-    from .train import train_transformer
     out = args.out or f"runs/{cfg.name}"
     train_transformer(cfg, out, resume=args.resume, tokenizer_dir=args.tokenizer, overwrite=args.overwrite,
                       report=args.report, data=args.data)
@@ -182,7 +159,6 @@ def cmd_train_critic(args):
                        "--preset laptop-critic or --set transformer.kind=critic")
     if not (Path(args.generator) / "transformer").is_dir() or not (Path(args.generator) / "tokenizer").is_dir():
         raise CLIError(f"--generator {args.generator} is not a pipeline checkpoint (no transformer/ and tokenizer/)")
-    from .train import train_critic
     out = args.out or f"runs/{cfg.name}"
     train_critic(cfg, out, args.generator, resume=args.resume, overwrite=args.overwrite, data=args.data)
     print(f"critic saved to {out}/critic; copy it into {args.generator}/critic to sample with --sampler critic")
@@ -191,7 +167,6 @@ def cmd_train_critic(args):
 def _saved(line: str, out, report: bool) -> None:
     print(line)
     if report:  # the one-line summary train --report writes beside the run
-        from .bench import format_train_report
         print(format_train_report(json.loads((Path(out) / "report.json").read_text())))
 
 
@@ -200,7 +175,6 @@ def cmd_train_superres(args):
     if cfg.superres is None:
         raise CLIError(f"preset '{cfg.name}' has no super-res stage; choose one of: "
                        f"{', '.join(n for n, c in PRESETS.items() if c.superres is not None)}")
-    from .train import train_superres
     out = args.out or f"runs/{cfg.name}-superres"
     train_superres(cfg, out, resume=args.resume, tokenizer_dir=args.tokenizer,
                    superres_tokenizer_dir=args.superres_tokenizer, overwrite=args.overwrite, report=args.report,
@@ -213,9 +187,8 @@ def cmd_finetune_decoder(args):
     _at_least_1(eval_n=args.eval_n)  # now, not after the training it would follow
     _at_most(MAX_EVAL_N, eval_n=args.eval_n)
     cfg = _config(args)
-    from .train_tokenizer import finetune_decoder
     out = Path(args.out or f"runs/{cfg.name}-decoder")
-    _lock(out, "--out")  # held past the training (which takes it too) until eval.json is written
+    locks.acquire_output(out, "--out")  # held past the training (which takes it too) until eval.json is written
     r = finetune_decoder(cfg, args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, out,
                          resume=args.resume, overwrite=args.overwrite, eval_n=args.eval_n)
     print(f"held-out {args.eval_n} images at {cfg.superres.image_size} px: PSNR {r['before']['psnr']:.2f} dB -> "
@@ -225,9 +198,8 @@ def cmd_finetune_decoder(args):
 
 @locks.releasing
 def cmd_upscale(args):
-    from .jobs import upscale_cli
     _at_least_1(batch_size=args.batch_size, steps=args.steps)
-    _lock(args.out_dir, "--out-dir")
+    locks.acquire_output(args.out_dir, "--out-dir")
     outs = upscale_cli(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, image=args.image,
                        prompt=args.prompt, out=args.out, in_dir=args.in_dir, out_dir=args.out_dir, seed=args.seed,
                        num_steps=args.steps, guidance_scale=args.guidance, batch_size=args.batch_size,
@@ -236,7 +208,6 @@ def cmd_upscale(args):
 
 
 def cmd_eval(args):
-    from .eval import evaluate
     _at_least_1(n=args.n)
     _at_most(MAX_EVAL_N, n=args.n, tokenizer_n=args.tokenizer_n)
     if args.tokenizer_n < 0:
@@ -254,7 +225,6 @@ def cmd_eval(args):
         raise CLIError(f"--fid measures generation; drop it with --task {args.task}")
     fid_features = None
     if args.fid:  # checked before any image is drawn
-        from .features import ShapesFeatures
         fid_features = ShapesFeatures.from_pretrained(args.fid_features or DEFAULT_CHECKPOINT.parent / "features")
     result = evaluate(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, n=args.n,
                       tokenizer_n=args.tokenizer_n, seed=args.seed, device=_device(args), task=args.task,
@@ -264,7 +234,6 @@ def cmd_eval(args):
 
 def cmd_train_features(args):
     cfg = _config(args)
-    from .features import train_features
     out = args.out or "runs/features"
     train_features(cfg, out, resume=args.resume, overwrite=args.overwrite)
     print(f"feature network saved to {out}: {(Path(out) / 'eval.json').read_text().strip()}")
@@ -279,25 +248,29 @@ def cmd_generate(args):
             raise CLIError("give either a prompt or --prompts-file, not both")
         if args.out_dir is None:
             raise CLIError("--prompts-file needs --out-dir")
-        prompts = _read_prompts(Path(args.prompts_file))
+        prompts = read_prompts(Path(args.prompts_file))
     elif args.prompt is not None:
         prompts = [args.prompt]
     else:
         raise CLIError("give a prompt, or --prompts-file FILE --out-dir DIR")
-    _lock(args.out_dir, "--out-dir")
-    from .jobs import generate_cli
+    enlarge = args.enlarge
+    if args.upscale is not None:  # the old spelling: `upscale` is the super-res stage's word now
+        if enlarge is not None:
+            raise CLIError("give --enlarge only (--upscale is its old spelling)")
+        print("minimuse: warning: --upscale N is deprecated; use --enlarge N (`minimuse upscale` is the super-res stage)",
+              file=sys.stderr)
+        enlarge = args.upscale
+    locks.acquire_output(args.out_dir, "--out-dir")
     # `is not None`, not `or`: an empty --checkpoint "" must fail, not quietly load the shipped model
     generate_cli(prompts, checkpoint=args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT,
                  out=args.out, out_dir=args.out_dir, seed=args.seed, negative_prompt=args.negative_prompt,
-                 history=args.history, batch_size=args.batch_size, upscale_factor=args.upscale,
+                 history=args.history, batch_size=args.batch_size, enlarge=1 if enlarge is None else enlarge,
                  precision=args.precision, overwrite=args.overwrite, device=_device(args),
                  superres=False if args.no_superres else None, **sampling)
 
 
 @locks.releasing
 def cmd_edit(args):
-    from .editing import MAX_EDIT_ITERS
-    from .jobs import edit_cli, read_jobs
     _at_least_1(num_iters=args.num_iters, top_k=args.top_k)
     _at_most(MAX_EDIT_ITERS, num_iters=args.num_iters)
     if args.guidance is not None and not args.guidance >= 0:
@@ -309,7 +282,7 @@ def cmd_edit(args):
             raise CLIError("--jobs needs --out-dir")
         jobs = read_jobs(args.jobs)
         outs = [Path(args.out_dir) / f"{i:03d}.png" for i in range(len(jobs))]
-        _lock(args.out_dir, "--out-dir")
+        locks.acquire_output(args.out_dir, "--out-dir")
     else:
         if args.image is None or args.prompt is None:
             raise CLIError("give IMAGE and --prompt TEXT (and --mask MASK.png to inpaint), or --jobs JOBS.jsonl --out-dir DIR")
@@ -322,7 +295,6 @@ def cmd_edit(args):
 
 
 def cmd_outpaint(args):
-    from .jobs import outpaint_cli
     out = outpaint_cli(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, args.image, args.prompt,
                        args.extend, args.out, seed=args.seed, device=_device(args), overwrite=args.overwrite)
     print(f"wrote {out}")
@@ -333,14 +305,11 @@ def cmd_sweep(args):
     _at_least_1(n=args.n, seeds=args.seeds, diversity_prompts=args.diversity_prompts)
     _at_most(MAX_EVAL_N, n=args.n, diversity_prompts=args.diversity_prompts)
     _at_most(MAX_SWEEP_SEEDS, seeds=args.seeds)
-    from .sweep import parse_grid, run_sweep
     try:
         grid = parse_grid(args.param, args.values)  # every value checked before a model loads
     except ValueError as e:
         raise CLIError(str(e)) from None
-    _lock(args.out, "--out")
-    from .features import ShapesFeatures
-    from .pipeline import load_pipeline
+    locks.acquire_output(args.out, "--out")
     features = ShapesFeatures.from_pretrained(args.fid_features or DEFAULT_CHECKPOINT.parent / "features")
     pipe = load_pipeline(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, device=_device(args),
                          superres=False)
@@ -363,8 +332,6 @@ def cmd_bench(args):
         bad = [t for t in args.tokens if math.isqrt(t) ** 2 != t]
         if bad:
             raise CLIError(f"--tokens {bad[0]} is not a square number of tokens (64, 256, 1024 are 8x8, 16x16, 32x32)")
-        from .bench import _cpu_name, compare_ar
-        import torch
         if args.threads:
             torch.set_num_threads(args.threads)
         ckpts = {k: v for k, v in (("masked", args.checkpoint), ("autoregressive", args.ar_checkpoint)) if v}
@@ -375,7 +342,6 @@ def cmd_bench(args):
                                       "device": str(device), **gpu},
                           "preset": cfg.name, "compare_ar": rows}, indent=2))
         return
-    from .bench import run_bench
     result = run_bench(cfg, checkpoint=args.checkpoint, batch_sizes=args.batch_sizes, steps=args.steps,
                        repeats=args.repeats, threads=args.threads, precision=args.precision)
     print(json.dumps(result, indent=2))

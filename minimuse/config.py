@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .limits import ConfigError, check_field, check_positive, check_types, check_within, is_finite_number
 
-EVAL_TASKS = ("generate", "superres", "inpaint", "edit", "outpaint", "digits", "counts")  # `minimuse eval --task`
+EVAL_TASKS = ("generate", "superres", "inpaint", "edit", "outpaint", "digits", "counts", "nouns")  # `minimuse eval --task`
 CAPTION_KINDS = ("single", "count", "relation", "pair", "mixed")
 SCHEDULE_NAMES = ("cosine", "linear", "square", "cubic", "log", "exp")  # MaskGIT's mask schedules gamma
 SAMPLER_NAMES = ("confidence", "halton", "random", "remask", "critic")  # commit rules of the sampler
@@ -22,6 +22,12 @@ MAX_STEPS = 4096  # decoding steps; the sampler further refuses more steps than 
 
 
 MODEL_KINDS = ("masked", "autoregressive", "critic")
+OUTPUT_TYPES = ("np", "pil", "ids")  # what a drawing call returns: uint8 arrays, PIL images, or undecoded token ids
+
+
+def check_output_type(output_type) -> None:
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"unknown output_type {output_type!r}; choose one of: {', '.join(OUTPUT_TYPES)}")
 
 
 @dataclass(frozen=True)

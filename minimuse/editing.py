@@ -15,7 +15,7 @@ import re
 import numpy as np
 import torch
 
-from .config import ConfigError
+from .config import ConfigError, check_output_type
 from .sampler import edit as _edit_ids
 from .superres import decimate_uint8
 
@@ -119,12 +119,11 @@ def inpaint(pipe, images, masks, prompts, num_steps: int | None = None, guidance
 
     images uint8 (B, H, W, 3); masks bool (B, H, W), True = regenerate, snapped outwards to whole token cells; prompts
     one per image (or one for all). Other sampling settings (sampler, schedule, top_k, ...) as for pipe(...); the steps
-    are capped at the smallest region's token count. Returns uint8 (B, H, W, 3), or with output_type="ids" the token
-    ids (B, h, w) before decoding (as diffusers' output_type="latent"), and the per-step history if asked.
+    are capped at the smallest region's token count. Returns uint8 (B, H, W, 3) (or as `output_type` says: "pil", or
+    "ids", the token ids (B, h, w) before decoding, as diffusers' "latent"), and the per-step history if asked.
     An image at the super-res stage's size takes Muse's multi-scale route: inpaint the box-decimated image, then
     super-resolve only the high-res cells under the mask, conditioned on the edited low-res tokens."""
-    if output_type not in ("np", "ids"):
-        raise ValueError(f"unknown output_type {output_type!r}; choose one of: np, ids")
+    check_output_type(output_type)
     images = check_images(pipe, images)
     masks = check_masks(masks, images.shape[:3])
     prompts = check_prompts_for(pipe, prompts, len(images))
@@ -141,24 +140,26 @@ def inpaint(pipe, images, masks, prompts, num_steps: int | None = None, guidance
                                    negative_prompt=negative_prompt, precision=precision, return_history=return_history,
                                    init_ids=pipe.encode_images(images), init_mask=region)
     if not high:
-        out = ids if output_type == "ids" else pipe.decode(ids)
+        out = pipe.output(ids, "base", output_type)
         return (out, history) if return_history else out
     hi_region = torch.from_numpy(cell_mask(full_masks, pipe.superres.grid)).to(pipe.device)  # (B, H', W')
     ids, sr_history = pipe.upscale_ids(ids, prompts, generator=generator, precision=precision,
                                        return_history=return_history, init_ids=pipe.encode_images(full, "superres"),
                                        init_mask=hi_region,
                                        num_steps=min(pipe.config.superres.num_steps, int(hi_region.sum((1, 2)).min())))
-    out = ids if output_type == "ids" else pipe.decode(ids, "superres")
+    out = pipe.output(ids, "superres", output_type)
     return (out, history + sr_history) if return_history else out
 
 
 def outpaint(pipe, images, prompts, extend: str = "right:16", num_steps: int | None = None,
              guidance_scale: float | None = None, seed: int = 0, generator: torch.Generator | None = None,
-             precision: str = "fp32", **sampling) -> np.ndarray:
+             precision: str = "fp32", output_type: str = "np", **sampling) -> np.ndarray:
     """Draw a bigger canvas: the image plus `extend` ("right:16", "left:32", "top:8", ...) pixels beyond one side.
 
     The model's window slides over the new region (outpaint_windows): each window keeps the tokens already known and
-    samples the rest, so the new part continues the old one. Returns uint8 (B, H', W', 3), the bigger image."""
+    samples the rest, so the new part continues the old one. Returns uint8 (B, H', W', 3), the bigger image (or as
+    `output_type` says: "pil", "ids")."""
+    check_output_type(output_type)
     images = check_images(pipe, images)
     prompts = check_prompts_for(pipe, prompts, len(images))
     w, S = pipe.transformer.grid[1], pipe.config.data.image_size
@@ -192,17 +193,19 @@ def outpaint(pipe, images, prompts, extend: str = "right:16", num_steps: int | N
         back = new_ids.transpose(1, 2) if along_rows else new_ids                    # undo orient: transpose, then flip
         canvas[:, :, start:end] = back.flip(2) if before else back
     canvas = canvas.flip(2) if before else canvas
-    return pipe.decode(canvas.transpose(1, 2) if along_rows else canvas)              # (B, H', W', 3)
+    return pipe.output(canvas.transpose(1, 2) if along_rows else canvas, "base", output_type)  # (B, H', W', 3)
 
 
 def edit(pipe, images, prompts, num_iters: int | None = None, resample_frac: float | None = None,
          guidance_scale: float | None = None, top_k: int | None = None, seed: int = 0,
-         generator: torch.Generator | None = None, return_history: bool = False, history_at=(25, 50, 75, 100)):
+         generator: torch.Generator | None = None, return_history: bool = False, history_at=(25, 50, 75, 100),
+         output_type: str = "np"):
     """Muse's mask-free editing: resample a random `resample_frac` of the tokens, `num_iters` times, under the new
     prompt, with guidance and top-k. Each None takes the checkpoint's `edit` settings (config.EditConfig: Muse's
-    100 iterations, 8%, guidance 4, top-k 3, or what the preset measured). Returns uint8 (B, H, W, 3); with
-    return_history also {iteration: images} after each iteration in `history_at`, since an intermediate one can be
-    the better edit."""
+    100 iterations, 8%, guidance 4, top-k 3, or what the preset measured). Returns uint8 (B, H, W, 3) (or as
+    `output_type` says: "pil", "ids"); with return_history also {iteration: images} after each iteration in
+    `history_at`, since an intermediate one can be the better edit."""
+    check_output_type(output_type)
     images = check_images(pipe, images)
     prompts = check_prompts_for(pipe, prompts, len(images))
     e = edit_settings(pipe, num_iters, resample_frac, guidance_scale, top_k)
@@ -221,10 +224,10 @@ def edit(pipe, images, prompts, num_iters: int | None = None, resample_frac: flo
                     temperature=s.temperature, generator=generator, keep_at=keep)
     ids, kept = out if keep else (out, {})
     if high:
-        up = lambda x: pipe.decode(pipe.upscale_ids(x, prompts, generator=generator)[0], "superres")
+        up = lambda x: pipe.output(pipe.upscale_ids(x, prompts, generator=generator)[0], "superres", output_type)  # noqa: E731
         return (up(ids), {i: up(k) for i, k in kept.items()}) if return_history else up(ids)
-    images_out = pipe.decode(ids)
-    return (images_out, {i: pipe.decode(k) for i, k in kept.items()}) if return_history else images_out
+    out = lambda x: pipe.output(x, "base", output_type)  # noqa: E731
+    return (out(ids), {i: out(k) for i, k in kept.items()}) if return_history else out(ids)
 
 
 def edit_settings(pipe, num_iters=None, resample_frac=None, guidance_scale=None, top_k=None):

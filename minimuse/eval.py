@@ -17,6 +17,7 @@ from .config import EVAL_TASKS, Config
 from .data import ShapesDataset, eval_prompts, make_sample, render, to_tensor
 from .digits import eval_digits
 from .eval_counts import eval_counts
+from .eval_nouns import eval_nouns
 from .eval_edits import evaluate_edits
 from .judge import find_objects, score
 from .metrics import fid, psnr_from_mse, wilson  # noqa: F401 (fid: minimuse.eval.fid, as notebook 09 calls it)
@@ -226,7 +227,8 @@ def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None
     sampling defaults, or the `sampling` overrides (num_steps, guidance_scale, sampler, ...). task="superres" is
     eval_superres on a cascade checkpoint (n prompts per kind); "inpaint", "edit" and "outpaint" are eval_edits' (n
     held-out scenes); "digits" is digits.eval_digits (n images per digit); "counts" is eval_counts (n prompts for
-    each partition of the object count into groups, under the sampling overrides)."""
+    each partition of the object count into groups, under the sampling overrides); "nouns" is eval_nouns (n held-out
+    Nouns characters, each part judged)."""
     from pathlib import Path
     root = Path(checkpoint)
     if (root / "config.json").is_file() and read_config(root).get("kind") == "tokenizer":
@@ -242,6 +244,8 @@ def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None
         return {"checkpoint": str(root), "digits": eval_digits(pipe, n, 0 if seed is None else seed, **sampling)}
     if task == "counts":
         return {"checkpoint": str(root), "counts": eval_counts(pipe, n, seed, **sampling)}
+    if task == "nouns":  # a model trained on the Nouns characters, judged part by part on held-out pairings
+        return {"checkpoint": str(root), "nouns": eval_nouns(pipe, n, 0 if seed is None else seed, **sampling)}
     if task in ("inpaint", "edit", "outpaint"):
         return {"checkpoint": str(root), task: evaluate_edits(pipe, task, n, seed, **sampling)}
     if task != "generate":

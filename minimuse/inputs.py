@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
 MAX_SEED = 2 ** 63               # seeds are non-negative 63-bit integers, as torch and numpy both take them
 MAX_TEXT_BYTES = 10 * 2 ** 20    # a prompts or jobs file: 10 MB is ~200,000 prompts; more is the wrong file
@@ -124,6 +125,15 @@ def read_text_input(path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
                          "save it as UTF-8") from None
 
 
+def read_prompts(path) -> list[str]:
+    """One prompt per non-blank line of a UTF-8 text file of at most 10 MB (a FIFO or a device is refused by name:
+    one would block for ever, /dev/zero never ends)."""
+    prompts = [line.strip() for line in read_text_input(path, "prompts file").splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"prompts file {path} holds no prompts")
+    return prompts
+
+
 def read_jsonl(path, what: str, limit: int = MAX_TEXT_BYTES) -> list[tuple[int, dict]]:
     """(line number, object) for every non-blank line of the JSON-lines file `path`. A line that is not JSON, or is
     JSON but not an object (null, a number, a list, ...), is refused naming the file and the line."""
@@ -143,6 +153,29 @@ def read_jsonl(path, what: str, limit: int = MAX_TEXT_BYTES) -> list[tuple[int, 
 
 
 # ------------------------------------------------------------------------------------------------------------ seeds
+def check_prompt_text(prompts, negative_prompt=None) -> list[str]:
+    """`prompts` (a string or a list of strings) as a list of valid text, else a TypeError or ValueError naming the
+    prompt: no prompt at all, a non-string, or a lone surrogate (the text tokenizer needs valid UTF-8)."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)):
+        raise TypeError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
+    bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+    if bad:
+        raise TypeError(f"prompts must be a string or a list of strings, got a {type(prompts).__name__} holding "
+                        f"{type(prompts[bad[0]]).__name__} at index {bad[0]}")
+    if not prompts:
+        raise ValueError("no prompts given")
+    if negative_prompt is not None and not isinstance(negative_prompt, str):
+        raise TypeError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
+    for what, p in [("prompt", p) for p in prompts] + ([("negative prompt", negative_prompt)] if negative_prompt else []):
+        try:
+            p.encode()  # a lone surrogate would give the tokenizer a baffling TypeError
+        except UnicodeEncodeError:
+            raise ValueError(f"{what} {p[:40]!r} is not valid text: it holds a lone surrogate character") from None
+    return list(prompts)
+
+
 def check_seed(seed, name: str = "seed") -> int:
     """An integer seed in [0, 2**63): a TypeError for another type, a ValueError outside the range."""
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
@@ -163,6 +196,24 @@ def check_batch_seeds(seed, n: int, batch_size: int, what: str = "prompts", name
 
 
 # ----------------------------------------------------------------------------------------------------------- images
+def default_device() -> str:
+    """"cuda" when a CUDA device is visible, else "cpu": what every command and notebook picks unless told."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device) -> torch.device:
+    """`device` as a torch.device, refusing a malformed name or a CUDA device that is not there (ValueError)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device {device} is not available: torch sees {torch.cuda.device_count()} CUDA device(s); use cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device} is not supported; use cpu, cuda or cuda:N")
+    return device
+
+
 def _bomb_limit() -> int:
     from PIL import Image
     return Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's warning limit (None when a caller turned it off)

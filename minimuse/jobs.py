@@ -13,15 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
+from . import viz
 from .checkpoint import atomic_save_image
 from .editing import check_images, check_masks, edit_settings, parse_extend
 from .inputs import MAX_CAPTIONS_BYTES, MAX_SEED, check_batch_seeds, check_outputs, read_image, read_jsonl
-from .pipeline import MAX_UPSCALE, load_pipeline
-from .viz import history_strip, upscale
+from .limits import MAX_ENLARGE
+from .pipeline import load_pipeline
 
 
 def generate_cli(prompts: list[str], checkpoint, out=None, out_dir=None, history=None, batch_size: int = 64,
-                 upscale_factor: int = 1, overwrite: bool = False, device=None, superres: bool | None = None,
+                 enlarge: int = 1, overwrite: bool = False, device=None, superres: bool | None = None,
                  **sampling) -> list[Path]:
     """What `minimuse generate` does: one PNG per prompt, in order, plus an optional per-step strip.
 
@@ -43,11 +44,11 @@ def generate_cli(prompts: list[str], checkpoint, out=None, out_dir=None, history
     pipe = load_pipeline(checkpoint, device=device)
     cascade = pipe._use_superres(superres)
     S = pipe.config.superres.image_size if cascade else pipe.config.data.image_size
-    if not isinstance(upscale_factor, int) or upscale_factor < 1:
-        raise ValueError(f"--upscale must be an integer from 1 to {MAX_UPSCALE}, got {upscale_factor}")
-    if upscale_factor > MAX_UPSCALE:
-        raise ValueError(f"--upscale {upscale_factor} would write {upscale_factor * S} px images from this {S} px model; "
-                         f"use at most {MAX_UPSCALE} ({MAX_UPSCALE * S} px)")
+    if not isinstance(enlarge, int) or enlarge < 1:
+        raise ValueError(f"--enlarge must be an integer from 1 to {MAX_ENLARGE}, got {enlarge}")
+    if enlarge > MAX_ENLARGE:
+        raise ValueError(f"--enlarge {enlarge} would write {enlarge * S} px images from this {S} px model; "
+                         f"use at most {MAX_ENLARGE} ({MAX_ENLARGE * S} px)")
     prompts, _ = pipe.validate(prompts, seed=seed, **sampling)  # every prompt, before the first batch is drawn
     limit, tok = pipe.config.text.max_length, pipe.text_encoder.tokenizer
     for p in prompts:
@@ -60,9 +61,9 @@ def generate_cli(prompts: list[str], checkpoint, out=None, out_dir=None, history
         images, hist = pipe(chunk, seed=seed + start, return_history=want, superres=cascade, **sampling) if want else \
             (pipe(chunk, seed=seed + start, superres=cascade, **sampling), None)
         for img, path in zip(images, paths[start:start + len(chunk)]):
-            atomic_save_image(path, upscale(img, upscale_factor))
+            atomic_save_image(path, viz.enlarge(img, enlarge))
         if want:
-            atomic_save_image(history, history_strip(hist, *pipe.stage_parts(), index=0))
+            atomic_save_image(history, viz.history_strip(hist, *pipe.stage_parts(), index=0))
     for p in paths[:3]:
         print(f"wrote {p}")
     if len(paths) > 3:

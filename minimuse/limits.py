@@ -20,6 +20,18 @@ import os
 class ConfigError(ValueError):
     """A preset name, an override or a combination of fields that cannot work."""
 
+
+# Ceilings on the CLI's counts that no config check would stop: far above them is a typo that runs for days
+MAX_DATASET_N = 1_000_000   # images per `minimuse dataset`; more is a typo, not a plan
+MAX_DATASET_SIZE = 1024     # pixels; shapes are drawn at 4x supersampling, so 1024 px is already 16M sub-pixels
+MAX_EVAL_N = 100_000        # eval --n (per caption kind), --tokenizer-n, sweep --n, finetune-decoder --eval-n
+MAX_SWEEP_SEEDS = 1_000     # sweep --seeds: prompt seeds per point, each n prompts per kind
+MAX_BENCH_STEPS = 1_000     # bench --steps: Muse samples in 24; the sampler config allows 4096 on any grid
+MAX_BENCH_REPEATS = 1_000   # bench --repeats: timings per point; the median settles long before
+MAX_BENCH_BATCH = 4_096     # bench --batch-sizes: images per timed call
+MAX_BENCH_TOKENS = 4_096    # bench --tokens: a 64x64 grid, 4x the 1024 tokens of Muse's 256 px base model
+MAX_ENLARGE = 32            # generate --enlarge: a 32 px image becomes a 1024 px PNG
+
 STEPS_MAX = 100_000_000  # steps and intervals: 100M steps is 65 times the paper's 1.5M
 SEED_MAX = 2**32 - 1     # numpy's seeds are 32-bit
 BATCH_MAX = 65_536

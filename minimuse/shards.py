@@ -111,27 +111,7 @@ def pretokenize(data, tokenizer, text_encoder, out_dir, size: int, caption_colum
         for batch in ds.select_columns([image_column]).iter(batch_size=batch_size):
             for value in batch[image_column]:
                 prepare_image(value, size)
-    locks.acquire(out)  # one writer: a second pretokenize into `out` is refused, naming this one's PID
-    # --overwrite deletes only a folder this function made: one holding a readable minimuse-shards manifest.
-    if (out / MANIFEST).is_file():
-        old = _read_manifest(out)  # a manifest of another format or a corrupt one: not ours to delete
-        if {k: old.get(k) for k in key} != key:
-            if not overwrite:
-                diff = next(k for k in key if old.get(k) != key[k])
-                raise ShardError(f"{out} holds shards made with another {diff} ({old.get(diff)!r}, now {key[diff]!r}); "
-                                 "pass --overwrite to replace them, or choose another --out")
-            for p in out.iterdir():  # everything but the lock this run holds
-                if p.name == locks.LOCK_NAME:
-                    continue
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p)
-                else:
-                    p.unlink()
-    elif any(p.name != locks.LOCK_NAME for p in out.iterdir()):
-        raise ShardError(f"{out} exists and holds no shards ({MANIFEST} missing); minimuse deletes only folders of "
-                         "shards it wrote, even with --overwrite: choose an empty or new --out")
-    for tmp in out.glob(f".shard-*{TMP_SUFFIX}"):  # a killed run's half-written shard: no live writer holds it now
-        shutil.rmtree(tmp, ignore_errors=True)
+    _claim(out, key, overwrite)
     atomic_write_json(out / MANIFEST, {**key, "complete": False})
 
     h = size // tokenizer.downsample
@@ -188,6 +168,32 @@ def pretokenize(data, tokenizer, text_encoder, out_dir, size: int, caption_colum
     manifest = {**key, "complete": True, "n": n, "shards": names}
     atomic_write_json(out / MANIFEST, manifest)
     return manifest
+
+
+def _claim(out: Path, key: dict, overwrite: bool) -> None:
+    """Take `out` for this pretokenize: its one-writer lock, then either the shards of the same `key` (a resume),
+    or (with `overwrite`) the emptied folder of shards made under another key. Any other content is refused."""
+    locks.acquire(out)  # one writer: a second pretokenize into `out` is refused, naming this one's PID
+    # --overwrite deletes only a folder this function made: one holding a readable minimuse-shards manifest.
+    if (out / MANIFEST).is_file():
+        old = _read_manifest(out)  # a manifest of another format or a corrupt one: not ours to delete
+        if {k: old.get(k) for k in key} != key:
+            if not overwrite:
+                diff = next(k for k in key if old.get(k) != key[k])
+                raise ShardError(f"{out} holds shards made with another {diff} ({old.get(diff)!r}, now {key[diff]!r}); "
+                                 "pass --overwrite to replace them, or choose another --out")
+            for p in out.iterdir():  # everything but the lock this run holds
+                if p.name == locks.LOCK_NAME:
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+    elif any(p.name != locks.LOCK_NAME for p in out.iterdir()):
+        raise ShardError(f"{out} exists and holds no shards ({MANIFEST} missing); minimuse deletes only folders of "
+                         "shards it wrote, even with --overwrite: choose an empty or new --out")
+    for tmp in out.glob(f".shard-*{TMP_SUFFIX}"):  # a killed run's half-written shard: no live writer holds it now
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _table_text_id(out: Path):

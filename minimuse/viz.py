@@ -19,8 +19,8 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
 
 
-def upscale(image: np.ndarray, factor: int) -> np.ndarray:
-    """Nearest-neighbour upscaling, so 32 px pixels stay crisp on screen."""
+def enlarge(image: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement, so 32 px pixels stay crisp on screen (`upscale` is the super-res stage's word)."""
     return image.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
@@ -126,7 +126,7 @@ def history_strip(history: list[dict], tokenizer, mask_id, index: int = 0, scale
     for t, p in enumerate(panels):
         x = pad + t * (S + pad)
         draw.text((x, 1), f"step {t + 1}" if t < n_base else f"sr {t + 1 - n_base}", fill="black")
-        sheet.paste(Image.fromarray(upscale(p["image"], S // p["image"].shape[0])), (x, label + pad))
+        sheet.paste(Image.fromarray(enlarge(p["image"], S // p["image"].shape[0])), (x, label + pad))
         sheet.paste(_heat(p["mask"], S), (x, label + 2 * pad + S))
         sheet.paste(_heat(p["confidence"], S), (x, label + 3 * pad + 2 * S))
     return sheet
@@ -143,7 +143,7 @@ def image_grid(images: np.ndarray, captions: list[str] | None = None, ncol: int 
     for i in range(B):
         r, c = divmod(i, ncol)
         x, y = 4 + c * (cw + 4), 4 + r * (chh + 4)
-        sheet.paste(Image.fromarray(upscale(images[i], scale)), (x, y))
+        sheet.paste(Image.fromarray(enlarge(images[i], scale)), (x, y))
         if captions:
             draw.text((x, y + H * scale), captions[i][: cw // 6], fill="black")
     return sheet

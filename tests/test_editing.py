@@ -30,7 +30,7 @@ def final_ids(pipe, monkeypatch):
     """Capture the token ids each edit decodes last."""
     seen = []
     decode = pipe.decode
-    monkeypatch.setattr(pipe, "decode", lambda ids: (seen.append(ids.clone()), decode(ids))[1])
+    monkeypatch.setattr(pipe, "decode", lambda ids, stage="base": (seen.append(ids.clone()), decode(ids, stage))[1])
     return seen
 
 

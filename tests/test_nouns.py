@@ -13,6 +13,7 @@ import pytest
 
 from clitools import assert_one_line, run_cli, snapshot
 from minimuse import nouns as N
+from minimuse.nouns_judge import judge, judge_report
 
 PALETTE = ["", "ff0000", "00ff00", "0000ff", "ffff00", "ff00ff", "00ffff", "202020", "808080", "f0f0f0"]
 NAMES = {"bodies": ["body-gold", "body-blue", "body-ice-cold"],
@@ -136,24 +137,24 @@ def test_the_judge_passes_renders_and_rejects_swaps(nouns):
     rng = np.random.default_rng(0)
     for parts in nouns.sample(40, "train", seed=0):
         im = nouns.render(parts)
-        assert all(nouns.judge(im, parts).values())
+        assert all(judge(nouns, im, parts).values())
         noisy = np.clip(np.round(im + rng.normal(0, 8, im.shape)), 0, 255).astype(np.uint8)
-        assert all(nouns.judge(noisy, parts).values())
-        assert all(nouns.judge(im.repeat(2, 0).repeat(2, 1), parts).values())  # 64 px, box-averaged back
+        assert all(judge(nouns, noisy, parts).values())
+        assert all(judge(nouns, im.repeat(2, 0).repeat(2, 1), parts).values())  # 64 px, box-averaged back
         for layer, part in enumerate(N.PARTS):
             for j in range(nouns.count(part)):
                 swapped = list(parts)
                 swapped[layer] = j
                 other = nouns.render(swapped)
                 if (other != im).any():
-                    assert not nouns.judge(other, parts)[part], (parts, part, j)
-    assert not any(nouns.judge(np.zeros((32, 32, 3), np.uint8), (0, 0, 0, 0, 0)).values())
+                    assert not judge(nouns, other, parts)[part], (parts, part, j)
+    assert not any(judge(nouns, np.zeros((32, 32, 3), np.uint8), (0, 0, 0, 0, 0)).values())
     with pytest.raises(ValueError, match="32k, 32k, 3"):
-        nouns.judge(np.zeros((30, 30, 3)), (0, 0, 0, 0, 0))
+        judge(nouns, np.zeros((30, 30, 3)), (0, 0, 0, 0, 0))
 
 
 def test_the_report_measures_the_judge(nouns):
-    r = N.judge_report(n=30, nouns=nouns)
+    r = judge_report(n=30, nouns=nouns)
     assert r["exact"] == r["noisy"] == r["swap_rejected"] == r["others_kept"] == 1.0 and r["n_swapped"] > 20
 
 
@@ -291,3 +292,40 @@ def test_bad_inputs_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch
     assert_one_line(code, err, *fragments)
     assert snapshot(tmp_path) == before and not (tmp_path / "out").exists()
     assert os.environ["PATH"] == str(tmp_path / "no-bin")
+
+
+class FakePipe:
+    """Draws each caption's character exactly, or with its glasses swapped for the next entry (`swap_glasses`); its
+    tokenizer is the identity. What eval_nouns needs of a pipeline, with the answer known."""
+
+    def __init__(self, nouns, swap_glasses=False):
+        self.nouns, self.swap = nouns, swap_glasses
+        self.by_caption = {nouns.caption(c): c for c in nouns.sample(nouns.split_size("heldout"), "heldout", 0)}
+        self.config = type("C", (), {"data": type("D", (), {"image_size": 32})})()
+
+    def __call__(self, prompts, seed=0, **sampling):
+        parts = [list(self.by_caption[p]) for p in prompts]
+        for p in parts:
+            p[4] = (p[4] + 1) % self.nouns.count("glasses") if self.swap else p[4]
+        return np.stack([self.nouns.render(p) for p in parts])
+
+    def encode_images(self, images):
+        return images
+
+    def decode(self, ids):
+        return ids
+
+
+def test_eval_nouns_reports_each_part_with_its_interval(nouns):
+    from minimuse.eval_nouns import eval_nouns
+    n = 12
+    r = eval_nouns(FakePipe(nouns), n=n, nouns=nouns, batch_size=5)
+    assert all(r["parts"][p]["accuracy"] == 1.0 and r["parts"][p]["n"] == n for p in N.PARTS)
+    assert r["all_five"]["accuracy"] == 1.0 and r["all_five"]["interval"][1] == 1.0 and r["all_five"]["interval"][0] < 1
+    assert r["confusions"] == {p: [] for p in N.PARTS}
+    assert r["tokenizer_ceiling"]["accuracy"] == 1.0
+    swapped = eval_nouns(FakePipe(nouns, swap_glasses=True), n=n, nouns=nouns)
+    assert swapped["parts"]["glasses"]["accuracy"] == 0.0 and swapped["all_five"]["accuracy"] == 0.0
+    assert swapped["parts"]["head"]["accuracy"] >= 0.9  # the other parts are still found
+    top = swapped["confusions"]["glasses"][0]
+    assert top["prompted"] != top["drawn"] and top["count"] >= 1

@@ -214,11 +214,21 @@ def test_generate_options_reach_the_pipeline(capsys, pipe, ckpt, tmp_path):
     code, _, err = run_cli(capsys, "generate", "a yellow triangle", "--checkpoint", ckpt, "--out", out, "--steps", 3,
                            "--guidance", 2.5, "--guidance-schedule", "linear", "--seed", 11, "--sampler", "random",
                            "--schedule", "linear", "--choice-temperature", 2.0, "--negative-prompt", "a red circle",
-                           "--upscale", 2)
+                           "--enlarge", 2)
     assert code == 0, err
     img = pipe("a yellow triangle", num_steps=3, guidance_scale=2.5, guidance_schedule="linear", seed=11,
                sampler="random", schedule="linear", choice_temperature=2.0, negative_prompt="a red circle")[0]
     assert np.array_equal(read_png(out), img.repeat(2, axis=0).repeat(2, axis=1))
+
+
+def test_generate_upscale_is_the_old_spelling_of_enlarge(capsys, pipe, ckpt, tmp_path):
+    """`upscale` now names the super-res stage only; the flag's old spelling still works, with one warning line."""
+    code, _, err = run_cli(capsys, "generate", "a yellow triangle", "--checkpoint", ckpt, "--out", tmp_path / "o.png",
+                           "--steps", 2, "--upscale", 3)
+    assert code == 0 and err.strip().splitlines() == [
+        "minimuse: warning: --upscale N is deprecated; use --enlarge N (`minimuse upscale` is the super-res stage)"], err
+    img = pipe("a yellow triangle", num_steps=2)[0]
+    assert np.array_equal(read_png(tmp_path / "o.png"), img.repeat(3, axis=0).repeat(3, axis=1))
 
 
 def test_generate_prompts_file_writes_numbered_files_in_order(capsys, pipe, ckpt, tmp_path):

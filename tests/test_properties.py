@@ -141,21 +141,21 @@ def test_any_sampling_arguments_draw_or_are_refused(pipe, num_steps, guidance_sc
 @settings(max_examples=25, deadline=None)
 @given(steps=st.one_of(st.integers(-2, 20), st.sampled_from(["x", "1e3", "99999"])),
        guidance=st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.sampled_from(["nan", "-inf", "2"])),
-       upscale=st.integers(-1, 40))
-def test_generate_cli_writes_a_png_or_one_line_and_nothing(ckpt, steps, guidance, upscale):
+       enlarge=st.integers(-1, 40))
+def test_generate_cli_writes_a_png_or_one_line_and_nothing(ckpt, steps, guidance, enlarge):
     import io
     from contextlib import redirect_stderr
     with tempfile.TemporaryDirectory() as d:
         out, err = Path(d) / "o.png", io.StringIO()
         argv = ["generate", "a red circle", "--checkpoint", str(ckpt), "--out", str(out), f"--steps={steps}",
-                f"--guidance={guidance}", f"--upscale={upscale}"]
+                f"--guidance={guidance}", f"--enlarge={enlarge}"]
         with redirect_stderr(err), no_hang():
             try:
                 code = main(argv)
             except SystemExit as e:
                 code = e.code
         if code == 0:
-            assert np.asarray(Image.open(out)).shape == (S * upscale, S * upscale, 3)
+            assert np.asarray(Image.open(out)).shape == (S * enlarge, S * enlarge, 3)
         else:
             lines = err.getvalue().strip().splitlines()
             assert code == 2 and len(lines) == 1 and lines[0].startswith("minimuse: error: "), err.getvalue()

@@ -14,7 +14,7 @@ from minimuse.presets import get_config
 from minimuse.sampler import sample
 from minimuse.tokenizer import Tokenizer
 from minimuse.transformer import MaskedTransformer
-from minimuse.viz import decode_partial, default_steps, history_figure, history_strip, image_grid, step_panels, to_uint8, upscale
+from minimuse.viz import decode_partial, default_steps, history_figure, enlarge, history_strip, image_grid, step_panels, to_uint8
 
 matplotlib.use("Agg")
 
@@ -52,11 +52,11 @@ def test_to_uint8_layout_clamp_and_rounding():
 
 def test_upscale_is_exact_nearest_neighbour():
     img = np.random.default_rng(0).integers(0, 256, (3, 5, 3), dtype=np.uint8)
-    big = upscale(img, 4)
+    big = enlarge(img, 4)
     assert big.shape == (12, 20, 3) and big.dtype == np.uint8
     ys, xs = np.meshgrid(np.arange(12), np.arange(20), indexing="ij")
     assert np.array_equal(big, img[ys // 4, xs // 4])
-    assert np.array_equal(upscale(img, 1), img)
+    assert np.array_equal(enlarge(img, 1), img)
 
 
 def test_decode_partial_paints_masked_patches_and_keeps_the_rest(tokenizer):
@@ -107,7 +107,7 @@ def test_history_strip_size_and_tiles(tokenizer, history, scale):
     assert sheet.shape == (3 * (S + pad) + pad + label, T * (S + pad) + pad, 3)
     for t in range(T):
         x, y = pad + t * (S + pad), label + pad
-        expected = upscale(step_panels(history, tokenizer, K, t, 1)["image"], scale)
+        expected = enlarge(step_panels(history, tokenizer, K, t, 1)["image"], scale)
         assert np.array_equal(sheet[y:y + S, x:x + S], expected)
 
 
@@ -123,7 +123,7 @@ def test_image_grid_size_and_tiles(B, ncol, captions):
     for i in range(B):
         r, c = divmod(i, cols)
         x, y = 4 + c * (W * scale + 4), 4 + r * (H * scale + cap + 4)
-        assert np.array_equal(sheet[y:y + H * scale, x:x + W * scale], upscale(images[i], scale))
+        assert np.array_equal(sheet[y:y + H * scale, x:x + W * scale], enlarge(images[i], scale))
 
 
 def test_history_figure_has_a_row_per_step(tokenizer, history):
