@@ -7,11 +7,13 @@ here offline. So the features come from a network trained on real renders to pre
 objects (1-4), which colours and which shapes are present. Its feature map keeps its 4x4 layout before the last
 projection, so where things are still counts. A feature net is only an FID once it is validated: docs/FID.md shows
 FID against real renders rising with six corruptions at three strengths (`docs/fid_validation.py`).
-Trained by the shared run machinery (runs.py): atomic, pickle-free checkpoints and exact resume.
+Trained as a `Stage` of the one loop (loop.py) with the shared run machinery (runs.py): atomic, pickle-free
+checkpoints and exact resume.
 """
 from __future__ import annotations
 
-import time
+import dataclasses
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -20,14 +22,30 @@ import torch.nn.functional as F
 from .checkpoint import atomic_write_json, load_checkpoint, load_state_strict, save_checkpoint
 from .data import ShapesDataset, collate
 from .locks import releasing
-from .runs import (LOG_NAME, STATE_KEYS, STATE_NAME, JsonlLogger, _progress, _saved, batch_indices, cosine_lr,
-                   load_training_state, make_accelerator, prepare_run_dir, restore, restore_rng, rng_states,
-                   save_training_state, seed_everything, set_lr)
+from .loop import Clock, Schedule, Stage, run_loop
+from .runs import (LOG_NAME, STATE_KEYS, STATE_NAME, JsonlLogger, _saved, batch_indices, load_training_state,
+                   make_accelerator, prepare_run_dir, restore, restore_rng, rng_states, save_training_state,
+                   seed_everything)
 
 COLORS = ("red", "green", "blue", "yellow", "purple", "cyan")
 SHAPE_NAMES = ("circle", "square", "triangle")
 ARCH = {"width": 32, "num_features": 128, "image_size": 32}
-TRAIN = {"steps": 1500, "batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "seed": 0, "log_every": 50, "ckpt_every": 500}
+
+
+@dataclass(frozen=True)
+class FeaturesTrain:
+    """How `minimuse train-features` trains the net (AdamW, weight decay 0.01, cosine to 5% of lr); a run's training
+    state keeps these as a dict, and a resume with other values is refused."""
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    seed: int = 0
+    log_every: int = 50
+    ckpt_every: int = 500
+
+
+TRAIN = FeaturesTrain()
 
 
 def targets(specs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -100,44 +118,49 @@ def train_features(cfg, out_dir, resume: bool = False, overwrite: bool = False, 
     """`minimuse train-features`: train ShapesFeatures on real renders of stream cfg.data.train_seed at the base size
     (step s reads images [s*B, (s+1)*B)), then measure it on 1,000 held-out renders (cfg.data.eval_seed), written to
     out_dir/eval.json and into its config.json."""
-    tc = {**TRAIN, **({"steps": steps} if steps else {})}
+    tc = dataclasses.replace(TRAIN, steps=steps) if steps else TRAIN
     accelerator = make_accelerator(cfg, "no")
     out = prepare_run_dir(out_dir, STATE_NAME, ("model.safetensors",), resume, overwrite, accelerator)
-    seed_everything(tc["seed"])
+    seed_everything(tc.seed)
     model = ShapesFeatures(ARCH["width"], ARCH["num_features"], cfg.data.image_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc["lr"], weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=0.01)
     start, history, elapsed = 0, [], 0.0
     if resume:
         path = out / STATE_NAME
         state = load_training_state(path, {**STATE_KEYS, "train": dict})
-        if _saved(state) != cfg.to_dict() or state["train"] != tc:
+        if _saved(state) != cfg.to_dict() or state["train"] != dataclasses.asdict(tc):
             raise ValueError(f"cannot resume {out}: it was trained with another config; use a new --out")
         restore(model, state, "model", path)
         restore(opt, state, "optimizer", path)
         start, history, elapsed = state["step"], state["history"], state["elapsed_s"]
         restore_rng(state["rng"], path)
-    data = ShapesDataset(cfg.data.image_size, cfg.data.train_seed, tc["steps"] * tc["batch_size"])
+    data = ShapesDataset(cfg.data.image_size, cfg.data.train_seed, tc.steps * tc.batch_size)
     logger = JsonlLogger(out / LOG_NAME, resume_step=start if resume else None)
-    t0, bar = time.time(), _progress(tc["steps"], start, True)
-    for step in range(start, tc["steps"]):
-        set_lr(opt, cosine_lr(step, tc["lr"], tc["warmup_steps"], tc["steps"], 0.05))
-        batch = collate([data[i] for i in batch_indices(step, tc["batch_size"])])
+    clock = Clock(elapsed)
+    now = {}  # the step's accuracies, for its log line
+
+    def losses(step: int):
+        batch = collate([data[i] for i in batch_indices(step, tc.batch_size)])  # image (B, 3, S, S)
         model.train()
-        loss, acc = loss_and_accuracy(model, batch["image"], batch["spec"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if (step + 1) % tc["log_every"] == 0 or step + 1 == tc["steps"]:
-            record = {"step": step + 1, "loss": loss.item(), **acc, "elapsed_s": round(elapsed + time.time() - t0, 1)}
-            history.append(record)
-            logger.log(record)
-        bar.update(1)
-        if (step + 1) % tc["ckpt_every"] == 0 or step + 1 == tc["steps"]:
-            save_training_state(out / STATE_NAME, {"step": step + 1, "model": model.state_dict(), "train": tc,
-                                                   "optimizer": opt.state_dict(), "rng": rng_states(), "history": history,
-                                                   "config": cfg.to_dict(), "elapsed_s": elapsed + time.time() - t0})
-            model.save_pretrained(out)
-    bar.close()
+        loss, now["acc"] = loss_and_accuracy(model, batch["image"], batch["spec"])
+        now["loss"] = loss
+        yield loss
+
+    def after(step: int, lr: float) -> dict:
+        return {"step": step + 1, "loss": now["loss"].item(), **now["acc"]}
+
+    def log(step: int, lr: float, record: dict) -> dict:
+        return {**record, "elapsed_s": round(clock(), 1)}
+
+    def save(step: int):
+        save_training_state(out / STATE_NAME, {"step": step, "model": model.state_dict(), "train": dataclasses.asdict(tc),
+                                               "optimizer": opt.state_dict(), "rng": rng_states(), "history": history,
+                                               "config": cfg.to_dict(), "elapsed_s": clock()})
+        model.save_pretrained(out)
+
+    sched = Schedule(tc.steps, tc.lr, tc.warmup_steps, 0.05, tc.log_every, tc.ckpt_every)
+    run_loop(Stage(losses, after, log, save), sched, start, opt, accelerator, model, history, logger, "features",
+             "Lower features.TRAIN.lr and retrain, or --resume.", out)
     held = collate([ShapesDataset(cfg.data.image_size, cfg.data.eval_seed, 1000)[i] for i in range(1000)])
     model.eval()
     with torch.no_grad():

@@ -6,7 +6,8 @@ make a run survive a careless user and a SIGKILL (docs/SAFETY.md):
 - a directory that holds a run is never trained over unless the user says --resume (continue) or --overwrite;
 - the training state is one safetensors file with a JSON skeleton (checkpoint.save_tree), renamed into place;
 - the log is rewritten atomically, and on resume cut back to the resumed step, so it reads as one straight run.
-Taught in notebooks/05_training.ipynb; the loops that use it are in train.py and train_tokenizer.py.
+Taught in notebooks/05_training.ipynb; the one loop that uses it is loop.py, its stages in train.py,
+train_tokenizer.py and features.py.
 """
 from __future__ import annotations
 

@@ -1,14 +1,16 @@
-"""The masked transformers' training loop (Muse §2.3, §2.6), for the base model and the super-res stage (§2.4).
+"""The masked transformers' training (Muse §2.3, §2.6): the base model, the autoregressive baseline, the Token-Critic
+and the super-res stage (§2.4), each a `Stage` of the one loop (loop.py).
 
-An explicit `for step in range(...)` on Hugging Face Accelerate: a batch from the token pool (pool.py), the masked
-cross-entropy, AdamW or Adafactor, an optional weight EMA, a quick sample-and-score every eval_every steps, and atomic
-pickle-free checkpoints with exact resume (runs.py holds those shared pieces; train_tokenizer.py the tokenizer's loop,
-re-exported here). Step s always reads the same batch, so the data position is the step.
+What is the transformer's own: a batch from the token pool (pool.py), pure in (seed, step); the masked cross-entropy
+over train.grad_accum micro-batches; AdamW or Adafactor; an optional weight EMA; a quick sample-and-score every
+eval_every steps; the export and its training state (runs.py: atomic, pickle-free, exact resume, FSDP gathered).
+train_tokenizer.py holds the tokenizer's stage, re-exported here.
 Taught in notebooks/05_training.ipynb; the super-res stage in notebooks/07_superres.ipynb.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 
@@ -23,21 +25,20 @@ from .eval import quick_eval_fn, quick_superres_eval_fn
 from .limits import check_config_memory
 from .locks import releasing
 from .pipeline import DEFAULT_CHECKPOINT, transformer_class
+from .loop import Clock, Schedule, Stage, run_loop
 from .pool import build_token_pool, text_table, train_step_inputs  # noqa: F401 (notebook 05 imports them from here)
-from .runs import (CRITIC_STATE, LOG_NAME, SUPERRES_STATE, TRANSFORMER_STATE,
-                   TRANSFORMER_STATE_KEYS, JsonlLogger, _last_ckpt, _progress, _saved, cosine_lr,
-                   full_state, keep_freed_memory, load_full_state, load_training_state, make_accelerator,
-                   prepare_run_dir, resolve_precision, restore, restore_rng, rng_states, save_training_state,
-                   seed_everything, set_lr)
+from .runs import cosine_lr  # noqa: F401 (notebook 05 imports it from here)
+from .runs import (CRITIC_STATE, LOG_NAME, SUPERRES_STATE, TRANSFORMER_STATE, TRANSFORMER_STATE_KEYS, JsonlLogger,
+                   _saved, keep_freed_memory, load_full_state, load_training_state, make_accelerator, prepare_run_dir,
+                   resolve_precision, seed_everything)
 from .scheduler import masked_ce
-from .shards import identity, load_shards
+from .shards import identity
 from .superres import SuperResTransformer
 from .text_encoder import TextEncoder
-from .tokenizer import Tokenizer
 from .train_tokenizer import train_tokenizer  # noqa: F401 (notebooks and tests import it from here)
+from .transformer_setup import (TIMING, exporter, load_generator, load_tokenizers,
+                                make_optimizer, resume_state, token_data)
 from .vqmodel import is_diffusers_vq
-
-TIMING_KEYS = ("setup_s", "step_s", "eval_s", "ckpt_s", "steps")  # where a run's seconds went (--report)
 
 
 # ------------------------------------------------------------------------------------------- transformer training
@@ -102,23 +103,8 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     they must come from this run's tokenizer(s) and text encoder. train.grad_accum splits each step's batch into
     that many micro-batches, each weighted by its share of the masked tokens, so the step's gradient is the batch's.
     """
-    import dataclasses
-
-    if stage not in ("base", "superres", "critic"):
-        raise ValueError(f"stage must be 'base', 'superres' or 'critic', got {stage!r}")
-    if (stage == "critic") != (cfg.transformer.kind == "critic") or (stage == "critic") != (generator is not None):
-        raise ValueError("a critic (transformer.kind=critic, e.g. preset laptop-critic) trains with `minimuse train-critic "
-                         "--generator CHECKPOINT`, and train-critic trains critics only")
-    if stage == "superres" and cfg.superres is None:
-        raise ValueError(f"preset '{cfg.name}' has no super-res stage; choose a preset with a superres section")
-    sr = stage == "superres"
-    scfg = dataclasses.replace(cfg, train=cfg.superres.train) if sr else cfg  # the stage's own TrainConfig as .train
-    critic = stage == "critic"
-    cls, export_name, state_name = ((SuperResTransformer, "superres", SUPERRES_STATE) if sr
-                                    else (TokenCritic, "critic", CRITIC_STATE) if critic
-                                    else (transformer_class(cfg.transformer.kind), "transformer", TRANSFORMER_STATE))
-    ar = cls.ARCH == "autoregressive"
-    tc = scfg.train
+    scfg, cls, export_name, state_name = _stage_parts(cfg, stage, generator)
+    sr, critic, tc = stage == "superres", stage == "critic", scfg.train
     check_config_memory(cfg, ("tokenizer", "superres_tokenizer", "superres") if sr else ("tokenizer", "transformer"),
                         f"config '{cfg.name}'")  # before any model is built or any file written
     t_enter = time.time()  # the whole command's clock: the token pool and the text table count, as a user waits for them
@@ -127,11 +113,7 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     tok_src = _resolve_tokenizer_dir(Path(out_dir), tokenizer_dir)  # a mistyped --tokenizer fails before any write
     sr_src = _resolve_tokenizer_dir(Path(out_dir), superres_tokenizer_dir, "superres_tokenizer") if sr else None
     out_dir = prepare_run_dir(out_dir, state_name, (export_name,), resume, overwrite, accelerator)
-    tokenizer = Tokenizer.from_pretrained(tok_src, cfg)
-    hi_tokenizer = Tokenizer.from_pretrained(sr_src, cfg) if sr else None
-    if sr and hi_tokenizer.stage != "superres":
-        raise CheckpointError(f"--superres-tokenizer {sr_src} is not a super-res stage tokenizer (a pretrained VQModel "
-                              "serves the base stage only)")
+    tokenizer, hi_tokenizer = load_tokenizers(cfg, tok_src, sr_src)
     path = out_dir / state_name  # read (and its keys checked) before anything is written: a bad state refuses early
     keys = {**TRANSFORMER_STATE_KEYS, **({"ema": list} if tc.ema_decay > 0 else {})}
     state = load_training_state(path, keys) if resume else None
@@ -142,54 +124,24 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     text_encoder = TextEncoder(cfg.text)
     if sr:
         hi_tokenizer.to(accelerator.device)
-    if data is not None:  # tokens read from shards, after checking they are this run's tokenizer's and encoder's
-        pool, table = load_shards(data, hi_tokenizer if sr else tokenizer, text_encoder, tokenizer if sr else None,
-                                  tokenizer_src=sr_src if sr else tok_src)
-        grid = (cfg.superres.image_size // hi_tokenizer.downsample,) * 2 if sr else cfg.grid
-        for name, want in (("ids", grid), ("lowres_ids", cfg.grid)):
-            if name in pool and tuple(pool[name].shape[1:]) != tuple(want):
-                raise ValueError(f"shards in {data} hold {tuple(pool[name].shape[1:])} {name} grids; preset "
-                                 f"'{cfg.name}' trains on {tuple(want)} (pretokenize at its image sizes)")
-        if tc.kind_weights and not set(pool["kinds"]) <= set(cfg.data.kinds):
-            raise ValueError(f"train.kind_weights weighs caption kinds, but the shards in {data} have none; set "
-                             "train.kind_weights=[] to train on them")
-    elif sr:
-        pool = build_token_pool(cfg, hi_tokenizer, cfg.data.pool_size, out_dir if accelerator.is_main_process else None,
-                                lowres_tokenizer=tokenizer)
-    else:
-        pool = build_token_pool(cfg, tokenizer, cfg.data.pool_size, out_dir if accelerator.is_main_process else None)
-    if data is None:
-        table = text_table(text_encoder, pool["vocab"])
+    pool, table = token_data(cfg, tc, data, tokenizer, hi_tokenizer, text_encoder, tok_src, sr_src,
+                              out_dir if accelerator.is_main_process else None)
     for tok, src, name in ((tokenizer, tok_src, "tokenizer"), (hi_tokenizer, sr_src, "superres_tokenizer")):
         if tok is not None and src.resolve() != (out_dir / name).resolve() and accelerator.is_main_process:
             tok.save_pretrained(out_dir / name)  # out_dir becomes a complete (stage) checkpoint, once its data loaded
     data_key = pool["key"] if data is not None else None  # a resume must read the same shards
-    gen = None
-    if critic:  # the frozen generator whose samples the critic learns to judge; a resume must use the same one
-        gen = transformer_class("masked").from_pretrained(Path(generator) / "transformer").to(accelerator.device)
-        if (gen.codebook_size, gen.grid, gen.text_dim) != (cfg.tokenizer.codebook_size, cfg.grid, cfg.text.text_dim):
-            raise ValueError(f"the generator {generator} draws {gen.grid} grids of K={gen.codebook_size} codes from "
-                             f"{gen.text_dim}-d text; preset '{cfg.name}' describes {cfg.grid}, K="
-                             f"{cfg.tokenizer.codebook_size}, {cfg.text.text_dim}-d")
+    gen = load_generator(cfg, generator, accelerator.device) if critic else None
+    if critic:  # a resume must use the same generator
         data_key = {"data": data_key, "generator": identity(gen.cfg.__dict__, gen)}
 
     model = cls.from_config(cfg)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
-    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if tc.optimizer == "adafactor":
-        from transformers.optimization import Adafactor
-        optimizer = Adafactor(groups, lr=tc.lr, relative_step=False, scale_parameter=False, warmup_init=False)
-    else:
-        # fused: one kernel for all parameters instead of a dozen elementwise passes per step (CPU and CUDA alike)
-        optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas, fused=True)
+    optimizer = make_optimizer(model, tc)
     ema = [p.detach().clone() for p in model.parameters()] if tc.ema_decay > 0 else None
-
     # window: (loss, acc) of the steps since the last log line, saved with the state so that a resume between two
     # log steps logs the same average; elapsed: wall seconds of earlier runs of this training; timing: where the
     # seconds went (setup = pool, text table, model; step = forward, backward, optimizer; eval; ckpt), for --report
     start, history, window, elapsed = 0, [], [], 0.0
-    timing = {"setup_s": 0.0, "step_s": 0.0, "eval_s": 0.0, "ckpt_s": 0.0, "steps": 0}
+    timing = dict(TIMING)
     # FSDP (configs/accelerate/fsdp.yaml) shards every Block's weights across the processes: exports and the training
     # state gather them, with the optimizer's state keyed by parameter name (runs.full_state), so a run resumes exactly
     fsdp = accelerator.distributed_type == DistributedType.FSDP
@@ -197,22 +149,7 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         raise ValueError("under FSDP, set train.ema_decay=0 and train.eval_every=0: the EMA and the quick eval are not "
                          "sharded yet")
     if resume:
-        if state.get("data") != data_key:
-            raise ValueError(f"cannot resume {out_dir}: it was trained on other data "
-                             f"({(state.get('data') or {}).get('source', 'the shapes pool')}); pass the same --data")
-        restore(model, state, "model", path)
-        if not fsdp:  # FSDP's optimizer state loads onto the shards, after prepare
-            restore(optimizer, state, "optimizer", path)
-        if ema is not None:
-            if [tuple(e.shape) for e in ema] != [tuple(getattr(s, "shape", ())) for s in state["ema"]]:
-                raise CheckpointError(f"{path}: key 'ema' does not hold this model's weights; start over with --overwrite")
-            for e, s in zip(ema, state["ema"]):
-                e.copy_(s)
-        start, history, window, elapsed = state["step"], state["history"], state["window"], state["elapsed_s"]
-        timing = state.get("timing", timing)
-        if not isinstance(timing, dict) or not all(isinstance(timing.get(k), (int, float)) for k in TIMING_KEYS):
-            raise CheckpointError(f"{path}: key 'timing' is not the timing minimuse wrote; start over with --overwrite")
-        restore_rng(state["rng"], path)
+        start, history, window, elapsed, timing = resume_state(state, path, out_dir, data_key, model, optimizer, ema, fsdp)
 
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model, keep_torch_compile=False)  # plain module: its state_dict keys carry no prefix
@@ -225,43 +162,53 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     if b * accelerator.num_processes != tc.batch_size or b % tc.grad_accum:
         raise ValueError(f"train.batch_size {tc.batch_size} is not divisible by {accelerator.num_processes} processes "
                          f"times train.grad_accum {tc.grad_accum}")
-
-    def export(step: int):
-        """Save what a user loads (EMA weights if enabled) and, beside it, everything needed to resume."""
-        accelerator.wait_for_everyone()
-        weights, moments = full_state(raw, optimizer.optimizer) if fsdp else (raw.state_dict(), optimizer.state_dict())
-        if not accelerator.is_main_process:
-            return
-        save_training_state(out_dir / state_name, {
-            "step": step, "model": weights, "optimizer": moments, "rng": rng_states(),
-            "history": history, "config": cfg.to_dict(), "ema": ema, "window": window, "data": data_key,
-            "elapsed_s": elapsed + time.time() - t0, "timing": timing})
-        if fsdp:
-            shadow = cls.from_config(cfg)
-            shadow.load_state_dict(weights)
-            shadow.save_pretrained(out_dir / export_name, cfg)
-            return
-        if ema is None:
-            raw.save_pretrained(out_dir / export_name, cfg)
-        else:
-            shadow = cls.from_config(cfg)
-            for p, e in zip(shadow.parameters(), ema):
-                p.data.copy_(e)
-            shadow.save_pretrained(out_dir / export_name, cfg)
-
+    clock = Clock(elapsed, t_enter)
+    save = exporter(accelerator, raw, optimizer, fsdp, cfg, cls, out_dir / state_name, out_dir / export_name,
+                     {"history": history, "config": cfg.to_dict(), "ema": ema, "window": window, "data": data_key,
+                      "timing": timing}, clock)
     eval_fn = None
     shapes = set(pool["kinds"]) <= set(cfg.data.kinds)  # the quick eval's judge reads the shapes world only
     if tc.eval_every and accelerator.is_main_process and shapes and not critic:
         eval_fn = (quick_superres_eval_fn(cfg, tokenizer, hi_tokenizer, text_encoder, tc.eval_prompts) if sr
                    else quick_eval_fn(cfg, tokenizer, text_encoder, tc.eval_prompts))
-    t0, last_ckpt = t_enter, start if resume else None
     timing["setup_s"] += time.time() - t_enter
-    last_batch = None  # the report counts the FLOPs of the last step's batch
-    bar = _progress(tc.steps, start, accelerator.is_main_process)
-    for step in range(start, tc.steps):
-        t_step = time.time()
-        lr = cosine_lr(step, tc.lr, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
-        set_lr(optimizer, lr)
+    now = {}  # what the last step left: its batch, which the report counts the FLOPs of
+    run = _transformer_stage(model, raw, accelerator, scfg, (pool, table, b), gen, sr, cls.ARCH == "autoregressive",
+                             ema, window, eval_fn, timing, clock, save, now)
+    run_loop(run, Schedule(tc.steps, tc.lr, tc.warmup_steps, tc.min_lr_ratio, tc.log_every, tc.ckpt_every, tc.grad_clip),
+             start, optimizer, accelerator, model, history, logger, "transformer",
+             f"Lower train.lr (now {tc.lr}) and --resume, or retrain.", out_dir, timing,
+             on_step=None if on_step is None else lambda step, record: on_step(step, record, raw))
+    if report and accelerator.is_main_process and "batch" in now and not fsdp and not critic:
+        write_train_report(out_dir, scfg, raw, timing, clock(), now["batch"], resolve_precision(tc.mixed_precision))
+    return history
+
+
+def _stage_parts(cfg: Config, stage: str, generator):
+    """(the config with the stage's TrainConfig as .train, the model class, its export folder, its state file)."""
+    if stage not in ("base", "superres", "critic"):
+        raise ValueError(f"stage must be 'base', 'superres' or 'critic', got {stage!r}")
+    if (stage == "critic") != (cfg.transformer.kind == "critic") or (stage == "critic") != (generator is not None):
+        raise ValueError("a critic (transformer.kind=critic, e.g. preset laptop-critic) trains with `minimuse train-critic "
+                         "--generator CHECKPOINT`, and train-critic trains critics only")
+    if stage == "superres" and cfg.superres is None:
+        raise ValueError(f"preset '{cfg.name}' has no super-res stage; choose a preset with a superres section")
+    if stage == "superres":  # the stage's own TrainConfig as .train
+        return dataclasses.replace(cfg, train=cfg.superres.train), SuperResTransformer, "superres", SUPERRES_STATE
+    if stage == "critic":
+        return cfg, TokenCritic, "critic", CRITIC_STATE
+    return cfg, transformer_class(cfg.transformer.kind), "transformer", TRANSFORMER_STATE
+
+
+def _transformer_stage(model, raw, accelerator, scfg: Config, data: tuple, gen, sr: bool, ar: bool, ema, window: list,
+                       eval_fn, timing: dict, clock, save, now: dict) -> Stage:
+    """The transformer's step for the one loop: step s's batch from the token pool (pure in (seed, s)), the masked
+    cross-entropy (the critic's binary one, the autoregressive model's next-token one) over train.grad_accum
+    micro-batches, then the EMA; log lines average the steps since the last one and add the quick eval."""
+    tc, (pool, table, b) = scfg.train, data
+    critic = gen is not None
+
+    def losses(step: int):
         inputs, labels, text, text_mask, *lowres = (x.to(accelerator.device) for x in train_step_inputs(
             pool, table, scfg, step, b, raw.mask_id, accelerator.process_index, accelerator.num_processes))
         if critic:  # the generator fills the gaps; the labels become "differs from the real token", every position
@@ -270,63 +217,48 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         if ar:  # the same rows and text dropout; the mask is not used: every token is a target, read from the ones before
             inputs = labels = torch.where(labels == -100, inputs, labels)  # (B, L) the true tokens
         extra = {"lowres_ids": lowres[0]} if sr else {}  # the super-res model reads the base grid beside the text
-        last_batch = (inputs, labels, text, text_mask, extra)
+        now["batch"] = (inputs, labels, text, text_mask, extra)
         model.train()
-        optimizer.zero_grad(set_to_none=True)
-        masked = labels != -100
+        masked = labels != -100  # (B, L)
         loss, correct, n_masked = 0.0, 0, masked.sum()
         for k, sl in enumerate(micro_batches(b, tc.grad_accum)):
-            # every micro-batch but the last skips DDP's gradient all-reduce; its loss is weighted by its share of
-            # the batch's masked tokens, so the summed gradient is the whole batch's mean (exactly 1 x when A = 1)
+            # every micro-batch but the last skips DDP's gradient all-reduce (the loop's backward runs inside no_sync);
+            # its loss is weighted by its share of the batch's masked tokens, so the summed gradient is the whole
+            # batch's mean (exactly 1 x when A = 1)
             with (accelerator.no_sync(model) if k < tc.grad_accum - 1 else contextlib.nullcontext()):
                 with accelerator.autocast():
                     logits = model(inputs[sl], text[sl], text_mask[sl], **{n: v[sl] for n, v in extra.items()})  # (B/A, L, K)
                     part = ((critic_loss(logits, labels[sl]) if critic else masked_ce(logits, labels[sl], tc.label_smoothing))
                             * (masked[sl].sum() / n_masked))
-                if not torch.isfinite(part):
-                    raise FloatingPointError(f"transformer loss became {part.item()} at step {step}; "
-                                             f"{_last_ckpt(last_ckpt, out_dir)}. Lower train.lr (now {tc.lr}) and "
-                                             "--resume, or retrain.")
-                accelerator.backward(part)
+                yield part
             loss = loss + part.detach()
             pred = (logits.detach() > 0).float() if critic else logits.detach().argmax(-1)  # (B/A, L)
             correct += (pred[masked[sl]] == labels[sl][masked[sl]]).sum()
-        if tc.grad_clip > 0:
-            accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
+        now.update(loss=loss, acc=correct / n_masked)
+
+    def after(step: int, lr: float) -> dict:
         if ema is not None:
             with torch.no_grad():
                 for e, p in zip(ema, raw.parameters()):
                     e.lerp_(p.detach(), 1 - tc.ema_decay)
-        acc = (correct / n_masked).item()
-        window.append([loss.item(), acc])
-        record = {"step": step + 1, "loss": loss.item(), "masked_acc": acc}
-        timing["step_s"] += time.time() - t_step
-        timing["steps"] += 1
-        if (step + 1) % tc.log_every == 0 or step + 1 == tc.steps:
-            losses, accs = zip(*window)
-            record = {"step": step + 1, "loss": sum(losses) / len(losses), "masked_acc": sum(accs) / len(accs),
-                      "lr": lr, "elapsed_s": round(elapsed + time.time() - t0, 1)}
-            window = []
-            if eval_fn is not None and tc.eval_every and ((step + 1) % tc.eval_every == 0 or step + 1 == tc.steps):
-                t_eval = time.time()
-                record.update(eval_fn(raw, step + 1))
-                timing["eval_s"] += time.time() - t_eval
-            if step + 1 == tc.steps:  # the last log line says where the time went (train --report reads it)
-                record["timing"] = {k: round(v, 2) for k, v in timing.items()}
-            history.append(record)
-            logger.log(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['masked_acc']:.3f}")
-        bar.update(1)
-        if (step + 1) % tc.ckpt_every == 0 or step + 1 == tc.steps:
-            t_ckpt = time.time()
-            export(step + 1)
-            timing["ckpt_s"] += time.time() - t_ckpt
-            last_ckpt = step + 1
-        if on_step is not None:  # after the checkpoint, as in train_tokenizer: a stop here leaves this step saved
-            on_step(step + 1, record, raw)
-    bar.close()
-    if report and accelerator.is_main_process and last_batch is not None and not fsdp and not critic:
-        write_train_report(out_dir, scfg, raw, timing, elapsed + time.time() - t0, last_batch, resolve_precision(tc.mixed_precision))
-    return history
+        loss, acc = now["loss"].item(), now["acc"].item()
+        window.append([loss, acc])
+        return {"step": step + 1, "loss": loss, "masked_acc": acc}
 
+    def log(step: int, lr: float, record: dict) -> dict:
+        seen, accs = zip(*window)  # the losses and accuracies of the steps since the last log line
+        record = {"step": step + 1, "loss": sum(seen) / len(seen), "masked_acc": sum(accs) / len(accs),
+                  "lr": lr, "elapsed_s": round(clock(), 1)}
+        window.clear()  # the list the training state saves: emptied in place
+        if eval_fn is not None and tc.eval_every and ((step + 1) % tc.eval_every == 0 or step + 1 == tc.steps):
+            t_eval = time.time()
+            record.update(eval_fn(raw, step + 1))
+            timing["eval_s"] += time.time() - t_eval
+        if step + 1 == tc.steps:  # the last log line says where the time went (train --report reads it)
+            record["timing"] = {k: round(v, 2) for k, v in timing.items()}
+        return record
+
+    def show(r: dict) -> dict:
+        return {"loss": f"{r['loss']:.3f}", "acc": f"{r['masked_acc']:.3f}"}
+
+    return Stage(losses, after, log, save, show)

@@ -14,8 +14,8 @@ PKG = Path(__file__).resolve().parent.parent / "minimuse"
 FOUNDATION = {"config", "presets", "limits", "checkpoint", "inputs", "locks", "metrics"}
 CORE = {"tokenizer", "quantizer", "vqmodel", "text_encoder", "transformer", "scheduler", "decoding", "sampler",
         "superres", "autoregressive", "critic"}
-MACHINERY = {"pipeline", "editing", "train", "train_tokenizer", "runs", "pool", "data", "hfdata", "shards", "features",
-             "judge", "digits", "nouns", "nouns_judge", "viz"}
+MACHINERY = {"pipeline", "editing", "loop", "train", "transformer_setup", "train_tokenizer", "runs", "pool", "data",
+             "hfdata", "shards", "features", "judge", "digits", "nouns", "nouns_judge", "viz"}
 APPS = {"__init__", "__main__", "cli", "commands", "jobs", "eval", "eval_counts", "eval_edits", "eval_nouns", "sweep",
         "bench"}
 LAYER = {**{m: 0 for m in FOUNDATION}, **{m: 1 for m in CORE}, **{m: 2 for m in MACHINERY}, **{m: 3 for m in APPS}}
@@ -23,7 +23,7 @@ LAYER = {**{m: 0 for m in FOUNDATION}, **{m: 1 for m in CORE}, **{m: 2 for m in 
 # The set must shrink, never grow: the test fails when one is added and when one is fixed but still listed.
 KNOWN_UPWARD = {("train", "eval"), ("train", "bench"), ("train_tokenizer", "eval")}
 MAX_LINES, MAX_FUNCTION_LINES, MAX_LOCAL_IMPORTS = 350, 100, 10
-LONG_FUNCTIONS = {"train.train_transformer", "train_tokenizer.train_tokenizer"}  # the one training loop replaces them
+LONG_FUNCTIONS: set[str] = set()
 
 
 def modules() -> dict[str, ast.Module]:

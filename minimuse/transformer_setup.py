@@ -1,0 +1,122 @@
+"""What `train_transformer` (train.py) builds before its first step: the tokenizers, the token pool and text table,
+the critic's frozen generator, the optimizer, the state a resume reads back, and the `save(step)` the loop calls.
+
+Split from train.py so that the transformer's stage there reads as its batch, its loss and its log line (Muse §2.6);
+the loop itself is loop.py. Taught in notebooks/05_training.ipynb.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError
+from .config import Config
+from .pipeline import transformer_class
+from .pool import build_token_pool, text_table
+from .runs import full_state, restore, restore_rng, rng_states, save_training_state
+from .shards import load_shards
+from .tokenizer import Tokenizer
+
+TIMING = {"setup_s": 0.0, "step_s": 0.0, "eval_s": 0.0, "ckpt_s": 0.0, "steps": 0}  # where a run's seconds went (--report)
+TIMING_KEYS = tuple(TIMING)
+
+
+def load_tokenizers(cfg: Config, tok_src, sr_src):
+    """(the base tokenizer, the super-res one or None without sr_src)."""
+    hi_tokenizer = None
+    tokenizer = Tokenizer.from_pretrained(tok_src, cfg)
+    if sr_src is not None:
+        hi_tokenizer = Tokenizer.from_pretrained(sr_src, cfg)
+        if hi_tokenizer.stage != "superres":
+            raise CheckpointError(f"--superres-tokenizer {sr_src} is not a super-res stage tokenizer (a pretrained "
+                                  "VQModel serves the base stage only)")
+    return tokenizer, hi_tokenizer
+
+
+def token_data(cfg: Config, tc, data, tokenizer, hi_tokenizer, text_encoder, tok_src, sr_src, pool_dir):
+    """(the token pool, the text table): read from shards, after checking they are this run's tokenizer's and
+    encoder's, or built from the shapes world (and cached in pool_dir)."""
+    sr = hi_tokenizer is not None
+    if data is None:
+        pool = build_token_pool(cfg, hi_tokenizer if sr else tokenizer, cfg.data.pool_size, pool_dir,
+                                **({"lowres_tokenizer": tokenizer} if sr else {}))
+        return pool, text_table(text_encoder, pool["vocab"])
+    pool, table = load_shards(data, hi_tokenizer if sr else tokenizer, text_encoder, tokenizer if sr else None,
+                              tokenizer_src=sr_src if sr else tok_src)
+    grid = (cfg.superres.image_size // hi_tokenizer.downsample,) * 2 if sr else cfg.grid
+    for name, want in (("ids", grid), ("lowres_ids", cfg.grid)):
+        if name in pool and tuple(pool[name].shape[1:]) != tuple(want):
+            raise ValueError(f"shards in {data} hold {tuple(pool[name].shape[1:])} {name} grids; preset "
+                             f"'{cfg.name}' trains on {tuple(want)} (pretokenize at its image sizes)")
+    if tc.kind_weights and not set(pool["kinds"]) <= set(cfg.data.kinds):
+        raise ValueError(f"train.kind_weights weighs caption kinds, but the shards in {data} have none; set "
+                         "train.kind_weights=[] to train on them")
+    return pool, table
+
+
+def load_generator(cfg: Config, generator, device):
+    """The frozen masked generator whose samples the critic learns to judge, checked to fit cfg."""
+    gen = transformer_class("masked").from_pretrained(Path(generator) / "transformer").to(device)
+    if (gen.codebook_size, gen.grid, gen.text_dim) != (cfg.tokenizer.codebook_size, cfg.grid, cfg.text.text_dim):
+        raise ValueError(f"the generator {generator} draws {gen.grid} grids of K={gen.codebook_size} codes from "
+                         f"{gen.text_dim}-d text; preset '{cfg.name}' describes {cfg.grid}, K="
+                         f"{cfg.tokenizer.codebook_size}, {cfg.text.text_dim}-d")
+    return gen
+
+
+def make_optimizer(model, tc):
+    """AdamW (or Adafactor) with weight decay on the matrices only: not on biases, norms or embeddings."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if tc.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+        return Adafactor(groups, lr=tc.lr, relative_step=False, scale_parameter=False, warmup_init=False)
+    # fused: one kernel for all parameters instead of a dozen elementwise passes per step (CPU and CUDA alike)
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas, fused=True)
+
+
+def resume_state(state: dict, path, out_dir, data_key, model, optimizer, ema, fsdp: bool):
+    """Load the training state into the model, optimizer, EMA and RNGs; (start, history, window, elapsed, timing)."""
+    if state.get("data") != data_key:
+        raise ValueError(f"cannot resume {out_dir}: it was trained on other data "
+                         f"({(state.get('data') or {}).get('source', 'the shapes pool')}); pass the same --data")
+    restore(model, state, "model", path)
+    if not fsdp:  # FSDP's optimizer state loads onto the shards, after prepare
+        restore(optimizer, state, "optimizer", path)
+    if ema is not None:
+        if [tuple(e.shape) for e in ema] != [tuple(getattr(s, "shape", ())) for s in state["ema"]]:
+            raise CheckpointError(f"{path}: key 'ema' does not hold this model's weights; start over with --overwrite")
+        for e, s in zip(ema, state["ema"]):
+            e.copy_(s)
+    timing = state.get("timing", dict(TIMING))
+    if not isinstance(timing, dict) or not all(isinstance(timing.get(k), (int, float)) for k in TIMING_KEYS):
+        raise CheckpointError(f"{path}: key 'timing' is not the timing minimuse wrote; start over with --overwrite")
+    restore_rng(state["rng"], path)
+    return state["step"], state["history"], state["window"], state["elapsed_s"], timing
+
+
+def exporter(accelerator, raw, optimizer, fsdp: bool, cfg: Config, cls, state_path, export_dir, kept: dict, clock):
+    """save(step) for the loop: what a user loads (EMA weights if enabled) and, beside it, everything needed to resume
+    (`kept`: the history, config, EMA, window, data key and timing, which the loop updates in place)."""
+    def save(step: int):
+        accelerator.wait_for_everyone()
+        weights, moments = full_state(raw, optimizer.optimizer) if fsdp else (raw.state_dict(), optimizer.state_dict())
+        if not accelerator.is_main_process:
+            return
+        save_training_state(state_path, {
+            "step": step, "model": weights, "optimizer": moments, "rng": rng_states(), "history": kept["history"],
+            "config": kept["config"], "ema": kept["ema"], "window": kept["window"], "data": kept["data"],
+            "elapsed_s": clock(), "timing": kept["timing"]})
+        if fsdp or kept["ema"] is not None:
+            shadow = cls.from_config(cfg)
+            if fsdp:
+                shadow.load_state_dict(weights)
+            else:
+                for p, e in zip(shadow.parameters(), kept["ema"]):
+                    p.data.copy_(e)
+            shadow.save_pretrained(export_dir, cfg)
+        else:
+            raw.save_pretrained(export_dir, cfg)
+    return save
