@@ -11,6 +11,8 @@ Used by every trainer, the pipeline and the CLI; taught in notebooks/02_tokenize
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -305,3 +307,27 @@ def load_tree(path) -> dict:
         raise CheckpointError(f"{path} does not exist") from None
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path} is corrupt or not a minimuse state file ({_one_line(e)})") from None
+
+
+# ----------------------------------------------------- which model made these tokens: shards and the pool record it
+def identity(config, module: torch.nn.Module) -> str:
+    """A short sha256 of a model's config and every tensor of its state (name, dtype, shape, bytes), in name order:
+    equal exactly when the two models map the same inputs to the same outputs."""
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def tokenizer_identity(tokenizer) -> str:
+    """identity of a tokenizer: which ids its images become. Shards and the token pool are keyed by it."""
+    cfg = tokenizer.config  # a TokenizerConfig, or a diffusers VQModel's config dict (vqmodel.py), whose "_" keys
+    # say where and by which version it was loaded, not what it computes
+    cfg = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {k: v for k, v in cfg.items() if not k.startswith("_")}
+    return identity(cfg, tokenizer)
+
+
+def text_identity(text_encoder) -> str:
+    return identity({"encoder": text_encoder.name, "max_length": text_encoder.cfg.max_length}, text_encoder.model)

@@ -23,7 +23,7 @@ from PIL import Image
 from .checkpoint import atomic_save_image, atomic_write_text
 from .data import make_sample, to_tensor
 from .digits import digit_caption, load_digits
-from .inputs import MAX_METADATA_BYTES, check_outputs, open_image, read_text_input
+from .inputs import MAX_METADATA_BYTES, check_outputs, open_image, read_jsonl
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -52,21 +52,15 @@ def check_imagefolder(root, caption_column: str = "text") -> int:
                         f'{{"file_name": ..., "{caption_column}": ...}} per line (Hugging Face imagefolder)')
     captioned = set()
     for meta in metas:
-        try:  # bounded, and a FIFO or non-UTF-8 file named
-            text = read_text_input(meta, "metadata file", MAX_METADATA_BYTES)
+        try:  # the one JSON-lines reader: bounded, a FIFO or non-UTF-8 file named, every line an object
+            rows = read_jsonl(meta, "metadata file", MAX_METADATA_BYTES)
         except ValueError as e:
             raise DataError(str(e)) from None
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{meta} line {n} is not JSON ({e.msg})") from None
-            name = row.get("file_name") if isinstance(row, dict) else None
+        for n, row in rows:
+            name = row.get("file_name")
             if not isinstance(name, str):
                 raise DataError(f"{meta} line {n}: needs string fields 'file_name' and '{caption_column}', got "
-                                f"{sorted(row) if isinstance(row, dict) else type(row).__name__}")
+                                f"{sorted(row)}")
             caption = row.get(caption_column)
             if not isinstance(caption, str) or not caption.strip():
                 raise DataError(f"{meta} line {n}: image {name} has no caption: needs a non-empty string field "

@@ -12,16 +12,12 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_tree, save_tree
+from .checkpoint import CheckpointError, load_tree, save_tree, tokenizer_identity
 from .config import Config
 from .data import make_sample, to_tensor
 from .runs import POOL_NAME
 from .scheduler import add_noise, make_labels, random_mask
 from .superres import decimate
-
-
-def _fingerprint(model) -> float:
-    return float(sum(p.double().sum() for p in model.state_dict().values() if p.is_floating_point()))
 
 
 def build_token_pool(cfg: Config, tokenizer, n: int, cache_dir=None, batch_size: int = 256, lowres_tokenizer=None) -> dict:
@@ -34,8 +30,8 @@ def build_token_pool(cfg: Config, tokenizer, n: int, cache_dir=None, batch_size:
     gives `lowres_ids` through `lowres_tokenizer`: one scene at both sizes (Muse §2.4)."""
     size = cfg.data.image_size if lowres_tokenizer is None else cfg.superres.image_size
     key = {"n": n, "size": size, "seed": cfg.data.train_seed, "kinds": list(cfg.data.kinds),
-           "paraphrase_prob": cfg.data.paraphrase_prob, "tokenizer": _fingerprint(tokenizer),
-           **({} if lowres_tokenizer is None else {"lowres_tokenizer": _fingerprint(lowres_tokenizer)})}
+           "paraphrase_prob": cfg.data.paraphrase_prob, "tokenizer": tokenizer_identity(tokenizer),
+           **({} if lowres_tokenizer is None else {"lowres_tokenizer": tokenizer_identity(lowres_tokenizer)})}
     path = Path(cache_dir) / POOL_NAME if cache_dir else None
     if path is not None and path.is_file():
         try:

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from . import locks
-from .checkpoint import TMP_SUFFIX, CheckpointError, atomic_write_json, load_tree, save_tree
+from .checkpoint import (TMP_SUFFIX, CheckpointError, atomic_write_json, load_tree, save_tree, text_identity,
+                         tokenizer_identity)
 from .hfdata import DataError, caption_of, load_image_text, prepare_image
 from .inputs import refuse_overlap
 from .superres import decimate
@@ -39,29 +40,6 @@ MANIFEST, TABLE = "manifest.json", "text_table.safetensors"
 
 class ShardError(CheckpointError):
     """Shards that are unfinished, corrupt, or made by another tokenizer or text encoder than the run's."""
-
-
-def identity(config, module: torch.nn.Module) -> str:
-    """A short sha256 of a model's config and every tensor of its state (name, dtype, shape, bytes), in name order:
-    equal exactly when the two models map the same inputs to the same outputs."""
-    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
-def tokenizer_identity(tokenizer) -> str:
-    import dataclasses
-    cfg = tokenizer.config  # a TokenizerConfig, or a diffusers VQModel's config dict (vqmodel.py), whose "_" keys
-    # say where and by which version it was loaded, not what it computes
-    cfg = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {k: v for k, v in cfg.items() if not k.startswith("_")}
-    return identity(cfg, tokenizer)
-
-
-def text_identity(text_encoder) -> str:
-    return identity({"encoder": text_encoder.name, "max_length": text_encoder.cfg.max_length}, text_encoder.model)
 
 
 def _encode_fn(tokenizer, size: int, caption_column: str, image_column: str, lowres_tokenizer=None, lowres_size=None):

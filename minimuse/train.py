@@ -18,7 +18,7 @@ import torch
 from accelerate.utils import DistributedType
 
 from .bench import write_train_report
-from .checkpoint import WEIGHTS_NAME, CheckpointError
+from .checkpoint import WEIGHTS_NAME, CheckpointError, identity
 from .config import Config
 from .critic import TokenCritic, critic_batch, critic_loss
 from .eval import quick_eval_fn, quick_superres_eval_fn
@@ -32,7 +32,6 @@ from .runs import (CRITIC_STATE, LOG_NAME, SUPERRES_STATE, TRANSFORMER_STATE, TR
                    _saved, keep_freed_memory, load_full_state, load_training_state, make_accelerator, prepare_run_dir,
                    resolve_precision, seed_everything)
 from .scheduler import masked_ce
-from .shards import identity
 from .superres import SuperResTransformer
 from .text_encoder import TextEncoder
 from .train_tokenizer import train_tokenizer  # noqa: F401 (notebooks and tests import it from here)

@@ -38,7 +38,7 @@ class VQTokenizer(nn.Module):
     def __init__(self, vq):
         super().__init__()
         self.vq = vq.eval().requires_grad_(False)
-        self.config = dict(vq.config)  # identity and checks read it (shards.tokenizer_identity)
+        self.config = dict(vq.config)  # identity and checks read it (checkpoint.tokenizer_identity)
         self.codebook_size = vq.config.num_vq_embeddings  # K
         self.downsample = 2 ** (len(vq.config.block_out_channels) - 1)  # f: one 2x down block per stage but the last
         self.full_config, self.stage = None, "base"

@@ -12,7 +12,8 @@ from minimuse.presets import get_config
 from minimuse.data import make_sample
 from minimuse.digits import load_digits
 from minimuse.hfdata import DataError, ImageTextDataset, check_imagefolder, write_imagefolder
-from minimuse.shards import ShardError, load_shards, pretokenize, tokenizer_identity
+from minimuse.checkpoint import tokenizer_identity
+from minimuse.shards import ShardError, load_shards, pretokenize
 from minimuse.text_encoder import TextEncoder
 from minimuse.tokenizer import Tokenizer
 from minimuse.train import micro_batches, train_transformer
@@ -91,7 +92,8 @@ def test_digits_are_real_scans_split_and_captioned(tmp_path):
     ("no_metadata", "metadata.jsonl not found"),
     ("no_caption", "line 2: image b.png has no caption"),
     ("missing_file", "line 2: image .*b.png not found"),
-    ("not_json", "line 1 is not JSON"),
+    ("not_json", "metadata.jsonl, line 1: not JSON"),
+    ("not_an_object", "metadata.jsonl, line 1: holds a number, not an object"),
 ])
 def test_bad_folders_get_one_line_naming_the_file(tmp_path, case, match):
     if case != "empty":
@@ -102,6 +104,8 @@ def test_bad_folders_get_one_line_naming_the_file(tmp_path, case, match):
                  '{"file_name": "b.png"}' if case == "no_caption" else '{"file_name": "b.png", "text": "y"}']
         if case == "not_json":
             lines[0] = "{oops"
+        if case == "not_an_object":
+            lines[0] = "7"
         if case != "no_metadata":
             (tmp_path / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=match):
