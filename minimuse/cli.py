@@ -220,6 +220,8 @@ def _measure_commands(sub):
     _add_sampling(e)
     e.add_argument("--fid", action="store_true", help="also FID against true renders and diversity over 8 seeds")
     e.add_argument("--fid-features", help="the FID feature network (default: data/checkpoints/features)")
+    e.add_argument("--assets", default=None, help="--task nouns: @nouns/assets' dist/image-data.json (default: the cache, "
+                   "else npm; docs/NOUNS.md)")
     e.set_defaults(fn=cmd_eval)
 
     w = sub.add_parser("sweep", help="faithfulness (Wilson 95%%), FID and diversity over a grid of sampling settings")

@@ -223,12 +223,14 @@ def cmd_eval(args):
         raise CLIError(f"--task {args.task} measures the checkpoint's own settings; drop the sampling flags")
     if args.fid and args.task != "generate":
         raise CLIError(f"--fid measures generation; drop it with --task {args.task}")
+    if args.assets is not None and args.task != "nouns":
+        raise CLIError(f"--assets is for --task nouns, not --task {args.task}")
     fid_features = None
     if args.fid:  # checked before any image is drawn
         fid_features = ShapesFeatures.from_pretrained(args.fid_features or DEFAULT_CHECKPOINT.parent / "features")
     result = evaluate(args.checkpoint if args.checkpoint is not None else DEFAULT_CHECKPOINT, n=args.n,
                       tokenizer_n=args.tokenizer_n, seed=args.seed, device=_device(args), task=args.task,
-                      fid_features=fid_features, **({} if args.task not in ("generate", "edit", "counts") else sampling))
+                      fid_features=fid_features, assets=args.assets, **({} if args.task not in ("generate", "edit", "counts") else sampling))
     print(json.dumps(result, indent=2))
 
 

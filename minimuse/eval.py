@@ -18,6 +18,7 @@ from .data import ShapesDataset, eval_prompts, make_sample, render, to_tensor
 from .digits import eval_digits
 from .eval_counts import eval_counts
 from .eval_nouns import eval_nouns
+from .nouns import load as load_nouns
 from .eval_edits import evaluate_edits
 from .judge import find_objects, score
 from .metrics import fid, psnr_from_mse, wilson  # noqa: F401 (fid: minimuse.eval.fid, as notebook 09 calls it)
@@ -221,14 +222,14 @@ def eval_superres(pipe, n: int = 64, n_images: int = 256, seed: int | None = Non
 
 
 def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None = None, device=None,
-             task: str = "generate", fid_features=None, **sampling) -> dict:
+             task: str = "generate", fid_features=None, assets=None, **sampling) -> dict:
     """What `minimuse eval` prints: tokenizer metrics for a tokenizer dir; for a pipeline dir (tokenizer/ and
     transformer/), the tokenizer metrics plus faithfulness per caption kind and per count under the checkpoint's
     sampling defaults, or the `sampling` overrides (num_steps, guidance_scale, sampler, ...). task="superres" is
     eval_superres on a cascade checkpoint (n prompts per kind); "inpaint", "edit" and "outpaint" are eval_edits' (n
     held-out scenes); "digits" is digits.eval_digits (n images per digit); "counts" is eval_counts (n prompts for
     each partition of the object count into groups, under the sampling overrides); "nouns" is eval_nouns (n held-out
-    Nouns characters, each part judged)."""
+    Nouns characters, each part judged; `assets` is the artwork's JSON, default nouns.load's search)."""
     from pathlib import Path
     root = Path(checkpoint)
     if (root / "config.json").is_file() and read_config(root).get("kind") == "tokenizer":
@@ -245,7 +246,8 @@ def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None
     if task == "counts":
         return {"checkpoint": str(root), "counts": eval_counts(pipe, n, seed, **sampling)}
     if task == "nouns":  # a model trained on the Nouns characters, judged part by part on held-out pairings
-        return {"checkpoint": str(root), "nouns": eval_nouns(pipe, n, 0 if seed is None else seed, **sampling)}
+        return {"checkpoint": str(root), "nouns": eval_nouns(pipe, n, 0 if seed is None else seed, nouns=load_nouns(assets),
+                                                             **sampling)}
     if task in ("inpaint", "edit", "outpaint"):
         return {"checkpoint": str(root), task: evaluate_edits(pipe, task, n, seed, **sampling)}
     if task != "generate":

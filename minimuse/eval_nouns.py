@@ -54,8 +54,15 @@ def tokenizer_ceiling(pipe, nouns: Nouns, combos) -> dict:
     S = pipe.config.data.image_size
     if S % 32:
         raise ValueError(f"the Nouns judge reads 32k px images; this pipeline draws {S} px")
-    real = np.stack([nouns.render(c).repeat(S // 32, 0).repeat(S // 32, 1) for c in combos])  # (n, S, S, 3)
-    back = pipe.decode(pipe.encode_images(real))
-    hits = [all(judge(nouns, im, c).values()) for im, c in zip(back, combos)]
+    return round_trip(nouns, combos, lambda real: pipe.decode(pipe.encode_images(real)), S)
+
+
+def round_trip(nouns: Nouns, combos, through, size: int = 32) -> dict:
+    """What survives `through` (uint8 images (n, S, S, 3) in, the same out): the share of exact renders of `combos`
+    whose every part the judge still finds, with its interval, each part's share, and the PSNR."""
+    real = np.stack([nouns.render(c).repeat(size // 32, 0).repeat(size // 32, 1) for c in combos])  # (n, S, S, 3)
+    back = through(real)
+    shown = [judge(nouns, im, c) for im, c in zip(back, combos)]
     mse = float((((back.astype(np.float32) - real) / 255) ** 2).mean())
-    return {**_rate(hits), "psnr": round(psnr_from_mse(mse), 2)}
+    return {**_rate([all(s.values()) for s in shown]), "psnr": round(psnr_from_mse(mse), 2),
+            "per_part": {p: round(float(np.mean([s[p] for s in shown])), 4) for p in PARTS}}

@@ -133,6 +133,16 @@ PRESETS["laptop-critic"] = dataclasses.replace(
     transformer=TransformerConfig(width=128, depth=2, heads=4, kind="critic"),
     train=dataclasses.replace(PRESETS["laptop"].train, steps=3000, warmup_steps=200, label_smoothing=0.0, eval_every=0))
 
+# Nouns pixel characters (nouns.py), trained from scratch through the real-data path: `dataset --source nouns`,
+# `train-tokenizer --data`, `pretokenize`, `train --data` (docs/NOUNS.md). 4x4 px per token loses the accessories
+# whatever the codebook size, so 2x2 px: a 16x16 grid of 1,024 codes (measured in docs/NOUNS.md). 256 image tokens
+# make a step dearer, so 2,000 steps: what fits 45 minutes with the tokenizer. The longest canonical caption is 39
+# MiniLM tokens, [CLS] and [SEP] included.
+PRESETS["nouns"] = dataclasses.replace(
+    PRESETS["laptop"], name="nouns", superres=None, text=TextConfig(max_length=40),
+    tokenizer=dataclasses.replace(PRESETS["laptop"].tokenizer, channel_mult=(1, 2), codebook_size=1024),
+    train=dataclasses.replace(PRESETS["laptop"].train, steps=2000, kind_weights=(), eval_every=0))
+
 
 def get_config(name: str | None = None, **overrides) -> Config:
     """Return the preset `name` (default: $MINIMUSE_PRESET, else 'laptop') with overrides applied.

@@ -78,13 +78,16 @@ class Tokenizer(nn.Module):
         return images.float()
 
     # ------------------------------------------------------------------------------------------------ checkpoints
-    def save_pretrained(self, out_dir, config: Config | None = None, stage: str | None = None):
-        """Write config.json (the full Config) and model.safetensors atomically. EMA buffers are included."""
+    def save_pretrained(self, out_dir, config: Config | None = None, stage: str | None = None,
+                        dtype: torch.dtype | None = None):
+        """Write config.json (the full Config) and model.safetensors atomically (floats as `dtype` if given: fp16
+        for shipped checkpoints that must fit data/'s budget). EMA buffers are included."""
         config = config or self.full_config or Config(name="custom", tokenizer=self.config)
         stage = stage or self.stage
         if stage not in ("base", "superres"):
             raise ValueError(f"stage must be 'base' or 'superres', got {stage!r}")
-        return save_checkpoint(out_dir, "tokenizer", config.to_dict(), self.state_dict(), extra={"stage": stage})
+        return save_checkpoint(out_dir, "tokenizer", config.to_dict(), self.state_dict(), extra={"stage": stage},
+                               dtype=dtype)
 
     @classmethod
     def from_pretrained(cls, ckpt_dir, config: Config | TokenizerConfig | None = None) -> "Tokenizer":

@@ -161,6 +161,7 @@ LESSONS = [  # the README's lesson table lists the same stems and files (tests/t
     ("07_superres", "super-res", "superres.py, train_tokenizer.py"),
     ("08_editing", "editing", "editing.py, eval_edits.py"),
     ("09_experiments", "experiments", "eval.py, sweep.py, eval_counts.py, bench.py"),
+    ("10_nouns", "your own data", "nouns.py, nouns_judge.py, eval_nouns.py"),
 ]
 
 

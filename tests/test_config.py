@@ -7,7 +7,8 @@ import pytest
 from minimuse.config import Config, ConfigError, DataConfig, SampleConfig, TextConfig, TokenizerConfig, TrainConfig, TransformerConfig
 from minimuse.presets import PRESETS, apply_override, get_config
 
-PAPER_PRESETS = ["ci", "laptop", "gpu", "gpu-small", "muse-632m", "muse-3b", "muse-superres-268m", "laptop-ar", "laptop-critic"]
+PAPER_PRESETS = ["ci", "laptop", "gpu", "gpu-small", "muse-632m", "muse-3b", "muse-superres-268m", "laptop-ar", "laptop-critic",
+                 "nouns"]
 
 
 def test_all_presets_exist_and_build():

@@ -15,7 +15,7 @@ FOUNDATION = {"config", "presets", "limits", "checkpoint", "inputs", "locks", "m
 CORE = {"tokenizer", "quantizer", "vqmodel", "text_encoder", "transformer", "scheduler", "decoding", "sampler",
         "superres", "autoregressive", "critic"}
 MACHINERY = {"pipeline", "editing", "loop", "train", "transformer_setup", "train_tokenizer", "runs", "pool", "data",
-             "hfdata", "shards", "features", "judge", "digits", "nouns", "nouns_judge", "viz"}
+             "hfdata", "shards", "features", "judge", "digits", "nouns", "nouns_judge", "nouns_standin", "viz"}
 APPS = {"__init__", "__main__", "cli", "commands", "jobs", "eval", "eval_counts", "eval_edits", "eval_nouns", "sweep",
         "bench"}
 LAYER = {**{m: 0 for m in FOUNDATION}, **{m: 1 for m in CORE}, **{m: 2 for m in MACHINERY}, **{m: 3 for m in APPS}}

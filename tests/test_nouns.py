@@ -1,6 +1,7 @@
 """The Nouns source (nouns.py): the run-length decoder, the caption and split contracts, the judge of parts, the
-artwork's fetch and checks, and `minimuse dataset --source nouns`. A small synthetic image-data.json is written here
-in the same format (no npm, no network); the real artwork is checked only where it is already cached."""
+artwork's fetch and checks, and `minimuse dataset --source nouns`. The stand-in artwork (nouns_standin.py: the same
+format, drawn in code) is written per test (no npm, no network); the real artwork is checked only where it is cached.
+A stand-in part is drawn straight from its pixel array (`expected`), so a decoder that read the runs wrong fails."""
 import hashlib
 import io
 import json
@@ -14,51 +15,7 @@ import pytest
 from clitools import assert_one_line, run_cli, snapshot
 from minimuse import nouns as N
 from minimuse.nouns_judge import judge, judge_report
-
-PALETTE = ["", "ff0000", "00ff00", "0000ff", "ffff00", "ff00ff", "00ffff", "202020", "808080", "f0f0f0"]
-NAMES = {"bodies": ["body-gold", "body-blue", "body-ice-cold"],
-         "accessories": ["accessory-chain-logo", "accessory-none", "accessory-owl", "body-bege"],
-         "heads": [f"head-{w}" for w in ("bear", "aardvark", "egg", "pipe", "fir", "saw", "ghost-B", "hanger", "igloo",
-                                         "weed", "onion", "bag")],
-         "glasses": ["glasses-square-red", "glasses-hip-rose", "glasses-grass"]}
-BOUNDS = {"bodies": (21, 31, 9, 23), "accessories": (23, 29, 12, 20), "heads": (4, 20, 6, 26),
-          "glasses": (11, 16, 7, 23)}  # top, bottom (inclusive), left, right (exclusive)
-
-
-def part_ids(key: str, i: int) -> np.ndarray:
-    """int (32, 32) palette indices of part i of `key`: a pattern of its own inside the kind's bounds."""
-    ids = np.zeros((32, 32), np.int64)
-    if NAMES[key][i] == "accessory-none":
-        return ids
-    top, bottom, left, right = BOUNDS[key]
-    r, c = np.mgrid[top:bottom + 1, left:right]
-    k = list(BOUNDS).index(key)
-    ids[top:bottom + 1, left:right] = np.where((r * 3 + c * (i + 2) + k) % (4 + k) == 0, 0,
-                                               1 + (r // (i % 3 + 1) + c * (k + 1) + 2 * i) % 9)
-    return ids
-
-
-def rle(ids: np.ndarray) -> str:
-    """The test's own encoder: header (0, top, right, bottom, left), then (length, index) runs row by row."""
-    ys, xs = np.nonzero(ids)
-    if not len(ys):
-        return "0x0000000000"
-    top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max() + 1
-    out, flat = [0, top, right, bottom, left], ids[top:bottom + 1, left:right].ravel().tolist()
-    i = 0
-    while i < len(flat):
-        j = i
-        while j < len(flat) and flat[j] == flat[i] and j - i < 255:
-            j += 1
-        out += [j - i, flat[i]]
-        i = j
-    return "0x" + bytes(int(v) for v in out).hex()
-
-
-def synthetic() -> dict:
-    return {"bgcolors": ["d5d7e1", "e1d7d5"], "palette": list(PALETTE),
-            "images": {k: [{"filename": n, "data": rle(part_ids(k, i))} for i, n in enumerate(v)]
-                       for k, v in NAMES.items()}}
+from minimuse.nouns_standin import NAMES, PALETTE, part_ids, standin as synthetic
 
 
 @pytest.fixture
@@ -323,9 +280,33 @@ def test_eval_nouns_reports_each_part_with_its_interval(nouns):
     assert all(r["parts"][p]["accuracy"] == 1.0 and r["parts"][p]["n"] == n for p in N.PARTS)
     assert r["all_five"]["accuracy"] == 1.0 and r["all_five"]["interval"][1] == 1.0 and r["all_five"]["interval"][0] < 1
     assert r["confusions"] == {p: [] for p in N.PARTS}
-    assert r["tokenizer_ceiling"]["accuracy"] == 1.0
+    assert r["tokenizer_ceiling"]["accuracy"] == 1.0 and r["tokenizer_ceiling"]["per_part"] == {p: 1.0 for p in N.PARTS}
     swapped = eval_nouns(FakePipe(nouns, swap_glasses=True), n=n, nouns=nouns)
     assert swapped["parts"]["glasses"]["accuracy"] == 0.0 and swapped["all_five"]["accuracy"] == 0.0
     assert swapped["parts"]["head"]["accuracy"] >= 0.9  # the other parts are still found
     top = swapped["confusions"]["glasses"][0]
     assert top["prompted"] != top["drawn"] and top["count"] >= 1
+
+
+@pytest.mark.slow
+def test_the_real_data_path_trains_and_evaluates_a_ci_model(tmp_path, capsys, assets, nouns):
+    """dataset -> train-tokenizer -> pretokenize -> train --data -> eval --task nouns, at ci size on the synthetic
+    artwork: every step through the CLI, and the eval reads the model it trained (each part, n, the ceiling)."""
+    ci = ["--preset", "ci", "--set", "superres.image_size=64", "--set", "data.image_size=32"]
+    steps = [("dataset", "--source", "nouns", "--n", "48", "--format", "imagefolder", "--assets", assets,
+              "--out-dir", tmp_path / "data"),
+             ("train-tokenizer", *ci, "--data", tmp_path / "data", "--out", tmp_path / "tok"),
+             ("pretokenize", *ci, "--data", tmp_path / "data", "--tokenizer", tmp_path / "tok", "--out", tmp_path / "shards"),
+             ("train", *ci, "--data", tmp_path / "shards", "--tokenizer", tmp_path / "tok", "--out", tmp_path / "run",
+              "--set", "train.kind_weights=")]
+    for argv in steps:
+        code, out, err = run_cli(capsys, *argv)
+        assert code in (0, None), (argv[0], err)
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", tmp_path / "run", "--task", "nouns", "--n", "6",
+                             "--assets", assets)
+    assert code in (0, None), err
+    r = json.loads(out)["nouns"]
+    assert set(r["parts"]) == set(N.PARTS) and all(r["parts"][p]["n"] == 6 for p in N.PARTS)
+    assert r["all_five"]["n"] == 6 and r["tokenizer_ceiling"]["n"] == 6 and set(r["tokenizer_ceiling"]["per_part"]) == set(N.PARTS)
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", tmp_path / "run", "--assets", assets)
+    assert_one_line(code, err, "--assets is for --task nouns")

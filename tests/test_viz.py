@@ -159,6 +159,6 @@ def test_roadmap_fills_the_current_lesson_shades_the_earlier_ones_and_names_bad_
     assert fig.axes[0].texts[-1].get_text() == "you are here"
     assert [to_hex(p.get_facecolor()) for p in roadmap(6).axes[0].patches] == faces  # a number works as the stem
     plt.close("all")
-    for bad in ("10_nothing", 10, -1):
+    for bad in ("11_nothing", 11, -1):
         with pytest.raises(ValueError, match="unknown lesson.*00_overview"):
             roadmap(bad)
