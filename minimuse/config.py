@@ -1,4 +1,4 @@
-"""Configuration: one frozen dataclass per concern, and the named presets.
+"""Configuration: one frozen dataclass per concern.
 
 A `Config` holds everything needed to build, train and sample one minimuse model.
 Presets run from `ci` (seconds, for tests and nbval) through `laptop` (the shipped
@@ -19,8 +19,6 @@ CAPTION_KINDS = ("single", "count", "relation", "pair", "mixed")
 SCHEDULE_NAMES = ("cosine", "linear", "square", "cubic", "log", "exp")  # MaskGIT's mask schedules gamma
 SAMPLER_NAMES = ("confidence", "halton", "random", "remask", "critic")  # commit rules of the sampler
 MAX_STEPS = 4096  # decoding steps; the sampler further refuses more steps than the tokens it has to generate
-
-
 MODEL_KINDS = ("masked", "autoregressive", "critic")
 OUTPUT_TYPES = ("np", "pil", "ids")  # what a drawing call returns: uint8 arrays, PIL images, or undecoded token ids
 
@@ -138,15 +136,18 @@ class TransformerConfig:
 class TrainConfig:
     steps: int = 6000
     batch_size: int = 64
-    optimizer: str = "adamw"             # "adamw" or "adafactor" (Muse App. A uses Adafactor)
+    optimizer: str = "adamw"             # "adamw", "adafactor" (Muse App. A) or "muon": Muon on the blocks' matrices, AdamW on the rest
     lr: float = 2e-3                     # peak learning rate (Muse: 1e-4 at batch 512)
-    min_lr_ratio: float = 0.05           # cosine decay ends at lr * min_lr_ratio
+    lr_schedule: str = "cosine"          # after warmup: "cosine", "linear" decay, or "wsd" (stable, then linear over the last decay_fraction)
+    decay_fraction: float = 0.2          # wsd only: the share of the steps after warmup spent decaying
+    min_lr_ratio: float = 0.05           # the decay ends at lr * min_lr_ratio
     warmup_steps: int = 200
     weight_decay: float = 0.01
     betas: tuple = (0.9, 0.99)
     grad_clip: float = 1.0
     ema_decay: float = 0.0               # EMA of weights; 0 = off
     label_smoothing: float = 0.1         # MaskGIT uses 0.1
+    loss_weighting: str = "uniform"      # masked tokens weighed alike, or "md4": the ELBO's weight for the cosine law (scheduler.md4_weight)
     min_mask_rate: float = 0.0           # floor on r ~ cos(pi u / 2); MaskGIT 0.5, aMUSEd 0
     rect_mask_prob: float = 0.0          # chance of masking a random rectangle instead of random positions
     cond_drop_prob: float = 0.1          # text dropped to the unconditional input (Muse §2.7, for guidance)
@@ -175,8 +176,11 @@ class TrainConfig:
         check_within(self, "ema_decay", 0.0, 1.0, hi_open=True)
         check_within(self, "label_smoothing", 0.0, 1.0, hi_open=True)
         check_within(self, "rect_mask_prob", 0.0, 1.0)
-        check_field(self.optimizer in ("adamw", "adafactor"), "train.optimizer", f"must be 'adamw' or 'adafactor', got {self.optimizer!r}")
-        check_field(self.mixed_precision in ("no", "bf16", "fp16", "auto"), "train.mixed_precision", "must be 'no', 'bf16', 'fp16' or 'auto'")
+        check_within(self, "decay_fraction", 0.0, 1.0)
+        for name, allowed in (("optimizer", ("adamw", "adafactor", "muon")), ("lr_schedule", ("cosine", "linear", "wsd")),
+                              ("loss_weighting", ("uniform", "md4")), ("mixed_precision", ("no", "bf16", "fp16", "auto"))):
+            check_field(getattr(self, name) in allowed, f"train.{name}",
+                        f"must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         check_field(0.0 <= self.min_mask_rate < 1.0, "train.min_mask_rate", "must lie in [0, 1)")
         check_field(0.0 <= self.cond_drop_prob <= 1.0, "train.cond_drop_prob", "must lie in [0, 1]")
         check_field(all(is_finite_number(w) and w >= 0 for w in self.kind_weights) and (not self.kind_weights or sum(self.kind_weights) > 0),
@@ -297,6 +301,8 @@ class Config:
                f"{self.data.image_size} is not divisible by the tokenizer's downsampling factor {f}")
         check_field(not self.train.kind_weights or len(self.train.kind_weights) == len(self.data.kinds), "train.kind_weights",
                f"needs one weight per kind in data.kinds {self.data.kinds}, got {self.train.kind_weights}")
+        check_field(self.train.loss_weighting == "uniform" or self.transformer.kind == "masked", "train.loss_weighting",
+                    f"'md4' weighs masked tokens; a transformer.kind {self.transformer.kind!r} model has none: use 'uniform'")
         if self.superres is not None:
             sr = self.superres
             check_field(sr.image_size % sr.tokenizer.downsample == 0, "superres.image_size",

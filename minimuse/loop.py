@@ -1,7 +1,7 @@
 """The one training loop every stage runs: the tokenizer (Muse §2.2) and its decoder finetuning (§2.5), the masked
 transformer and its baselines (§2.3, §2.6), the super-res stage (§2.4), the Token-Critic and the FID feature net.
 
-A plain `for step in range(start, steps)` that owns what every stage repeats: the warmup + cosine learning rate,
+A plain `for step in range(start, steps)` that owns what every stage repeats: the learning rate's warmup and decay,
 zero_grad, backward through Accelerate, gradient clipping and the optimizer step, the refusal of a non-finite loss,
 the log cadence (every log_every steps and the last), the checkpoint cadence (every ckpt_every steps and the last),
 the progress bar, the step and checkpoint seconds, and `on_step`. A stage says only what is its own (`Stage`): how
@@ -34,7 +34,7 @@ class Clock:
 
 @dataclass(frozen=True)
 class Schedule:
-    """How many steps, the learning rate's warmup + cosine decay, and how often to log and checkpoint."""
+    """How many steps, the learning rate's warmup and decay, and how often to log and checkpoint."""
     steps: int
     lr: float
     warmup_steps: int
@@ -42,6 +42,8 @@ class Schedule:
     log_every: int
     ckpt_every: int
     grad_clip: float = 0.0  # 0: no clipping
+    shape: str = "cosine"   # the decay after warmup: "cosine", "linear" or "wsd" (runs.cosine_lr)
+    decay_fraction: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def run_loop(stage: Stage, sched: Schedule, start: int, optimizer, accelerator, 
     bar = _progress(sched.steps, start, accelerator.is_main_process)
     for step in range(start, sched.steps):
         t_step = time.time()
-        lr = cosine_lr(step, sched.lr, sched.warmup_steps, sched.steps, sched.min_lr_ratio)
+        lr = cosine_lr(step, sched.lr, sched.warmup_steps, sched.steps, sched.min_lr_ratio, sched.shape, sched.decay_fraction)
         set_lr(optimizer, lr)
         optimizer.zero_grad(set_to_none=True)
         for loss in stage.losses(step):

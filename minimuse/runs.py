@@ -278,12 +278,18 @@ def make_accelerator(cfg: Config, precision: str | None = None, compile: bool = 
     return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(), dynamo_backend=backend)
 
 
-def cosine_lr(step: int, peak: float, warmup: int, total: int, min_ratio: float = 0.0) -> float:
-    """Linear warmup to `peak` over `warmup` steps, then cosine decay to peak * min_ratio at `total`."""
+def cosine_lr(step: int, peak: float, warmup: int, total: int, min_ratio: float = 0.0, shape: str = "cosine",
+              decay_fraction: float = 0.2) -> float:
+    """Linear warmup to `peak` over `warmup` steps, then a decay to peak * min_ratio at `total`: a half cosine
+    (shape "cosine"), a straight line ("linear"), or warmup-stable-decay ("wsd": `peak` until the last
+    `decay_fraction` of the steps after warmup, then a straight line)."""
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    if shape == "wsd":
+        progress = max(0.0, progress - (1 - decay_fraction)) / decay_fraction if decay_fraction > 0 else 0.0
+    left = 0.5 * (1 + math.cos(math.pi * progress)) if shape == "cosine" else 1 - progress
+    return peak * (min_ratio + (1 - min_ratio) * left)
 
 
 def set_lr(optimizer, lr: float) -> None:

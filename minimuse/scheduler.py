@@ -81,6 +81,22 @@ def masked_ce(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float
                            ignore_index=-100, label_smoothing=label_smoothing)
 
 
+def md4_weight(r: torch.Tensor) -> torch.Tensor:
+    """The weight of a masked token's loss that makes the summed masked loss a bound on -log p(x) (MD4, Shi et al.
+    2024; MDLM, Sahoo et al. 2024): -a'(t) / (1 - a(t)), with a(t) the share of tokens kept at time t. Muse's law
+    masks r = cos(pi u / 2), so with t = 1 - u, a(t) = 1 - sin(pi t / 2) and the weight is (pi/2) cot(pi t / 2) =
+    (pi/2) sqrt(1 - r^2) / r: a nearly empty grid's tokens weigh most, a fully masked grid's nothing."""
+    return math.pi / 2 * torch.sqrt((1 - r * r).clamp_min(0)) / r
+
+
+def weighted_masked_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Sum over masked positions of weight x cross-entropy; logits (B, L, K), labels and weights (B, L)."""
+    K = logits.shape[-1]
+    ce = F.cross_entropy(logits.reshape(-1, K).float(), labels.reshape(-1), ignore_index=-100,  # (B*L,), 0 where ignored
+                         label_smoothing=label_smoothing, reduction="none")
+    return (ce * weights.reshape(-1)).sum()
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Inference: gamma(r) is the fraction of the N initially masked positions still masked once a fraction r of the steps
 # is done. Formulas from MaskGIT's libml/mask_schedule.py `schedule(ratio, total_unknown, method)`: "uniform" (linear),

@@ -31,7 +31,7 @@ from .runs import cosine_lr  # noqa: F401 (notebook 05 imports it from here)
 from .runs import (CRITIC_STATE, LOG_NAME, SUPERRES_STATE, TRANSFORMER_STATE, TRANSFORMER_STATE_KEYS, JsonlLogger,
                    _saved, keep_freed_memory, load_full_state, load_training_state, make_accelerator, prepare_run_dir,
                    resolve_precision, seed_everything)
-from .scheduler import masked_ce
+from .scheduler import masked_ce, md4_weight, weighted_masked_ce
 from .superres import SuperResTransformer
 from .text_encoder import TextEncoder
 from .train_tokenizer import train_tokenizer  # noqa: F401 (notebooks and tests import it from here)
@@ -174,7 +174,8 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     now = {}  # what the last step left: its batch, which the report counts the FLOPs of
     run = _transformer_stage(model, raw, accelerator, scfg, (pool, table, b), gen, sr, cls.ARCH == "autoregressive",
                              ema, window, eval_fn, timing, clock, save, now)
-    run_loop(run, Schedule(tc.steps, tc.lr, tc.warmup_steps, tc.min_lr_ratio, tc.log_every, tc.ckpt_every, tc.grad_clip),
+    run_loop(run, Schedule(tc.steps, tc.lr, tc.warmup_steps, tc.min_lr_ratio, tc.log_every, tc.ckpt_every, tc.grad_clip,
+                           tc.lr_schedule, tc.decay_fraction),
              start, optimizer, accelerator, model, history, logger, "transformer",
              f"Lower train.lr (now {tc.lr}) and --resume, or retrain.", out_dir, timing,
              on_step=None if on_step is None else lambda step, record: on_step(step, record, raw))
@@ -206,6 +207,7 @@ def _transformer_stage(model, raw, accelerator, scfg: Config, data: tuple, gen, 
     micro-batches, then the EMA; log lines average the steps since the last one and add the quick eval."""
     tc, (pool, table, b) = scfg.train, data
     critic = gen is not None
+    md4 = tc.loss_weighting == "md4"  # the Config refuses it for the critic and the autoregressive model
 
     def losses(step: int):
         inputs, labels, text, text_mask, *lowres = (x.to(accelerator.device) for x in train_step_inputs(
@@ -220,6 +222,9 @@ def _transformer_stage(model, raw, accelerator, scfg: Config, data: tuple, gen, 
         model.train()
         masked = labels != -100  # (B, L)
         loss, correct, n_masked = 0.0, 0, masked.sum()
+        if md4:  # each masked token weighs md4_weight(its grid's mask share); the batch's loss is the weighted mean
+            weights = md4_weight(masked.float().mean(1, keepdim=True)) * masked  # (B, L)
+            total = weights.sum()
         for k, sl in enumerate(micro_batches(b, tc.grad_accum)):
             # every micro-batch but the last skips DDP's gradient all-reduce (the loop's backward runs inside no_sync);
             # its loss is weighted by its share of the batch's masked tokens, so the summed gradient is the whole
@@ -227,8 +232,11 @@ def _transformer_stage(model, raw, accelerator, scfg: Config, data: tuple, gen, 
             with (accelerator.no_sync(model) if k < tc.grad_accum - 1 else contextlib.nullcontext()):
                 with accelerator.autocast():
                     logits = model(inputs[sl], text[sl], text_mask[sl], **{n: v[sl] for n, v in extra.items()})  # (B/A, L, K)
-                    part = ((critic_loss(logits, labels[sl]) if critic else masked_ce(logits, labels[sl], tc.label_smoothing))
-                            * (masked[sl].sum() / n_masked))
+                    if md4:
+                        part = weighted_masked_ce(logits, labels[sl], weights[sl], tc.label_smoothing) / total
+                    else:
+                        part = ((critic_loss(logits, labels[sl]) if critic else masked_ce(logits, labels[sl], tc.label_smoothing))
+                                * (masked[sl].sum() / n_masked))
                 yield part
             loss = loss + part.detach()
             pred = (logits.detach() > 0).float() if critic else logits.detach().argmax(-1)  # (B/A, L)

@@ -65,11 +65,42 @@ def load_generator(cfg: Config, generator, device):
     return gen
 
 
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon (torch.optim.Muon) on the blocks' weight matrices and AdamW on the rest (embeddings, positions, the text
+    projection, the head, norms and biases), the split of modded-nanogpt and Keller Jordan's Muon. Muon's step is
+    scaled to AdamW's update size (`match_rms_adamw`), so one learning rate and one schedule serve both. To the loop
+    it is one optimizer: it holds both parts' param groups (the same dicts, so setting a group's lr reaches its part),
+    steps both, and saves both states."""
+
+    def __init__(self, matrices, rest, lr: float, weight_decay: float, betas):
+        self.muon = torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+        self.adamw = torch.optim.AdamW(rest, lr=lr, betas=betas, fused=True)
+        super().__init__(self.muon.param_groups + self.adamw.param_groups, {})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.muon.step()
+        self.adamw.step()
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])
+
+
 def make_optimizer(model, tc):
-    """AdamW (or Adafactor) with weight decay on the matrices only: not on biases, norms or embeddings."""
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
-    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW (or Adafactor) with weight decay on the matrices only: not on biases, norms or embeddings; with
+    train.optimizer "muon", the blocks' matrices go to Muon instead (MuonAdamW)."""
+    params = list(model.named_parameters())
+    hidden = [p for n, p in params if tc.optimizer == "muon" and n.startswith("blocks.") and p.dim() == 2]
+    rest = [(n, p) for n, p in params if not any(p is h for h in hidden)]
+    decays = [p.dim() >= 2 and "emb" not in n for n, p in rest]
+    groups = [{"params": [p for (_, p), d in zip(rest, decays) if d], "weight_decay": tc.weight_decay},
+              {"params": [p for (_, p), d in zip(rest, decays) if not d], "weight_decay": 0.0}]
+    if hidden:
+        return MuonAdamW([{"params": hidden, "weight_decay": tc.weight_decay}], groups, tc.lr, tc.weight_decay, tc.betas)
     if tc.optimizer == "adafactor":
         from transformers.optimization import Adafactor
         return Adafactor(groups, lr=tc.lr, relative_step=False, scale_parameter=False, warmup_init=False)

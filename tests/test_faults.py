@@ -196,6 +196,12 @@ def tokenizer_dir(tmp_path_factory):
     return d / "tok"
 
 
-def test_transformer_training_survives_sigkill(tmp_path, tokenizer_dir):
-    run_fault_test([*TRANSFORMER_ARGS, "--tokenizer", tokenizer_dir], tmp_path, "transformer/model.safetensors",
+# the speedrun's levers: Muon with AdamW (two optimizer states), warmup-stable-decay, the MD4 weighting, the EMA
+LEVERS = ["--set", "train.optimizer=muon", "--set", "train.lr_schedule=wsd", "--set", "train.loss_weighting=md4",
+          "--set", "train.ema_decay=0.9"]
+
+
+@pytest.mark.parametrize("levers", [[], LEVERS], ids=["defaults", "speedrun-levers"])
+def test_transformer_training_survives_sigkill(tmp_path, tokenizer_dir, levers):
+    run_fault_test([*TRANSFORMER_ARGS, *levers, "--tokenizer", tokenizer_dir], tmp_path, "transformer/model.safetensors",
                    TRANSFORMER_STATE, TRANSFORMER_STEPS, seed=1, name="train")

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from minimuse.config import SCHEDULE_NAMES
 from minimuse.scheduler import (SCHEDULES, MaskScheduler, add_noise, arccos_rate, make_labels, mask_counts, mask_rate,
-                                masked_ce, num_masked_after, random_mask, remask_least_confident)
+                                masked_ce, md4_weight, num_masked_after, random_mask, remask_least_confident,
+                                weighted_masked_ce)
 
 CASES = [(16, 4), (64, 12), (64, 7), (100, 24), (256, 8), (10, 3), (7, 12), (37, 5), (1, 5), (0, 4), (5, 1), (64, 64)]
 
@@ -238,3 +239,33 @@ def test_set_timesteps_with_N_builds_the_count_table_once():
     assert table.tolist() == [mask_counts(n, 5, "cosine") for n in (16, 8, 16)]
     assert sched.count_table(N) is table  # reused by every step, not rebuilt
     assert sched.num_masked_after(2, N).tolist() == [mask_counts(n, 5, "cosine")[2] for n in (16, 8, 16)]
+
+
+def test_md4_weight_is_the_elbo_weight_of_the_cosine_law():
+    """-a'(t) / (1 - a(t)) by central differences of the package's own law, a(t) = 1 - mask_rate(1 - t), against the
+    closed form (pi/2) sqrt(1 - r^2) / r at r = mask_rate(1 - t)."""
+    t = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
+    h = 1e-6
+
+    def kept(t):
+        return 1 - mask_rate(1 - t)
+    slope = (kept(t + h) - kept(t - h)) / (2 * h)
+    numeric = -slope / (1 - kept(t))
+    assert torch.allclose(md4_weight(mask_rate(1 - t)), numeric, rtol=1e-6)
+    assert md4_weight(torch.tensor(1.0)) == 0  # a fully masked grid carries no weight
+    # E_u[w(r) r] = (pi/2) E[sin(pi u / 2)] = 1: over the law, the weighted share of masked tokens is one per token
+    u = (torch.arange(100_000, dtype=torch.float64) + 0.5) / 100_000
+    r = mask_rate(u)
+    assert (md4_weight(r) * r).mean().item() == pytest.approx(1.0, rel=1e-6)
+
+
+def test_weighted_masked_ce_with_unit_weights_is_the_masked_sum():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 5, generator=g)
+    labels = torch.tensor([[1, -100, 3, -100, 0, 2], [-100, -100, 4, 4, -100, 1]])
+    n = (labels != -100).sum()
+    ones = (labels != -100).float()
+    assert torch.allclose(weighted_masked_ce(logits, labels, ones, 0.1) / n, masked_ce(logits, labels, 0.1))
+    w = torch.tensor([[2.0], [0.5]]) * ones  # a row's weight scales its tokens' terms
+    by_row = [F.cross_entropy(logits[i][labels[i] != -100], labels[i][labels[i] != -100], reduction="sum") for i in (0, 1)]
+    assert torch.allclose(weighted_masked_ce(logits, labels, w), 2.0 * by_row[0] + 0.5 * by_row[1])

@@ -60,9 +60,15 @@ EVERY_OPTION = {"train.mixed_precision": "bf16", "train.ema_decay": 0.9, "train.
                 "train.rect_mask_prob": 0.5, "train.label_smoothing": 0.1, "train.cond_drop_prob": 0.3}
 
 
+# The speedrun's levers (docs/SPEEDRUN.md): Muon, the two other learning-rate shapes and the MD4 weighting, with the EMA
+SPEEDRUN_OPTIONS = {"train.optimizer": "muon", "train.lr_schedule": "wsd", "train.decay_fraction": 0.5,
+                    "train.loss_weighting": "md4", "train.ema_decay": 0.9, "train.mixed_precision": "bf16"}
+
+
 @pytest.mark.cuda  # on a GPU this trains on CUDA: resume must be exact there too
-@pytest.mark.parametrize("options", [{}, EVERY_OPTION, {"transformer.kind": "autoregressive"}],
-                         ids=["defaults", "every-option", "autoregressive"])
+@pytest.mark.parametrize("options", [{}, EVERY_OPTION, {"transformer.kind": "autoregressive"}, SPEEDRUN_OPTIONS,
+                                     {"train.lr_schedule": "linear", "train.optimizer": "muon"}],
+                         ids=["defaults", "every-option", "autoregressive", "speedrun-levers", "linear-muon"])
 def test_resume_equals_uninterrupted_run(tmp_path, tok_dir, options):
     cfg = get_config("ci", **{**_overrides(), **options})
     straight = tmp_path / "straight"
@@ -227,3 +233,32 @@ def test_sampling_from_the_model_during_training_does_not_change_the_training(tm
         weights.append(load_file(out / "transformer" / "model.safetensors"))
     a = weights[0]
     assert all(w.keys() == a.keys() and all(torch.equal(w[k], a[k]) for k in a) for w in weights[1:])
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    from minimuse.pipeline import transformer_class
+    from minimuse.transformer_setup import MuonAdamW, make_optimizer
+    cfg = get_config("ci", **{"train.optimizer": "muon"})
+    model = transformer_class("masked").from_config(cfg)
+    opt = make_optimizer(model, cfg.train)
+    assert isinstance(opt, MuonAdamW)
+    muon = {id(p) for g in opt.muon.param_groups for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in muon}
+    assert names == {n for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2}
+    assert "head.weight" not in names and "tok_emb.weight" not in names
+    assert len(opt.param_groups) == 3  # the loop sets the lr of every group, Muon's included
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss = model(torch.zeros(2, *cfg.grid, dtype=torch.long).flatten(1), torch.randn(2, 3, cfg.text.text_dim),
+                 torch.ones(2, 3, dtype=torch.bool)).square().mean()
+    loss.backward()
+    opt.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert names <= moved and "head.weight" in moved  # both parts stepped
+    assert all("momentum_buffer" in opt.muon.state[p] for g in opt.muon.param_groups for p in g["params"])
+    assert set(opt.state_dict()) == {"muon", "adamw"}  # the training state saves both
+
+
+def test_md4_weighting_is_refused_for_models_without_masks():
+    from minimuse.limits import ConfigError
+    with pytest.raises(ConfigError, match="loss_weighting"):
+        get_config("ci", **{"train.loss_weighting": "md4", "transformer.kind": "autoregressive"})

@@ -31,6 +31,17 @@ def test_cosine_lr_exact_values():
     assert cosine_lr(110, 1.0, 10, 110, 0.1) == pytest.approx(0.1)
 
 
+def test_linear_and_wsd_lr_exact_values():
+    assert cosine_lr(60, 1.0, 10, 110, 0.0, "linear") == pytest.approx(0.5)
+    assert cosine_lr(35, 1.0, 10, 110, 0.2, "linear") == pytest.approx(0.2 + 0.8 * 0.75)
+    # wsd, decay over the last 20% of the 100 steps after warmup: flat until step 90, then a line to min at 110
+    assert cosine_lr(9, 1.0, 10, 110, 0.0, "wsd") == pytest.approx(1.0)
+    assert cosine_lr(90, 1.0, 10, 110, 0.0, "wsd") == pytest.approx(1.0)
+    assert cosine_lr(100, 1.0, 10, 110, 0.0, "wsd") == pytest.approx(0.5)
+    assert cosine_lr(110, 1.0, 10, 110, 0.1, "wsd") == pytest.approx(0.1)
+    assert cosine_lr(70, 1.0, 10, 110, 0.0, "wsd", decay_fraction=0.5) == pytest.approx(0.8)
+
+
 def test_batch_indices_are_disjoint_across_steps_and_processes():
     seen = [list(batch_indices(s, 4, r, 2)) for s in range(3) for r in range(2)]
     flat = [i for b in seen for i in b]
