@@ -6,7 +6,8 @@ Runs, one after the other and alone on the machine (nothing else may run beside 
 1. `minimuse train --preset PRESET --out RUNS/NAME --tokenizer data/checkpoints/laptop/tokenizer --report [ARGS]`,
    timed as a whole: token pool, text table and quick evaluations included, as a learner would wait for it;
 2. `minimuse eval --checkpoint RUNS/NAME --n 256 --tokenizer-n 0` at the shipped sampling defaults.
-Then it appends one record to docs/results/speedrun/records.jsonl and prints it as a row of docs/SPEEDRUN.md's table:
+Then it copies the run's log, report and evaluation to docs/results/speedrun/NAME/, appends one record to
+docs/results/speedrun/records.jsonl and prints it as a row of docs/SPEEDRUN.md's table:
 date, what changed, minutes, steps/s, achieved GFLOP/s and its share of the bf16 peak measured in the same run
 (train --report), faithfulness overall and per caption kind with 95% Wilson intervals, and the log's path. A record
 counts only when it holds on a second seed (`--seed`, which sets train.seed).
@@ -91,7 +92,13 @@ def main(argv=None) -> int:
         Path(f"{logs}.eval.err"))
     report = json.loads((out / "report.json").read_text())
     faith = json.loads((out / "eval.json").read_text())["faithfulness"]
-    rec = record(args.name, args.change + (f" (seed {args.seed})" if args.seed is not None else ""), seconds, report, faith, out)
+    kept = args.records.parent / args.name  # the evidence beside the record: log, report and evaluation
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in ("log.jsonl", "report.json", "eval.json"):
+        atomic_write_text(kept / name, (out / name).read_text())
+    shown = kept.resolve().relative_to(ROOT) if kept.resolve().is_relative_to(ROOT) else kept
+    rec = record(args.name, args.change + (f" (seed {args.seed})" if args.seed is not None else ""), seconds, report, faith,
+                 shown)
     prior = args.records.read_text() if args.records.exists() else ""
     atomic_write_text(args.records, prior + json.dumps(rec) + "\n")
     print(row(rec))

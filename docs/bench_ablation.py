@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from minimuse import decoding, sampler, transformer as transformer_mod
-from minimuse.bench import count_flops, honest_peak
+from minimuse.peak import count_flops, honest_peak
 from minimuse.commands import _config
 from minimuse.transformer import MaskedTransformer
 

@@ -26,7 +26,7 @@ from unittest import mock
 import torch
 
 from minimuse import decoding, transformer as transformer_mod
-from minimuse.bench import count_flops, honest_peak
+from minimuse.peak import count_flops, honest_peak
 from bench_ablation import header, interleaved, setting  # docs/, the directory of this script
 
 

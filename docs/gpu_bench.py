@@ -4,7 +4,7 @@ Training: for the presets `laptop`, `gpu` and `gpu-small`, the real step of trai
 on a random token pool, forward, masked cross-entropy, backward, clipping, fused AdamW) under fp32, TF32, bf16
 autocast and bf16 autocast + torch.compile. Each variant's steps are timed one by one with the GPU synchronised, in
 interleaved rounds; the FLOPs of a step are counted by FlopCounterMode, and MFU is achieved FLOP/s over the matmul peak
-of the same number format measured in this process (bench.matmul_peak: the best over 1024^3 to 8192^3 and
+of the same number format measured in this process (peak.matmul_peak: the best over 1024^3 to 8192^3 and
 repeats). The host's share of a step (train_step_inputs alone) is timed too. Text states are random (B, 16, 384), the shape of MiniLM's for shapes captions.
 
 Sampling: images/s of sampler.sample at batch 64 and 256 with 24 steps and guidance (two forward passes per step),
@@ -23,8 +23,8 @@ import time
 
 import torch
 
-from minimuse.bench import CUDA_SIZES, train_step_flops
-from minimuse.bench import matmul_peak as matmul_peak_gflops
+from minimuse.peak import CUDA_SIZES, train_step_flops
+from minimuse.peak import matmul_peak as matmul_peak_gflops
 from minimuse.presets import get_config
 from minimuse.pool import train_step_inputs
 from minimuse.sampler import sample
@@ -42,7 +42,7 @@ def sync_time() -> float:
 
 
 def matmul_peak(dtype, tf32: bool = False) -> float:
-    """Best TFLOP/s of cuBLAS over square sizes and repeats (bench.matmul_peak): the ceiling MFU is measured against."""
+    """Best TFLOP/s of cuBLAS over square sizes and repeats (peak.matmul_peak): the ceiling MFU is measured against."""
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
         sizes = CUDA_SIZES if DEVICE == "cuda" else (256, 512)

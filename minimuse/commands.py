@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from . import locks
-from .bench import _cpu_name, compare_ar, format_train_report, run_bench
+from .bench import _cpu_name, compare_ar, run_bench
+from .peak import format_train_report
 from .config import ConfigError, SampleConfig
 from .data import write_dataset
 from .editing import MAX_EDIT_ITERS

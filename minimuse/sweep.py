@@ -20,7 +20,8 @@ import torch
 from .checkpoint import atomic_write_bytes, atomic_write_text
 from .config import SampleConfig
 from .data import eval_prompts, render, to_tensor
-from .eval import diversity, faithfulness_at
+from .eval import diversity
+from .measures import faithfulness_at
 from .inputs import MAX_CAPTIONS_BYTES, read_jsonl
 from .metrics import fid, wilson
 from .runs import RunExistsError

@@ -17,15 +17,15 @@ from pathlib import Path
 import torch
 from accelerate.utils import DistributedType
 
-from .bench import write_train_report
 from .checkpoint import WEIGHTS_NAME, CheckpointError, identity
 from .config import Config
 from .critic import TokenCritic, critic_batch, critic_loss
-from .eval import quick_eval_fn, quick_superres_eval_fn
 from .limits import check_config_memory
 from .locks import releasing
+from .peak import write_train_report
 from .pipeline import DEFAULT_CHECKPOINT, transformer_class
 from .loop import Clock, Schedule, Stage, run_loop
+from .measures import quick_eval_fn, quick_superres_eval_fn
 from .pool import build_token_pool, text_table, train_step_inputs  # noqa: F401 (notebook 05 imports them from here)
 from .runs import cosine_lr  # noqa: F401 (notebook 05 imports it from here)
 from .runs import (CRITIC_STATE, LOG_NAME, SUPERRES_STATE, TRANSFORMER_STATE, TRANSFORMER_STATE_KEYS, JsonlLogger,
@@ -93,10 +93,10 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
 
     Muse §2.6: mask r = cos(pi u / 2) of the tokens, predict them from the rest and the text, cross-entropy on the
     masked positions only. Every train.eval_every steps a quick sample-and-score of train.eval_prompts held-out
-    prompts (eval.quick_eval_fn) joins the log, so a learner sees faithfulness, not just loss, go up.
+    prompts (measures.quick_eval_fn) joins the log, so a learner sees faithfulness, not just loss, go up.
     on_step(step, record, model), if given, is called after every step (notebooks draw live curves with it).
     An out_dir holding a run needs resume=True or overwrite=True. report=True ends by writing out_dir/report.json
-    (bench.train_report: minutes, steps/s, achieved GFLOP/s and the fraction of the measured matmul peak).
+    (peak.train_report: minutes, steps/s, achieved GFLOP/s and the fraction of the measured matmul peak).
     stage="superres" is `train_superres`: the same loop, on the super-res model, its pairs and cfg.superres.train.
     data, if given, is a folder of shards from `minimuse pretokenize` (shards.py), read instead of the shapes pool;
     they must come from this run's tokenizer(s) and text encoder. train.grad_accum splits each step's batch into

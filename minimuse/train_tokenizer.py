@@ -16,10 +16,10 @@ import torch
 from .checkpoint import atomic_write_json
 from .config import Config
 from .data import ShapesDataset
-from .eval import eval_tokenizer
 from .hfdata import ImageTextDataset
 from .limits import check_param_memory, tokenizer_numel
 from .locks import releasing
+from .measures import eval_tokenizer
 from .metrics import psnr
 from .loop import Clock, Schedule, Stage, run_loop
 from .runs import (LOG_NAME, STATE_NAME, TOKENIZER_STATE_KEYS, JsonlLogger, _saved, batch_indices, load_batch,

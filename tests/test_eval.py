@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from minimuse.bench import count_flops, honest_peak, model_gemms, run_bench
+from minimuse.bench import run_bench
+from minimuse.peak import count_flops, honest_peak, model_gemms
 from minimuse.config import CAPTION_KINDS
 from minimuse.presets import get_config
 from minimuse.data import parse_caption, render

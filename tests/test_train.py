@@ -168,7 +168,7 @@ def test_report_fields_are_present_and_consistent(tmp_path, tok_dir):
 def test_report_counts_three_forward_passes_less_the_frozen_text_gradient():
     # Backward costs two matmuls per forward matmul (input and weight gradients), except that the frozen text
     # (B, T, E) needs no gradient, so text_proj's input-gradient product (2 B T E D FLOPs) is never computed.
-    from minimuse.bench import count_flops, train_step_flops
+    from minimuse.peak import count_flops, train_step_flops
     from minimuse.transformer import MaskedTransformer
     torch.manual_seed(0)
     model = MaskedTransformer.from_config(CFG)
