@@ -1,4 +1,5 @@
 """Notebook hygiene, checked without running anything: what nbval and learners rely on."""
+import functools
 import json
 import re
 from pathlib import Path
@@ -180,3 +181,80 @@ def test_readme_lesson_table_is_viz_lessons():
     rows = re.findall(r"^\| `(\d\d_\w+)` \| [^|]+ \| (.+) \|$", (ROOT / "README.md").read_text(), flags=re.M)
     assert [(stem, files.replace("`", "")) for stem, files in rows] == [(stem, files) for stem, _, files in LESSONS]
 
+
+
+# --- numbers quoted in markdown ---------------------------------------------------------------------------------------
+# A number in a notebook's text must come from somewhere a reader can check: a stored output of that notebook (to the
+# digits quoted), its code, or a file its text cites (docs/..., data/...). The rest are listed here with their source;
+# an entry that no longer occurs fails too, so the list cannot go stale.
+QUOTED = re.compile(r"(?<![\w.§/-])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+)(?![\w.]*\d)")
+CITED = re.compile(r"((?:docs|data|notebooks|benchmarks|minimuse|tests)/[\w./-]+\.\w+)")
+NOT_QUANTITIES = [r"\$[^$]*\$", r"arXiv[ :]*\d+\.\d+", r"https?://\S+", r"doi:\S+", r"§\s*[\d.]+", r"App\.\s*[A-Z][\d.]*"]
+CAPTIONS = "2,214 canonical captions: len({canonical_caption(s) for k in CAPTION_KINDS for s in data.specs_of_kind(k)})"
+SOURCED = {
+    "00_overview": {"7.88": "Muse, abstract (zero-shot COCO FID of Muse-3B)"},
+    "01_shapes_world": {"0.85": "read off Figure 6 (the box fill ratios)", "2,214": CAPTIONS},
+    "02_tokenizer": {"0.45": "read off Figure 4 (the tiny tokenizer's loss curve)", "32,768": "512 images x 64 tokens"},
+    "03_text_encoder": {"30,522": "BERT's uncased WordPiece vocabulary (Devlin et al. 2019), which MiniLM keeps",
+                        "0.85": "read off Figure 2 (cosine similarity of the token states)", "2,214": CAPTIONS},
+    "05_training": {"0.24": "read off Figure 1 (the accuracy's moving average)"},
+    "06_sampling": {"61.9": "notebook 09's guidance sweep (w = 4), which the sentence cites",
+                    "0.17": "read off Figure 9 (attention shares per text token)", "0.18": "read off Figure 9",
+                    "0.055": "read off Figure 9", "0.06": "read off Figure 9", "0.12": "read off Figure 9"},
+    "07_superres": {"2.88": "read off Figure 2 (the inline run's loss)", "2.29": "read off Figure 2",
+                    "6.3": "read off Figure 3 (per-scene PSNR under the images)", "4.8": "read off Figure 6 (per-scene PSNR)",
+                    "0.35": "the 64 px tokenizer's decoder, 0.35M parameters (data/checkpoints/README.md)"},
+    "09_experiments": {"6.06": "Muse, Table 1 (CC3M FID of Muse-3B)", "7.88": "Muse, abstract", "0.32": "Muse, abstract (CLIP score)"},
+    "01_solutions": {"1.15": "read off the exercise's printed bounding box (width over height)"},
+    "04_solutions": {"0.156": "1 - arccos(0.9) / (pi / 2), the arccos law's tail P(r > 0.9)"},
+    "05_solutions": {"0.045": "read off the exercise's loss figure", "2,500": "read off the stored log's steps (about)"},
+    "06_solutions": {"4.1": "read off the exercise's figure (log p of the likeliest codes)", "1.1": "read off the same figure"},
+    "07_solutions": {"3.3": "32.3 - 29.0 dB, both printed", "95.5": "read off the exercise's attention figure",
+                     "87.4": "read off the same figure"},
+    "09_solutions": {"1,024": "the 32 x 32 token grid of the 1024-token timing"},
+    "10_solutions": {"20,000": "the training split's size (the nouns preset's dataset command)",
+                     "2,000": "the nouns preset's train.steps"},
+}
+
+
+@functools.cache
+def _numbers_of(path):
+    """{number: [markdown cell index]} over the quantities quoted in a notebook's markdown."""
+    found = {}
+    for i, cell in enumerate(_cells(path)):
+        if cell["cell_type"] == "markdown":
+            text = _text(cell)
+            for pattern in NOT_QUANTITIES:
+                text = re.sub(pattern, "", text)
+            for m in QUOTED.finditer(text):
+                found.setdefault(m.group(1), []).append(i)
+    return found
+
+
+@functools.cache
+def _evidence(path) -> tuple[str, list[float]]:
+    """(the text a quoted number may come from, the decimals in it): outputs, code and the files the text cites."""
+    cells = _cells(path)
+    outputs = [_text({"source": o.get("text", "")}) + _text({"source": o.get("data", {}).get("text/plain", "")})
+               for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    code = [_text(c).replace("_", "") for c in cells if c["cell_type"] == "code"]
+    prose = "\n".join(_text(c) for c in cells if c["cell_type"] == "markdown")
+    files = [ROOT / p for p in CITED.findall(prose) if (ROOT / p).is_file() and (ROOT / p).stat().st_size < 5_000_000]
+    text = "\n".join(outputs + code + [f.read_text(errors="ignore") for f in files]).replace(",", "")
+    return text, [float(x) for x in re.findall(r"\d+\.\d+", text)]
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS + SOLUTION_NOTEBOOKS, ids=lambda p: p.stem)
+def test_numbers_in_markdown_are_printed_cited_or_sourced(nb):
+    text, decimals = _evidence(nb)
+    listed = SOURCED.get(nb.stem, {})
+    unsourced = []
+    for number, where in _numbers_of(nb).items():
+        plain = number.replace(",", "")
+        places = len(plain.split(".")[1]) if "." in plain else 0
+        rounded = places and any(abs(round(v, places) - float(plain)) < 1e-9 for v in decimals)  # "about 0.40" of 0.398
+        if plain not in text and not rounded and number not in listed:
+            unsourced.append((number, where))
+    assert not unsourced, f"{nb.name}: numbers in markdown (number, cells) with no output, citation or source: {unsourced}"
+    stale = [n for n in listed if n not in _numbers_of(nb)]
+    assert not stale, f"{nb.name}: SOURCED lists numbers its text no longer quotes: {stale}"
