@@ -95,7 +95,8 @@ def make_optimizer(model, tc):
     train.optimizer "muon", the blocks' matrices go to Muon instead (MuonAdamW)."""
     params = list(model.named_parameters())
     hidden = [p for n, p in params if tc.optimizer == "muon" and n.startswith("blocks.") and p.dim() == 2]
-    rest = [(n, p) for n, p in params if not any(p is h for h in hidden)]
+    ids = set(map(id, hidden))
+    rest = [(n, p) for n, p in params if id(p) not in ids]
     decays = [p.dim() >= 2 and "emb" not in n for n, p in rest]
     groups = [{"params": [p for (_, p), d in zip(rest, decays) if d], "weight_decay": tc.weight_decay},
               {"params": [p for (_, p), d in zip(rest, decays) if not d], "weight_decay": 0.0}]
