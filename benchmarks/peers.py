@@ -77,6 +77,7 @@ def halves_differ(x):  # a batch of 2B rows holding the conditional and the unco
 
 
 def minimuse_impl(x):
+    from minimuse.config import SampleConfig
     from minimuse.presets import get_config
     from minimuse.sampler import sample
     from minimuse.transformer import MaskedTransformer
@@ -86,8 +87,8 @@ def minimuse_impl(x):
     def make(m, dtype):
         text, null = x["text"].to(dtype), x["null_text"][:, :2].to(dtype)  # "" is 2 tokens: [CLS][SEP]
         mask = torch.ones(text.shape[:2], dtype=torch.bool)
-        return lambda s: sample(m, text, mask, null, None, num_steps=STEPS, guidance_scale=COND_WEIGHT - 1,
-                                generator=torch.Generator().manual_seed(s))
+        settings = SampleConfig(num_steps=STEPS, guidance_scale=COND_WEIGHT - 1)
+        return lambda s: sample(m, (text, mask), settings, uncond=(null, None), generator=torch.Generator().manual_seed(s))
 
     def probe(a, kw):  # ctx: one TextContext of 2B rows, or a (cond, uncond) pair of them, one per half of the batch
         ks = [c.kv[0][0] for c in ((kw["ctx"],) if hasattr(kw["ctx"], "kv") else kw["ctx"])]  # layer 0's text keys

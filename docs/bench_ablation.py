@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from minimuse import decoding, sampler, transformer as transformer_mod
 from minimuse.peak import count_flops, honest_peak
 from minimuse.commands import _config
+from minimuse.config import SampleConfig
 from minimuse.transformer import MaskedTransformer
 
 
@@ -189,8 +190,8 @@ def setting(ap: argparse.ArgumentParser):
     uncond = torch.randn(1, 2, E)  # "" is [CLS][SEP]
 
     def call(schedule="constant", seed=0):
-        return sampler.sample(model, text, mask, uncond, None, num_steps=args.steps, guidance_scale=args.guidance,
-                              guidance_schedule=schedule, generator=torch.Generator().manual_seed(seed))
+        s = SampleConfig(num_steps=args.steps, guidance_scale=args.guidance, guidance_schedule=schedule)
+        return sampler.sample(model, (text, mask), s, uncond=(uncond, None), generator=torch.Generator().manual_seed(seed))
     return args, model, (text, mask, uncond), call
 
 

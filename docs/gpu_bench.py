@@ -27,6 +27,7 @@ from minimuse.peak import CUDA_SIZES, train_step_flops
 from minimuse.peak import matmul_peak as matmul_peak_gflops
 from minimuse.presets import get_config
 from minimuse.pool import train_step_inputs
+from minimuse.config import SampleConfig
 from minimuse.sampler import sample
 from minimuse.scheduler import masked_ce
 from minimuse.transformer import MaskedTransformer
@@ -161,7 +162,8 @@ def bench_sampling(presets, batches=(64, 256), num_steps: int = 24, repeats: int
                     g = torch.Generator(gen).manual_seed(0)
                     t = sync_time()
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                        sample(model, text, mask, uncond, umask, num_steps=num_steps, guidance_scale=2.0, generator=g)
+                        sample(model, (text, mask), SampleConfig(num_steps=num_steps, guidance_scale=2.0),
+                               uncond=(uncond, umask), generator=g)
                     times.append(sync_time() - t)
             for (precision, gen), times in runs.items():
                 s = statistics.median(times[1:])

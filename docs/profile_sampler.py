@@ -17,6 +17,7 @@ from torch.profiler import profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from minimuse import sampler
+from minimuse.config import SampleConfig
 from minimuse import bench  # noqa: F401  (registers the FLOP formulas of oneDNN's linear and CPU attention)
 from minimuse.commands import _config
 from minimuse.transformer import _ONEDNN_LINEAR, MaskedTransformer
@@ -57,8 +58,8 @@ def main():
     text, mask, uncond = torch.randn(B, 16, E), torch.ones(B, 16, dtype=torch.bool), torch.randn(1, 2, E)
 
     def call():
-        return sampler.sample(model, text, mask, uncond, None, num_steps=args.steps, guidance_scale=args.guidance,
-                              generator=torch.Generator().manual_seed(0))
+        return sampler.sample(model, (text, mask), SampleConfig(num_steps=args.steps, guidance_scale=args.guidance),
+                              uncond=(uncond, None), generator=torch.Generator().manual_seed(0))
 
     call()  # warm-up
     with FlopCounterMode(display=False) as counter:

@@ -40,7 +40,7 @@ class KVCache:
 class ARTransformer(MaskedTransformer):
     """p(x_i | x_<i, text) over raster-ordered tokens. Same parameters as MaskedTransformer (state-dict keys too);
     the extra embedding row is [BOS] here, the input before the first token."""
-    ARCH = "autoregressive"
+    MODEL_KIND = "autoregressive"
 
     @property
     def bos_id(self) -> int:
@@ -73,20 +73,22 @@ class ARTransformer(MaskedTransformer):
         return self.head(self.ln_f(x))[:, 0]  # (B, 1, K) -> (B, K)
 
 
-def generate(model: ARTransformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, *, guidance_scale=0.0,
-             guidance_schedule="constant", negative_emb=None, negative_mask=None, temperature=1.0, top_k=0,
-             generator=None, use_cache: bool = True) -> torch.Tensor:
-    """Draw token grids (B, h, w) in raster order, one token per pass: L passes of the 2B guided rows (cond, then ""
-    or the negative prompt), sampling each token at `temperature` with optional top-k from the guided logits (Muse
-    §2.7's formula, ramped over positions when guidance_schedule="linear"). One uniform (B, K) per position from
+def generate(model: ARTransformer, text, settings: SampleConfig, *, uncond=None, negative=None, generator=None,
+             use_cache: bool = True) -> torch.Tensor:
+    """Draw token grids (B, h, w) in raster order, one token per pass, under the sampler's contract (sampler.sample):
+    `text` = (text_emb (B, T, E), text_mask (B, T) or None), `uncond` / `negative` = (emb, mask) of "" or a negative
+    prompt. L passes of the 2B guided rows (cond, then "" or the negative prompt), each token drawn at the settings'
+    temperature and top-k from the guided logits (Muse §2.7's formula, ramped over positions when guidance_schedule
+    is "linear"); num_steps, schedule and the commit rule have no meaning here. One uniform (B, K) per position from
     `generator`, so use_cache=False (every pass re-runs the whole prefix, O(L^2): the test's reference) draws the same
     tokens. The text's K/V are computed once, as in the parallel sampler."""
-    SampleConfig(guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, temperature=temperature, top_k=top_k)
+    s = settings
     h, w = model.grid
+    text_emb, text_mask = text
+    uncond_emb, uncond_mask = negative if negative is not None else (uncond or (None, None))
     L, K, B, device = h * w, model.codebook_size, text_emb.shape[0], text_emb.device
-    weights = [guidance_weight(i, L, guidance_scale, guidance_schedule) for i in range(L)]
-    if negative_emb is not None:
-        uncond_emb, uncond_mask = negative_emb, negative_mask
+    weights = [guidance_weight(i, L, s.guidance_scale, s.guidance_schedule) for i in range(L)]
+    temperature, top_k = s.temperature, s.top_k
     was_training = model.training
     model.eval()
     try:

@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from .autoregressive import ARTransformer
+from .autoregressive import ARTransformer, generate
 from .checkpoint import read_config
-from .config import Config
+from .config import Config, SampleConfig
 from .limits import check_config_memory
 from .peak import count_flops, honest_peak
 from .sampler import sample
@@ -75,12 +75,13 @@ def run_bench(cfg: Config, checkpoint=None, batch_sizes=(1, 16), steps=(8, 12, 2
         uncond = torch.randn(1, 2, E)  # "" is [CLS][SEP]
         for T in steps:
             for guidance in (0.0, cfg.sample.guidance_scale or 1.5):
+                settings = SampleConfig(num_steps=T, guidance_scale=guidance, guidance_schedule=cfg.sample.guidance_schedule,
+                                        choice_temperature=cfg.sample.choice_temperature)
                 def call():
                     g = torch.Generator().manual_seed(0)
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                        return sample(transformer, text, text_mask, uncond, None, num_steps=T,
-                                      guidance_scale=guidance, guidance_schedule=cfg.sample.guidance_schedule,
-                                      choice_temperature=cfg.sample.choice_temperature, generator=g)
+                        return sample(transformer, (text, text_mask), settings, uncond=(uncond, None),
+                                      generator=g)
                 sec = _timed(call, repeats)
                 flops = count_flops(call)
                 result["runs"].append({
@@ -113,17 +114,18 @@ def compare_ar(cfg: Config, tokens=(64, 256, 1024), batch_sizes=(1, 16), repeats
             ckpt = (checkpoints or {}).get(kind)
             torch.manual_seed(0)
             m = (cls.from_pretrained(os.path.join(ckpt, "transformer")) if ckpt and L == cfg.num_tokens else
-                 cls(dataclasses.replace(cfg.transformer, kind=cls.ARCH), cfg.tokenizer.codebook_size, (side, side), E))
+                 cls(dataclasses.replace(cfg.transformer, kind=cls.MODEL_KIND), cfg.tokenizer.codebook_size, (side, side), E))
             models[kind] = m.eval().to(device)
         sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
         for B in batch_sizes:
             text = torch.randn(B, text_tokens, E).to(device)
             text_mask = torch.ones(B, text_tokens, dtype=torch.bool, device=device)
             uncond = torch.randn(1, 2, E).to(device)  # "" is [CLS][SEP]
-            calls = {kind: (lambda m=m: (sample(m, text, text_mask, uncond, None, num_steps=min(s.num_steps, L),
-                                                schedule=s.schedule, guidance_scale=w, guidance_schedule=s.guidance_schedule,
-                                                choice_temperature=s.choice_temperature,
-                                                generator=torch.Generator(device).manual_seed(0)), sync()))
+            same = SampleConfig(num_steps=min(s.num_steps, L), schedule=s.schedule, guidance_scale=w,
+                                guidance_schedule=s.guidance_schedule, choice_temperature=s.choice_temperature)
+            loops = {"masked": sample, "autoregressive": generate}  # each model's own loop, one contract
+            calls = {kind: (lambda m=m, kind=kind: (loops[kind](m, (text, text_mask), same, uncond=(uncond, None),
+                                                                generator=torch.Generator(device).manual_seed(0)), sync()))
                      for kind, m in models.items()}
             times = {kind: [] for kind in calls}
             for fn in calls.values():
@@ -168,16 +170,15 @@ def cascade_bench(cfg: Config, transformer, checkpoint, batch_sizes, repeats: in
         uncond = torch.randn(1, 2, E)
         lowres = torch.randint(0, model.lowres_codebook_size, (B, *model.lowres_grid))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            base = _timed(lambda: sample(transformer, text, text_mask, uncond, None, num_steps=s.num_steps,
-                                         guidance_scale=s.guidance_scale, guidance_schedule=s.guidance_schedule,
-                                         choice_temperature=s.choice_temperature, generator=torch.Generator().manual_seed(0)),
-                          repeats)
-            up = _timed(lambda: sample(model, text, text_mask, uncond, None, num_steps=sr.num_steps,
-                                       guidance_scale=sr.guidance_scale, temperature=sr.temperature, lowres_ids=lowres,
+            base_s = SampleConfig(num_steps=s.num_steps, guidance_scale=s.guidance_scale,
+                                  guidance_schedule=s.guidance_schedule, choice_temperature=s.choice_temperature)
+            base = _timed(lambda: sample(transformer, (text, text_mask), base_s, uncond=(uncond, None),
+                                         generator=torch.Generator().manual_seed(0)), repeats)
+            up = _timed(lambda: sample(model, (text, text_mask), sr.sample, uncond=(uncond, None), lowres_ids=lowres,
                                        generator=torch.Generator().manual_seed(0)), repeats)
         rows.append({"batch": B, "base_ms_per_image": round(1000 * base / B, 2), "superres_ms_per_image": round(1000 * up / B, 2),
                      "cascade_ms_per_image": round(1000 * (base + up) / B, 2), "superres_share": round(up / (base + up), 3),
-                     "base_steps": s.num_steps, "superres_steps": sr.num_steps})
+                     "base_steps": s.num_steps, "superres_steps": sr.sample.num_steps})
     return rows
 
 

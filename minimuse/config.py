@@ -1,8 +1,7 @@
 """Configuration: one frozen dataclass per concern.
 
-A `Config` holds everything needed to build, train and sample one minimuse model.
-Presets run from `ci` (seconds, for tests and nbval) through `laptop` (the shipped
-CPU checkpoints) to the Muse paper's sizes (Chang et al. 2023, arXiv 2301.00704: §2 Model, §3 and Appendix A for training).
+A `Config` holds everything needed to build, train and sample one minimuse model. Presets run from `ci` (seconds, for
+tests and nbval) through `laptop` (the shipped CPU checkpoints) to the Muse paper's sizes (Chang et al. 2023).
 Every field is checked when a dataclass is built, so a bad value fails here with one line naming it. The named
 presets and `get_config(name, **overrides)` are in presets.py. Taught in notebooks/00_overview.ipynb.
 """
@@ -253,9 +252,9 @@ class SuperResConfig:
     tokenizer: TokenizerConfig = TokenizerConfig()
     transformer: TransformerConfig = TransformerConfig()
     lowres_depth: int = 2                # self-attention layers over the low-res tokens (Muse: 16, §2.4)
-    num_steps: int = 8                   # Muse §2.8
-    guidance_scale: float = 0.0          # text guidance of the super-res pass (the low-res tokens are never dropped)
-    temperature: float = 0.0             # 0 = greedy tokens: upscaling wants the likeliest image (docs/SUPERRES.md)
+    # the stage's own sampling: Muse's 8 steps (§2.8); no text guidance (the low-res tokens are never dropped); greedy
+    # tokens (temperature 0), since upscaling wants the likeliest image (docs/SUPERRES.md)
+    sample: SampleConfig = SampleConfig(num_steps=8, guidance_scale=0.0, temperature=0.0)
     lowres_noise: float = 0.0            # training only: share of low-res tokens replaced by random codes, so the stage
                                          # learns to read a base model's imperfect tokens (0 = Muse: true tokens only)
     train: TrainConfig = TrainConfig()   # `minimuse train-superres`
@@ -263,10 +262,7 @@ class SuperResConfig:
 
     def __post_init__(self):
         check_types(self)
-        check_positive(self, "image_size", "lowres_depth", "num_steps")
-        check_field(self.num_steps <= MAX_STEPS, "superres.num_steps", f"must be at most {MAX_STEPS}, got {self.num_steps}")
-        check_field(self.guidance_scale >= 0, "superres.guidance_scale", f"must be 0 or more, got {self.guidance_scale}")
-        check_field(self.temperature >= 0, "superres.temperature", f"must be 0 or more (0 = greedy), got {self.temperature}")
+        check_positive(self, "image_size", "lowres_depth")
         check_within(self, "lowres_noise", 0.0, 1.0)
 
 
@@ -291,8 +287,7 @@ class Config:
     @property
     def num_tokens(self) -> int:
         """L = h * w."""
-        h, w = self.grid
-        return h * w
+        return self.grid[0] * self.grid[1]
 
     def __post_init__(self):
         check_field(isinstance(self.name, str) and self.name != "", "name", f"must be a non-empty string, got {self.name!r}")
@@ -303,8 +298,7 @@ class Config:
                f"needs one weight per kind in data.kinds {self.data.kinds}, got {self.train.kind_weights}")
         check_field(self.train.loss_weighting == "uniform" or self.transformer.kind == "masked", "train.loss_weighting",
                     f"'md4' weighs masked tokens; a transformer.kind {self.transformer.kind!r} model has none: use 'uniform'")
-        if self.superres is not None:
-            sr = self.superres
+        if (sr := self.superres) is not None:
             check_field(sr.image_size % sr.tokenizer.downsample == 0, "superres.image_size",
                    f"{sr.image_size} is not divisible by the super-res tokenizer's downsampling factor {sr.tokenizer.downsample}")
             check_field(sr.image_size > self.data.image_size, "superres.image_size",
@@ -319,32 +313,38 @@ class Config:
         return _build(cls, d, "")
 
 
+# fields that moved: (section class, old name) -> (the section that holds it now, its name). Older configs still load.
+MOVED = {(SuperResConfig, name): ("sample", name) for name in ("num_steps", "guidance_scale", "temperature")}
+
+
+def _section(cls, name: str):
+    """The dataclass a field holds, if it holds one (superres, None by default, holds a SuperResConfig)."""
+    if (cls, name) == (Config, "superres"):
+        return SuperResConfig
+    default = next((f.default for f in dataclasses.fields(cls) if f.name == name), None)
+    return type(default) if dataclasses.is_dataclass(default) else None
+
+
 def _build(cls, d: dict, prefix: str):
     if not isinstance(d, dict):
         raise ConfigError(f"config field '{prefix.rstrip('.') or 'config'}' must be a mapping")
-    names = {f.name: f for f in dataclasses.fields(cls)}
+    d = dict(d)
+    for k in [k for k in d if (cls, k) in MOVED]:  # an older config.json: into the section that holds it now
+        section, name = MOVED[cls, k]
+        held = d.get(section, dataclasses.asdict(getattr(cls(), section)))  # else that section's default
+        if isinstance(held, dict):  # else the section's own check names what is wrong with it
+            d[section] = {**held, name: d.pop(k)}
+    names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(d) - set(names))
     if unknown:
         raise ConfigError(f"unknown config field '{prefix}{unknown[0]}'; valid fields: {', '.join(names)}")
     kw = {}
     for k, v in d.items():
-        sub = _SUBCONFIGS.get((cls, k))
-        if sub is not None and v is None and not (cls is Config and k == "superres"):  # only superres is optional
+        sub = _section(cls, k)
+        if sub is not None and v is None and sub is not SuperResConfig:  # only superres is optional
             raise ConfigError(f"config field '{prefix}{k}' must be a mapping, got null")
         if sub is not None and v is not None:
             kw[k] = _build(sub, v, f"{prefix}{k}.")
-        elif isinstance(v, list):
-            kw[k] = tuple(v)  # JSON has no tuples; dataclass defaults use them
         else:
-            kw[k] = v
+            kw[k] = tuple(v) if isinstance(v, list) else v  # JSON has no tuples; dataclass defaults use them
     return cls(**kw)
-
-
-_SUBCONFIGS = {
-    (Config, "data"): DataConfig, (Config, "tokenizer"): TokenizerConfig, (Config, "text"): TextConfig,
-    (Config, "transformer"): TransformerConfig, (Config, "train"): TrainConfig, (Config, "sample"): SampleConfig,
-    (Config, "edit"): EditConfig,
-    (Config, "superres"): SuperResConfig,
-    (SuperResConfig, "tokenizer"): TokenizerConfig, (SuperResConfig, "transformer"): TransformerConfig,
-    (SuperResConfig, "train"): TrainConfig, (SuperResConfig, "decoder"): DecoderConfig,
-}

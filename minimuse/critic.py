@@ -19,8 +19,8 @@ from .transformer import Linear, MaskedTransformer
 
 
 class TokenCritic(MaskedTransformer):
-    KIND = "critic"  # saved in a checkpoint's critic/ folder
-    ARCH = "critic"
+    CHECKPOINT_KIND = "critic"  # saved in a checkpoint's critic/ folder
+    MODEL_KIND = "critic"
 
     def __init__(self, cfg, codebook_size: int, grid, text_dim: int):
         super().__init__(cfg, codebook_size, grid, text_dim)

@@ -75,9 +75,9 @@ class Guided:
         self.ctx_both = None
         if any(w != 0 for w in weights):
             if uncond_emb is None:
-                raise ValueError("guidance_scale > 0 needs uncond_emb: the text encoding of the empty prompt \"\"")
+                raise ValueError("guidance_scale > 0 needs uncond: the text encoding of the empty prompt \"\"")
             if uncond_emb.shape[0] not in (1, text_emb.shape[0]):
-                raise ValueError(f"uncond_emb holds {uncond_emb.shape[0]} texts for {text_emb.shape[0]} prompts; "
+                raise ValueError(f"uncond holds {uncond_emb.shape[0]} texts for {text_emb.shape[0]} prompts; "
                                  "pass one, or one per prompt")
             um = (torch.ones(uncond_emb.shape[:2], dtype=torch.bool, device=uncond_emb.device) if uncond_mask is None
                   else uncond_mask)

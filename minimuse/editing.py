@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .config import ConfigError, check_output_type
-from .sampler import edit as _edit_ids
+from .sampler import mask_free_edit
 from .superres import decimate_uint8
 
 SIDES = ("right", "left", "bottom", "top")
@@ -64,6 +64,12 @@ def parse_extend(extend: str, cell: int, size: int | None = None) -> tuple[str, 
 
 
 # ------------------------------------------------------------------------------------------------- the boundary
+def refuse_autoregressive(pipe, what: str) -> None:
+    """A ValueError when the pipeline's base model is the autoregressive baseline: it draws whole images only."""
+    if pipe.autoregressive:
+        raise ValueError(f"the autoregressive model draws whole images in raster order: {what}")
+
+
 def check_images(pipe, images, what: str = "images") -> np.ndarray:
     """uint8 (B, S, S, 3) at the model's size S (one (S, S, 3) image becomes a batch of 1), or a one-line error."""
     S = pipe.config.data.image_size
@@ -146,7 +152,7 @@ def inpaint(pipe, images, masks, prompts, num_steps: int | None = None, guidance
     ids, sr_history = pipe.upscale_ids(ids, prompts, generator=generator, precision=precision,
                                        return_history=return_history, init_ids=pipe.encode_images(full, "superres"),
                                        init_mask=hi_region,
-                                       num_steps=min(pipe.config.superres.num_steps, int(hi_region.sum((1, 2)).min())))
+                                       num_steps=min(pipe.config.superres.sample.num_steps, int(hi_region.sum((1, 2)).min())))
     out = pipe.output(ids, "superres", output_type)
     return (out, history + sr_history) if return_history else out
 
@@ -208,6 +214,7 @@ def edit(pipe, images, prompts, num_iters: int | None = None, resample_frac: flo
     check_output_type(output_type)
     images = check_images(pipe, images)
     prompts = check_prompts_for(pipe, prompts, len(images))
+    refuse_autoregressive(pipe, "no mask-free editing")
     e = edit_settings(pipe, num_iters, resample_frac, guidance_scale, top_k)
     prompts, s = pipe.validate(prompts, None, seed, return_history, generator, "fp32",
                                guidance_scale=e.guidance_scale, top_k=e.top_k)
@@ -216,12 +223,11 @@ def edit(pipe, images, prompts, num_iters: int | None = None, resample_frac: flo
         images = decimate_uint8(images, high)
     dev = pipe.device
     generator = generator or torch.Generator(dev).manual_seed(seed)
-    text, text_mask = (x.to(dev) for x in pipe.text_encoder(prompts))                  # (B, T, E), (B, T)
-    uncond = tuple(x.to(dev) for x in pipe.text_encoder([""]))                         # (1, 2, E)
+    text = tuple(x.to(dev) for x in pipe.text_encoder(prompts))                        # (B, T, E), (B, T)
+    uncond = tuple(x.to(dev) for x in pipe.text_encoder([""]))                         # (1, 2, E), (1, 2)
     keep = tuple(i for i in history_at if i <= e.num_iters) if return_history else ()
-    out = _edit_ids(pipe.transformer, pipe.encode_images(images), text, text_mask, *uncond, num_iters=e.num_iters,
-                    resample_frac=e.resample_frac, guidance_scale=s.guidance_scale, top_k=s.top_k,
-                    temperature=s.temperature, generator=generator, keep_at=keep)
+    out = mask_free_edit(pipe.transformer, pipe.encode_images(images), text, s, num_iters=e.num_iters,
+                    resample_frac=e.resample_frac, uncond=uncond, generator=generator, keep_at=keep)
     ids, kept = out if keep else (out, {})
     if high:
         up = lambda x: pipe.output(pipe.upscale_ids(x, prompts, generator=generator)[0], "superres", output_type)  # noqa: E731

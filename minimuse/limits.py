@@ -67,8 +67,7 @@ UNBOUNDED = {"data.paraphrase_prob", "tokenizer.ema_decay", "tokenizer.betas", "
              "train.betas", "train.ema_decay", "train.label_smoothing", "train.min_mask_rate", "train.rect_mask_prob",
              "train.cond_drop_prob", "sample.num_steps", "sample.guidance_scale", "sample.choice_temperature",
              "sample.temperature", "sample.top_k", "sample.remask_prob", "edit.resample_frac", "edit.guidance_scale",
-             "edit.top_k", "superres.num_steps", "superres.guidance_scale", "superres.temperature",
-             "superres.lowres_noise"}
+             "edit.top_k", "superres.lowres_noise"}
 
 BYTES_PER_VALUE = 4  # every model is built in fp32; bf16 autocast keeps fp32 master weights
 

@@ -107,7 +107,7 @@ def eval_upscale(pipe, n: int = 256, seed: int | None = None, batch_size: int = 
     seed = cfg.data.eval_seed if seed is None else seed
     g = torch.Generator().manual_seed(seed)
     sq = {"superres": 0.0, "bicubic": 0.0, "tokenizer": 0.0}
-    hi_tok = pipe.superres_tokenizer
+    superres_tokenizer = pipe.superres_tokenizer
     for start in range(0, n, batch_size):
         samples = [make_sample(seed, i, S, cfg.data.kinds) for i in range(start, min(n, start + batch_size))]
         hi = torch.stack([to_tensor(x["image"]) for x in samples])                       # (b, 3, S, S)
@@ -121,8 +121,8 @@ def eval_upscale(pipe, n: int = 256, seed: int | None = None, batch_size: int = 
         out = torch.from_numpy(pipe.decode(ids, "superres")).permute(0, 3, 1, 2).float() / 255  # (b, 3, S, S)
         lo_f = torch.from_numpy(lo).permute(0, 3, 1, 2).float() / 255                     # (b, 3, s, s)
         bicubic = F.interpolate(lo_f, scale_factor=S // s, mode="bicubic", align_corners=False).clamp(0, 1)
-        dev = next(hi_tok.parameters()).device
-        recon = hi_tok.decode(hi_tok.encode(hi.to(dev))).cpu()
+        dev = next(superres_tokenizer.parameters()).device
+        recon = superres_tokenizer.decode(superres_tokenizer.encode(hi.to(dev))).cpu()
         for k, x in (("superres", out), ("bicubic", (bicubic * 255).round() / 255), ("tokenizer", recon)):
             sq[k] += (x - hi).pow(2).sum().item()
     count = n * 3 * S * S

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from . import editing
-from .autoregressive import ARTransformer
+from .autoregressive import ARTransformer, generate
 from .checkpoint import CheckpointError, read_config, resolve_checkpoint
 from .config import Config, ConfigError, SampleConfig, check_output_type
 from .inputs import check_device, check_outputs, check_prompt_text, check_seed, default_device
@@ -49,6 +49,8 @@ class MusePipeline:
         self.superres = superres.eval() if superres is not None else None
         self.superres_tokenizer = superres_tokenizer.eval() if superres_tokenizer is not None else None
         self.critic = critic.eval() if critic is not None else None  # critic.py: what sampler="critic" asks
+        # which decoding loop draws the base stage: the pipeline decides it once, from the model it was given
+        self.autoregressive = isinstance(transformer, ARTransformer)
 
     @classmethod
     def from_pretrained(cls, checkpoint=None, **kwargs) -> "MusePipeline":
@@ -151,10 +153,8 @@ class MusePipeline:
         if self.superres is None:
             raise ValueError("this checkpoint has no super-res stage (no superres/ folder); train one with "
                              "`minimuse train-superres`")
-        sr = self.config.superres
-        s = dataclasses.replace(self.config.sample, num_steps=sr.num_steps if num_steps is None else num_steps,
-                                guidance_scale=sr.guidance_scale if guidance_scale is None else guidance_scale,
-                                temperature=sr.temperature)
+        given = {"num_steps": num_steps, "guidance_scale": guidance_scale}  # else the stage's own settings
+        s = dataclasses.replace(self.config.superres.sample, **{k: v for k, v in given.items() if v is not None})
         ids, history = self.sample_ids(prompts, s, seed=seed, generator=generator, precision=precision,
                                        return_history=return_history, model=self.superres, lowres_ids=lowres_ids,
                                        init_ids=init_ids, init_mask=init_mask)
@@ -188,21 +188,22 @@ class MusePipeline:
         model / lowres_ids: the super-res stage (default: the base transformer, unconditioned on a grid)."""
         dev = self.device  # the parts may sit on different devices (training samples a GPU model with a CPU tokenizer)
         encode = lambda texts: tuple(x.to(dev) for x in self.text_encoder(texts))
-        text, text_mask = encode(prompts)                                                  # (B, T, E), (B, T)
+        text = encode(prompts)                                                             # (B, T, E), (B, T)
         # one row each: the sampler shares a batch-1 unconditional (or negative) text across the batch
-        uncond = encode([""]) if s.guidance_scale != 0 else (None, None)                    # (1, 2, E)
-        negative = encode([negative_prompt]) if negative_prompt is not None else (None, None)
+        uncond = encode([""]) if s.guidance_scale != 0 else None                           # (1, 2, E), (1, 2)
+        negative = encode([negative_prompt]) if negative_prompt is not None else None
         # the draws come from the model's device: on a GPU, a CPU generator would make every step wait for (B, L, K)
         # uniforms drawn on the host (7x slower at batch 256, docs/GPU.md). A CPU generator reproduces the CPU's draws.
         generator = generator or torch.Generator(dev).manual_seed(seed)
+        if model is None and self.autoregressive:  # its own raster loop, under the same contract: whole images only
+            if init_ids is not None or return_history:
+                editing.refuse_autoregressive(self, "no inpainting, outpainting or step history")
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                return generate(self.transformer, text, s, uncond=uncond, negative=negative, generator=generator), None
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = sample(model or self.transformer, text, text_mask, uncond[0], uncond[1],
-                         negative_emb=negative[0], negative_mask=negative[1],
-                         num_steps=s.num_steps, schedule=s.schedule, sampler=s.sampler,
-                         guidance_scale=s.guidance_scale, guidance_schedule=s.guidance_schedule,
-                         choice_temperature=s.choice_temperature, temperature=s.temperature, top_k=s.top_k,
-                         generator=generator, return_history=return_history, init_ids=init_ids, init_mask=init_mask,
-                         lowres_ids=lowres_ids, remask_prob=s.remask_prob, critic=self.critic if model is None else None)
+            out = sample(model or self.transformer, text, s, uncond=uncond, negative=negative, generator=generator,
+                         init_ids=init_ids, init_mask=init_mask, lowres_ids=lowres_ids, return_history=return_history,
+                         critic=self.critic if model is None else None)
         ids, history = out if return_history else (out, None)
         if history is not None:  # on the host, wherever the model ran: plots and widgets read it with numpy
             history = [{k: v.cpu() for k, v in h.items()} for h in history]
@@ -313,18 +314,18 @@ def load_pipeline(checkpoint=None, config: Config | None = None, device=None, su
     tokenizer = Tokenizer.from_pretrained(root / "tokenizer", saved)
     if transformer is not None and tokenizer.codebook_size != transformer.codebook_size:
         raise CheckpointError(f"{root}: tokenizer has K={tokenizer.codebook_size} codes but the transformer predicts {transformer.codebook_size}")
-    superres = sr_tokenizer = None
+    superres = superres_tokenizer = None
     if has_sr:
         if not (root / "superres_tokenizer").is_dir():
             raise CheckpointError(f"{root} holds superres/ but no superres_tokenizer/: the super-res stage needs both")
         sr_saved = _saved_config(root / "superres", "superres")
         superres = SuperResTransformer.from_pretrained(root / "superres")
         decoder_dir = root / "superres_decoder" if (root / "superres_decoder").is_dir() else root / "superres_tokenizer"
-        sr_tokenizer = Tokenizer.from_pretrained(decoder_dir, sr_saved)
-        if superres.lowres_codebook_size != tokenizer.codebook_size or sr_tokenizer.codebook_size != superres.codebook_size:
+        superres_tokenizer = Tokenizer.from_pretrained(decoder_dir, sr_saved)
+        if superres.lowres_codebook_size != tokenizer.codebook_size or superres_tokenizer.codebook_size != superres.codebook_size:
             raise CheckpointError(f"{root}: the super-res stage reads K={superres.lowres_codebook_size} base codes and "
                                   f"predicts K={superres.codebook_size}, but the tokenizers have {tokenizer.codebook_size} "
-                                  f"and {sr_tokenizer.codebook_size}")
+                                  f"and {superres_tokenizer.codebook_size}")
         base_grid = transformer.grid if transformer is not None else saved.grid
         if superres.lowres_grid != base_grid or superres.text_dim != saved.text.text_dim:
             raise CheckpointError(f"{root}: the super-res stage reads a {superres.lowres_grid} grid and {superres.text_dim}-d "
@@ -341,4 +342,4 @@ def load_pipeline(checkpoint=None, config: Config | None = None, device=None, su
     # a downloaded checkpoint's text.cache_dir or text.encoder may not point outside it: the user's own cache comes from
     # MINIMUSE_TEXT_CACHE (text_encoder.py)
     text = TextEncoder(trusted_text_config(saved.text, root))
-    return MusePipeline(config or saved, tokenizer, text, transformer, superres, sr_tokenizer, critic).to(device)
+    return MusePipeline(config or saved, tokenizer, text, transformer, superres, superres_tokenizer, critic).to(device)

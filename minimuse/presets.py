@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 
 from .config import (Config, ConfigError, DataConfig, DecoderConfig, EditConfig, SampleConfig, SuperResConfig, TextConfig, TokenizerConfig,
                      TrainConfig, TransformerConfig)
@@ -33,7 +34,7 @@ _MUSE_SR = SuperResConfig(
     tokenizer=dataclasses.replace(_MUSE_TOK, channel_mult=(1, 1, 2, 4)),                # f=8: 64x64 tokens (Muse §2.2)
     transformer=TransformerConfig(width=1024, depth=4, heads=16, mlp_ratio=4.0),         # hidden 1024, MLP 4096 (Muse App. A); depth derived: 268M in blocks, docs/MODEL_SIZES.md
     lowres_depth=16,                                                                    # Muse §2.4: 16-layer low-res encoder
-    num_steps=8)                                                                        # Muse §2.8
+    sample=dataclasses.replace(_MUSE_SAMPLE, num_steps=8, guidance_scale=0.0, temperature=0.0))  # 8 steps: Muse §2.8
 
 # The laptop super-res stage: 8x8 base tokens -> 16x16 high-res tokens, width 128 and depth 4 as the base model; a
 # 2-layer low-res encoder learned faster than a 4-layer one at equal steps (docs/SUPERRES.md)
@@ -41,7 +42,7 @@ _LAPTOP_SR = SuperResConfig(
     image_size=64,
     tokenizer=TokenizerConfig(channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, codebook_size=256, code_dim=32,
                               recon_loss="mse", batch_size=8, steps=3000, lr=2e-3, log_every=50, ckpt_every=500),  # f=4: 64 px -> 16x16 tokens
-    transformer=TransformerConfig(width=128, depth=4, heads=4), lowres_depth=2, num_steps=8,
+    transformer=TransformerConfig(width=128, depth=4, heads=4), lowres_depth=2,
     lowres_noise=0.03,  # conditioning augmentation: closes the cascade's count gap, keeps +3.5 dB (docs/SUPERRES.md)
     train=TrainConfig(steps=10_000, batch_size=32, lr=2e-3, warmup_steps=300, min_lr_ratio=0.05, label_smoothing=0.1,
                       mixed_precision="auto", log_every=50, ckpt_every=500, eval_every=1000, eval_prompts=64),
@@ -59,7 +60,8 @@ PRESETS: dict[str, Config] = {
         superres=SuperResConfig(image_size=32,
                                 tokenizer=TokenizerConfig(channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, codebook_size=32,
                                                           code_dim=8, fsq_levels=(4, 4, 2), steps=30, batch_size=16, warmup_steps=5),
-                                transformer=TransformerConfig(width=64, depth=2, heads=2), lowres_depth=1, num_steps=4,
+                                transformer=TransformerConfig(width=64, depth=2, heads=2), lowres_depth=1,
+                                sample=SampleConfig(num_steps=4, guidance_scale=0.0, temperature=0.0),
                                 train=TrainConfig(steps=30, batch_size=16, warmup_steps=5, log_every=10, ckpt_every=20,
                                                   eval_every=0, eval_prompts=8))),
     "laptop": Config(
@@ -159,10 +161,23 @@ def get_config(name: str | None = None, **overrides) -> Config:
     return cfg
 
 
+# old spellings of fields that moved, still accepted with a one-line notice: the new path of each
+RENAMED = {f"superres.{name}": f"superres.sample.{name}" for name in ("num_steps", "guidance_scale", "temperature")}
+
+
 def apply_override(cfg: Config, key: str, value) -> Config:
     """Set one field, `section.field` or a bare field name that exists in exactly one section."""
+    if key in RENAMED:
+        print(f"minimuse: warning: {key} is deprecated; use {RENAMED[key]}", file=sys.stderr)
+        key = RENAMED[key]
     path = key.split(".") if "." in key else _resolve_bare(cfg, key)
-    return _replace_path(cfg, path, value, key)
+    try:
+        return _replace_path(cfg, path, value, key)
+    except ConfigError as e:  # a nested section's check names it as its own ('sample.num_steps'): name it as set
+        short, full = ".".join(path[-2:]), ".".join(path)
+        if full != short and f"'{short}'" in str(e):
+            raise ConfigError(str(e).replace(f"'{short}'", f"'{full}'")) from None
+        raise
 
 
 def _resolve_bare(cfg: Config, key: str) -> list[str]:

@@ -3,20 +3,22 @@
 Each step predicts every masked token at once, samples one token per masked position, commits the most confident
 and re-masks the rest, so that floor(N gamma((t+1)/T)) stay masked (scheduler.py). Commit rules: `confidence`
 (MaskGIT/Muse: log p + annealed Gumbel noise), `halton` (a fixed 2-D low-discrepancy order, Besnier et al. 2025),
-`random`, and two that may mask committed tokens again: `remask` (after ReMDM) and `critic` (Token-Critic, critic.py).
-An autoregressive model (autoregressive.py) is handed to its own raster loop. Classifier-free guidance runs the
+`random`, and two that may mask committed tokens again: `remask` (after ReMDM) and `critic` (Token-Critic, critic.py);
+they are plain functions in one table, COMMIT_RULES. The contract, `sample(model, text, settings)`, is the one the
+autoregressive model's raster loop keeps too (autoregressive.generate). Classifier-free guidance runs the
 unconditional pass in the same batch (decoding.py, shared with that loop); Muse's linear ramp and negative prompts are
 options. Inpainting, outpainting and mask-free editing reuse the same loop. Taught in
 notebooks/06_sampling.ipynb; the per-step history feeds viz.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 
-from .autoregressive import generate
 from .config import SampleConfig
 from .decoding import Guided, gumbel, gumbel_from, guidance_weight, log_probs, sample_tokens, uniform
 from .scheduler import MaskScheduler
@@ -54,51 +56,96 @@ def _head_positions(mask: torch.Tensor, same_count: bool) -> torch.Tensor | None
     return mask.nonzero()[:, 1].view(mask.shape[0], -1) if same_count else None  # rows in order: (B*M,) -> (B, M)
 
 
-def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, *, num_steps=12, schedule="cosine",
-           sampler="confidence", guidance_scale=0.0, guidance_schedule="constant", negative_emb=None,
-           negative_mask=None, choice_temperature=1.0, temperature=1.0, top_k=0, generator=None, init_ids=None,
-           init_mask=None, lowres_ids=None, return_history=False, remask_prob=0.05, critic=None):
-    """Generate token grids (B, h, w) for text embeddings (B, T, E) with padding masks (B, T).
+@dataclass
+class Step:
+    """What a commit rule reads: the call's settings and fixed state, and this step's grid and draws, each (B, L)."""
+    settings: SampleConfig
+    generator: torch.Generator | None
+    region: torch.Tensor                   # the positions this call generates; tokens outside it never change
+    priority: torch.Tensor | None          # halton, random: the order fixed for the whole call (higher = sooner)
+    critic: object = None
+    critic_ctx: object = None
+    tau: float = 0.0                       # the Gumbel noise's scale at this step, annealed to 0
+    ids: torch.Tensor | None = None        # the grid before the step, mask_id where masked
+    mask: torch.Tensor | None = None       # True where masked
+    logits: torch.Tensor | None = None     # (B, M, K) at the masked positions, or (B, L, K)
+    token: torch.Tensor | None = None      # the token drawn at each masked position
+    token_logp: torch.Tensor | None = None  # its log p under the distribution drawn from
 
+    def noise(self) -> torch.Tensor:
+        return self.tau * gumbel(self.mask.shape, self.generator, self.mask.device)
+
+
+def commit_by_confidence(s: Step):
+    """MaskGIT/Muse: log p of the drawn token plus annealed Gumbel noise; the candidates are the masked positions."""
+    return s.token_logp + s.noise(), s.mask
+
+
+def commit_in_fixed_order(s: Step):
+    """halton, random: an order fixed before the first step, whatever the model predicts."""
+    return s.priority, s.mask
+
+
+def commit_or_remask(s: Step):
+    """After ReMDM (Wang et al. 2025), training-free: each committed token of the region rejoins the candidates with
+    probability remask_prob, scored by log p of the token it holds under the distribution this step draws from."""
+    confidence, candidates = commit_by_confidence(s)
+    p, (B, L), K = s.settings.remask_prob, s.ids.shape, s.logits.shape[-1]
+    if p == 0:
+        return confidence, candidates
+    held = log_probs(s.logits, s.settings.temperature, s.settings.top_k).gather(-1, s.ids.clamp_max(K - 1)[..., None])[..., 0]
+    confidence = torch.where(s.mask, confidence, held + s.noise())  # (B, L)
+    return confidence, s.mask | (s.region & (uniform((B, L), s.generator, s.ids.device) < p))
+
+
+def commit_by_critic(s: Step):
+    """Token-Critic (Lezama et al. 2022): fill every gap, and let the critic (critic.py) score every token of the
+    region in the filled grid; its logit that a token is wrong, negated, is the confidence."""
+    wrong = s.critic(torch.where(s.mask, s.token, s.ids), ctx=s.critic_ctx)  # (B, L)
+    return -wrong.float() + s.noise(), s.region
+
+
+# the commit rules, by the name SampleConfig.sampler takes: each returns (confidence (B, L), candidates (B, L))
+COMMIT_RULES = {"confidence": commit_by_confidence, "halton": commit_in_fixed_order, "random": commit_in_fixed_order,
+                "remask": commit_or_remask, "critic": commit_by_critic}
+REVISING = ("remask", "critic")  # the rules whose candidates include committed tokens
+
+
+def sample(transformer, text, settings: SampleConfig, *, uncond=None, negative=None, generator=None,
+           init_ids=None, init_mask=None, lowres_ids=None, critic=None, return_history=False):
+    """Generate token grids (B, h, w) for `text` = (text_emb (B, T, E), text_mask (B, T) or None), as the text encoder
+    returns them, with the `settings` (a SampleConfig, checked when it was made: the one place sampling is validated).
+
+    `uncond` = (emb, mask) of the empty prompt "" (one row, or one per prompt), needed when guidance_scale > 0;
+    `negative` = (emb, mask) of a negative prompt takes its place in guidance (Muse §2.7).
     `lowres_ids` (B, h', w') conditions a super-res transformer (superres.py) on the base model's grid; guidance then
     contrasts the text with "" while both halves see the same low-res tokens.
     `init_ids` (B, h, w) with `init_mask` (True = regenerate; default: where init_ids == mask_id) inpaints or
-    outpaints: only the masked region is sampled and every other token is kept. `negative_emb` replaces the
-    unconditional text in guidance. With `return_history=True` also returns one dict per step: `ids` (the grid after
-    the step, mask_id where still masked), `mask`, `committed`, `confidence` = the model's probability of the token
-    drawn at each position (positions committed earlier keep the value from their last draw; given tokens 1.0) and
-    `entropy` of the distribution sampled from (given tokens 0.0). Same generator seed, same tokens.
+    outpaints: only the masked region is sampled and every other token is kept. With `return_history=True` also
+    returns one dict per step: `ids` (the grid after the step, mask_id where still masked), `mask`, `committed`,
+    `remasked`, `confidence` = the model's probability of the token drawn at each position (positions committed earlier
+    keep the value from their last draw; given tokens 1.0) and `entropy` of the distribution sampled from (given tokens
+    0.0). Same generator seed, same tokens. The autoregressive model has its own loop with the same contract
+    (autoregressive.generate); the pipeline picks which one runs.
 
-    Two samplers revise committed tokens. `remask` (training-free, after ReMDM, Wang et al. 2025): at each step every
-    committed token of the region joins the masked positions as a candidate with probability `remask_prob`, scored by
-    the model's current log p of it. `critic` (Token-Critic, Lezama et al. 2022): the masked positions are filled, and
-    `critic` (critic.py) scores every token of the region in the filled grid. Count rule, the same for all five
-    samplers: after step t exactly floor(N gamma((t+1)/T)) positions of the region are masked, the least confident
-    candidates (for the three others the candidates are the masked positions only); the last step leaves none.
+    The commit rule (`settings.sampler`, one of COMMIT_RULES) scores the candidates; the count rule is the same for
+    all five: after step t exactly floor(N gamma((t+1)/T)) positions of the region are masked, the least confident
+    candidates; the last step leaves none.
     """
-    # the same checks as the config and the CLI (finite, in range, known names): one mechanism, one message style
-    SampleConfig(num_steps=num_steps, schedule=schedule, sampler=sampler, guidance_scale=guidance_scale,
-                 guidance_schedule=guidance_schedule, choice_temperature=choice_temperature, temperature=temperature,
-                 top_k=top_k, remask_prob=remask_prob)
-    if sampler == "critic" and critic is None:
+    s = settings
+    if s.sampler == "critic" and critic is None:
         raise ValueError("sampler 'critic' needs a trained critic (a checkpoint's critic/ folder: `minimuse train-critic`)")
-    if getattr(transformer, "ARCH", "masked") == "autoregressive":  # raster order, one token per pass: its own loop
-        if init_ids is not None or lowres_ids is not None or return_history:
-            raise ValueError("the autoregressive model draws whole images in raster order: no init_ids (editing), "
-                             "lowres_ids or step history")
-        return generate(transformer, text_emb, text_mask, uncond_emb, uncond_mask, guidance_scale=guidance_scale,
-                        guidance_schedule=guidance_schedule, negative_emb=negative_emb, negative_mask=negative_mask,
-                        temperature=temperature, top_k=top_k, generator=generator)
     h, w = transformer.grid
-    if num_steps > h * w:
+    if s.num_steps > h * w:
         # every step commits at least one token, so more steps than tokens only adds passes that commit nothing
-        raise ValueError(f"num_steps {num_steps} exceeds the {h * w} tokens of the {h}x{w} grid; use 1 to {h * w}")
-    scheduler = MaskScheduler(schedule)
-    weights = [guidance_weight(t, num_steps, guidance_scale, guidance_schedule) for t in range(num_steps)]
-    if negative_emb is not None:  # a negative prompt takes the place of l_u (Muse §2.7)
-        uncond_emb, uncond_mask = negative_emb, negative_mask
+        raise ValueError(f"num_steps {s.num_steps} exceeds the {h * w} tokens of the {h}x{w} grid; use 1 to {h * w}")
+    text_emb, text_mask = text
+    uncond_emb, uncond_mask = negative if negative is not None else (uncond or (None, None))
+    scheduler = MaskScheduler(s.schedule)
+    weights = [guidance_weight(t, s.num_steps, s.guidance_scale, s.guidance_schedule) for t in range(s.num_steps)]
     B, device = text_emb.shape[0], text_emb.device
     L, mask_id = h * w, transformer.mask_id
+    rule = COMMIT_RULES[s.sampler]
 
     was_training = transformer.training
     transformer.eval()
@@ -111,37 +158,26 @@ def sample(transformer, text_emb, text_mask, uncond_emb=None, uncond_mask=None, 
             ids, mask = _start_grid(transformer, init_ids, init_mask, B, device)  # (B, L) each
             ids = scheduler.add_noise(ids, mask, mask_id)
             N = mask.sum(1)  # (B,) positions to generate: the whole grid, or the inpainting region
-            scheduler.set_timesteps(num_steps, N)  # every per-step count, computed once here
-
-            priority = _fixed_order(sampler, h, w, B, generator, device)  # halton, random: (B, L); else None
+            scheduler.set_timesteps(s.num_steps, N)  # every per-step count, computed once here
+            # what the commit rules read: fixed for the call here, the step's draws below
+            st = Step(settings=s, generator=generator, region=mask, priority=_fixed_order(s.sampler, h, w, B, generator, device),
+                      critic=critic, critic_ctx=critic.eval().encode_text(text_emb, text_mask) if s.sampler == "critic" else None)
             conf_map, ent_map = torch.ones(B, L, device=device), torch.zeros(B, L, device=device)  # history's maps
             history = []
-            region = mask  # the positions this call generates; tokens outside it are given and never change
-            revise = sampler in ("remask", "critic")
-            critic_ctx = critic.eval().encode_text(text_emb, text_mask) if sampler == "critic" else None
-
             # else inpainting regions differ in size, or remask scores committed tokens too: the full head
-            same_count = bool((N == N[0]).all()) and sampler != "remask"
-            for t in range(num_steps):
+            same_count = bool((N == N[0]).all()) and s.sampler != "remask"
+            for t in range(s.num_steps):
                 head_index = _head_positions(mask, same_count)
                 logits = model(ids, weights[t], head_index)  # (B, M, K) or (B, L, K)
-                token, token_logp, entropy = _draw(logits, head_index, L, temperature, top_k, generator, return_history)
-
-                tau = choice_temperature * (1.0 - (t + 1) / num_steps)  # noise annealed to 0 (MaskGIT)
-                if sampler == "critic":  # the critic's logit that a token is wrong, on the grid with every gap filled
-                    wrong = critic(torch.where(mask, token, ids), ctx=critic_ctx)  # (B, L)
-                    confidence, candidates = -wrong.float() + tau * gumbel((B, L), generator, device), region
-                elif sampler in ("confidence", "remask"):  # log p under the distribution drawn from
-                    confidence, candidates = token_logp + tau * gumbel((B, L), generator, device), mask
-                else:
-                    confidence, candidates = priority, mask
-                if sampler == "remask" and remask_prob > 0:
-                    confidence, candidates = _remask_candidates(logits, ids, mask, region, confidence, tau, remask_prob,
-                                                                temperature, top_k, generator)
+                token, token_logp, entropy = _draw(logits, head_index, L, s.temperature, s.top_k, generator,
+                                                   return_history)
+                st.tau = s.choice_temperature * (1.0 - (t + 1) / s.num_steps)  # noise annealed to 0 (MaskGIT)
+                st.ids, st.mask, st.logits, st.token, st.token_logp = ids, mask, logits, token, token_logp
+                confidence, candidates = rule(st)
                 new_mask = scheduler.step(confidence, candidates, t, N)  # (B, L); non-candidates get +inf inside
                 committed = mask & ~new_mask
                 ids = torch.where(committed, token, ids)
-                if revise:
+                if s.sampler in REVISING:
                     ids = torch.where(new_mask, mask_id, ids)  # revised tokens are masked again
                 if return_history:
                     conf_map = torch.where(mask, token_logp.exp(), conf_map)
@@ -167,21 +203,22 @@ def revisions(history: list[dict]) -> list[float]:
     return out
 
 
-def edit(transformer, ids, text_emb, text_mask, uncond_emb=None, uncond_mask=None, *, num_iters=100,
-         resample_frac=0.08, guidance_scale=4.0, top_k=3, temperature=1.0, generator=None, keep_at=()):
+def mask_free_edit(transformer, ids, text, settings: SampleConfig, *, num_iters=100, resample_frac=0.08, uncond=None,
+         generator=None, keep_at=()):
     """Mask-free editing (Muse §3.3): `num_iters` times, mask a fresh random `resample_frac` of the tokens and refill
-    them in one step of `sample` under the new prompt, with guidance and top-k (Muse: 8%, 100 iterations, guidance 4,
-    top-k 3). ids (B, h, w). With `keep_at` (iteration numbers), also returns {iteration: ids} after those iterations,
-    since Muse notes an intermediate iteration can be the better edit."""
+    them in one step of `sample` under the new prompt `text`, with the guidance, temperature and top-k of `settings`
+    (Muse: 8%, 100 iterations, guidance 4, top-k 3). ids (B, h, w). With `keep_at` (iteration numbers), also returns
+    {iteration: ids} after those iterations, since Muse notes an intermediate iteration can be the better edit."""
     B, (h, w) = ids.shape[0], transformer.grid
     L = h * w
     n = max(1, math.ceil(resample_frac * L))
+    one_step = dataclasses.replace(settings, num_steps=1, sampler="confidence", guidance_schedule="constant")
     ids, kept = ids.reshape(B, h, w), {}
     for i in range(num_iters):
         pos = uniform((B, L), generator, ids.device).argsort(1)[:, :n]                          # (B, n) positions
         region = torch.zeros(B, L, dtype=torch.bool, device=ids.device).scatter(1, pos, True)  # (B, L)
-        ids = sample(transformer, text_emb, text_mask, uncond_emb, uncond_mask, num_steps=1, guidance_scale=guidance_scale,
-                     temperature=temperature, top_k=top_k, generator=generator, init_ids=ids, init_mask=region.view(B, h, w))
+        ids = sample(transformer, text, one_step, uncond=uncond, generator=generator, init_ids=ids,
+                     init_mask=region.view(B, h, w))
         if i + 1 in keep_at:
             kept[i + 1] = ids.clone()
     return (ids, kept) if keep_at else ids
@@ -230,17 +267,6 @@ def _draw(logits, head_index, L: int, temperature: float, top_k: int, generator,
         if entropy:
             ent = torch.zeros(B, L, device=device).scatter(1, head_index, ent)
     return token, token_logp, ent
-
-
-def _remask_candidates(logits, ids, mask, region, confidence, tau: float, remask_prob: float, temperature: float,
-                       top_k: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The remask rule (after ReMDM): each committed token of the region rejoins the candidates with probability
-    remask_prob, scored by log p of the token it holds under the distribution this step draws from (top-k included)."""
-    (B, L), K, device = ids.shape, logits.shape[-1], ids.device
-    held = log_probs(logits, temperature, top_k).gather(-1, ids.clamp_max(K - 1)[..., None])[..., 0]  # (B, L)
-    confidence = torch.where(mask, confidence, held + tau * gumbel((B, L), generator, device))
-    candidates = mask | (region & (uniform((B, L), generator, device) < remask_prob))
-    return confidence, candidates
 
 
 def _step_record(ids, mask, new_mask, committed, conf_map, ent_map, grid) -> dict:

@@ -40,7 +40,7 @@ def superres_grid(cfg: Config) -> tuple[int, int]:
 
 class SuperResTransformer(MaskedTransformer):
     """A MaskedTransformer over the high-res grid whose cross-attention context is [text ; encoded low-res tokens]."""
-    KIND = "superres"
+    CHECKPOINT_KIND = "superres"
 
     def __init__(self, cfg: TransformerConfig, codebook_size: int, grid: tuple[int, int], text_dim: int,
                  lowres_codebook_size: int, lowres_grid: tuple[int, int], lowres_depth: int):

@@ -112,7 +112,7 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     tok_src = _resolve_tokenizer_dir(Path(out_dir), tokenizer_dir)  # a mistyped --tokenizer fails before any write
     sr_src = _resolve_tokenizer_dir(Path(out_dir), superres_tokenizer_dir, "superres_tokenizer") if sr else None
     out_dir = prepare_run_dir(out_dir, state_name, (export_name,), resume, overwrite, accelerator)
-    tokenizer, hi_tokenizer = load_tokenizers(cfg, tok_src, sr_src)
+    tokenizer, superres_tokenizer = load_tokenizers(cfg, tok_src, sr_src)
     path = out_dir / state_name  # read (and its keys checked) before anything is written: a bad state refuses early
     keys = {**TRANSFORMER_STATE_KEYS, **({"ema": list} if tc.ema_decay > 0 else {})}
     state = load_training_state(path, keys) if resume else None
@@ -122,10 +122,10 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     tokenizer.to(accelerator.device)
     text_encoder = TextEncoder(cfg.text)
     if sr:
-        hi_tokenizer.to(accelerator.device)
-    pool, table = token_data(cfg, tc, data, tokenizer, hi_tokenizer, text_encoder, tok_src, sr_src,
+        superres_tokenizer.to(accelerator.device)
+    pool, table = token_data(cfg, tc, data, tokenizer, superres_tokenizer, text_encoder, tok_src, sr_src,
                               out_dir if accelerator.is_main_process else None)
-    for tok, src, name in ((tokenizer, tok_src, "tokenizer"), (hi_tokenizer, sr_src, "superres_tokenizer")):
+    for tok, src, name in ((tokenizer, tok_src, "tokenizer"), (superres_tokenizer, sr_src, "superres_tokenizer")):
         if tok is not None and src.resolve() != (out_dir / name).resolve() and accelerator.is_main_process:
             tok.save_pretrained(out_dir / name)  # out_dir becomes a complete (stage) checkpoint, once its data loaded
     data_key = pool["key"] if data is not None else None  # a resume must read the same shards
@@ -168,11 +168,11 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
     eval_fn = None
     shapes = set(pool["kinds"]) <= set(cfg.data.kinds)  # the quick eval's judge reads the shapes world only
     if tc.eval_every and accelerator.is_main_process and shapes and not critic:
-        eval_fn = (quick_superres_eval_fn(cfg, tokenizer, hi_tokenizer, text_encoder, tc.eval_prompts) if sr
+        eval_fn = (quick_superres_eval_fn(cfg, tokenizer, superres_tokenizer, text_encoder, tc.eval_prompts) if sr
                    else quick_eval_fn(cfg, tokenizer, text_encoder, tc.eval_prompts))
     timing["setup_s"] += time.time() - t_enter
     now = {}  # what the last step left: its batch, which the report counts the FLOPs of
-    run = _transformer_stage(model, raw, accelerator, scfg, (pool, table, b), gen, sr, cls.ARCH == "autoregressive",
+    run = _transformer_stage(model, raw, accelerator, scfg, (pool, table, b), gen, sr, cls.MODEL_KIND == "autoregressive",
                              ema, window, eval_fn, timing, clock, save, now)
     run_loop(run, Schedule(tc.steps, tc.lr, tc.warmup_steps, tc.min_lr_ratio, tc.log_every, tc.ckpt_every, tc.grad_clip,
                            tc.lr_schedule, tc.decay_fraction),

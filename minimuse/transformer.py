@@ -73,13 +73,13 @@ def attention(q, k, v, mask=None, dropout_p: float = 0.0, weights: bool = False)
 
 
 class MaskedTransformer(nn.Module):
-    KIND = "transformer"  # the checkpoint kind in config.json; superres.py's subclass saves "superres"
-    ARCH = "masked"       # the transformer.kind it is built from (autoregressive.py, critic.py: the others)
+    CHECKPOINT_KIND = "transformer"  # the "kind" its config.json records; superres.py's subclass saves "superres"
+    MODEL_KIND = "masked"            # the transformer.kind it is built from (autoregressive.py, critic.py: the others)
 
     def __init__(self, cfg: TransformerConfig, codebook_size: int, grid: tuple[int, int], text_dim: int):
         super().__init__()
-        if cfg.kind != self.ARCH:
-            raise ValueError(f"{type(self).__name__} builds transformer.kind {self.ARCH!r}, not {cfg.kind!r}")
+        if cfg.kind != self.MODEL_KIND:
+            raise ValueError(f"{type(self).__name__} builds transformer.kind {self.MODEL_KIND!r}, not {cfg.kind!r}")
         self.cfg, self.codebook_size, self.grid, self.text_dim = cfg, codebook_size, tuple(grid), text_dim
         self.mask_id = codebook_size  # the one extra embedding row; the head never predicts it
         D, (h, w) = cfg.width, self.grid
@@ -219,24 +219,26 @@ class MaskedTransformer(nn.Module):
         return x, attns
 
     def save_pretrained(self, out_dir, config: Config, dtype: torch.dtype | None = None):
-        """Write config.json (the full Config, kind KIND) and model.safetensors atomically (floats as `dtype` if given)."""
+        """Write config.json (the full Config, as CHECKPOINT_KIND) and model.safetensors atomically (floats as `dtype`
+        if given)."""
         diff = config_diff(self._arch(config), self._arch_of_self())
         if diff:
             raise ValueError(f"save_pretrained: `config` does not describe this model: field {diff}; "
                              "pass the Config the model was built from")
-        return save_checkpoint(out_dir, self.KIND, config.to_dict(), self.state_dict(), dtype=dtype)
+        return save_checkpoint(out_dir, self.CHECKPOINT_KIND, config.to_dict(), self.state_dict(), dtype=dtype)
 
     @classmethod
     def from_pretrained(cls, ckpt_dir, config: Config | None = None) -> "MaskedTransformer":
         """Rebuild from the saved config and load strictly; with `config`, first check its architecture fields."""
-        saved = saved_config(ckpt_dir, cls.KIND, ["superres" if cls.KIND == "superres" else "transformer"])
-        kind = cls._arch(saved)["transformer"]["kind"] if cls.KIND == "transformer" else cls.ARCH
-        if kind != cls.ARCH:
-            raise CheckpointError(f"{ckpt_dir} holds a {kind!r} transformer; {cls.__name__} loads {cls.ARCH!r} ones "
+        saved_as = cls.CHECKPOINT_KIND
+        saved = saved_config(ckpt_dir, saved_as, ["superres" if saved_as == "superres" else "transformer"])
+        model_kind = cls._arch(saved)["transformer"]["kind"] if saved_as == "transformer" else cls.MODEL_KIND
+        if model_kind != cls.MODEL_KIND:
+            raise CheckpointError(f"{ckpt_dir} holds a {model_kind!r} transformer; {cls.__name__} loads {cls.MODEL_KIND!r} ones "
                                   "(load_pipeline picks the class)")
         if config is not None:
             check_config(cls._arch(saved), cls._arch(config), ckpt_dir)
-        _, state = load_checkpoint(ckpt_dir, cls.KIND)
+        _, state = load_checkpoint(ckpt_dir, saved_as)
         model = cls.from_config(saved)
         load_state_strict(model, state, ckpt_dir)
         return model.eval()

@@ -24,27 +24,27 @@ TIMING_KEYS = tuple(TIMING)
 
 def load_tokenizers(cfg: Config, tok_src, sr_src):
     """(the base tokenizer, the super-res one or None without sr_src)."""
-    hi_tokenizer = None
+    superres_tokenizer = None
     tokenizer = Tokenizer.from_pretrained(tok_src, cfg)
     if sr_src is not None:
-        hi_tokenizer = Tokenizer.from_pretrained(sr_src, cfg)
-        if hi_tokenizer.stage != "superres":
+        superres_tokenizer = Tokenizer.from_pretrained(sr_src, cfg)
+        if superres_tokenizer.stage != "superres":
             raise CheckpointError(f"--superres-tokenizer {sr_src} is not a super-res stage tokenizer (a pretrained "
                                   "VQModel serves the base stage only)")
-    return tokenizer, hi_tokenizer
+    return tokenizer, superres_tokenizer
 
 
-def token_data(cfg: Config, tc, data, tokenizer, hi_tokenizer, text_encoder, tok_src, sr_src, pool_dir):
+def token_data(cfg: Config, tc, data, tokenizer, superres_tokenizer, text_encoder, tok_src, sr_src, pool_dir):
     """(the token pool, the text table): read from shards, after checking they are this run's tokenizer's and
     encoder's, or built from the shapes world (and cached in pool_dir)."""
-    sr = hi_tokenizer is not None
+    sr = superres_tokenizer is not None
     if data is None:
-        pool = build_token_pool(cfg, hi_tokenizer if sr else tokenizer, cfg.data.pool_size, pool_dir,
+        pool = build_token_pool(cfg, superres_tokenizer if sr else tokenizer, cfg.data.pool_size, pool_dir,
                                 **({"lowres_tokenizer": tokenizer} if sr else {}))
         return pool, text_table(text_encoder, pool["vocab"])
-    pool, table = load_shards(data, hi_tokenizer if sr else tokenizer, text_encoder, tokenizer if sr else None,
+    pool, table = load_shards(data, superres_tokenizer if sr else tokenizer, text_encoder, tokenizer if sr else None,
                               tokenizer_src=sr_src if sr else tok_src)
-    grid = (cfg.superres.image_size // hi_tokenizer.downsample,) * 2 if sr else cfg.grid
+    grid = (cfg.superres.image_size // superres_tokenizer.downsample,) * 2 if sr else cfg.grid
     for name, want in (("ids", grid), ("lowres_ids", cfg.grid)):
         if name in pool and tuple(pool[name].shape[1:]) != tuple(want):
             raise ValueError(f"shards in {data} hold {tuple(pool[name].shape[1:])} {name} grids; preset "
@@ -88,6 +88,9 @@ class MuonAdamW(torch.optim.Optimizer):
     def load_state_dict(self, state: dict) -> None:
         self.muon.load_state_dict(state["muon"])
         self.adamw.load_state_dict(state["adamw"])
+        # loading gives each part new group dicts (and Accelerate's prepare loads the state once): hold those, or the
+        # loop's learning rate would land on the old dicts and both parts would train at their first lr for ever
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups
 
 
 def make_optimizer(model, tc):

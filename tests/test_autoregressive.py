@@ -6,9 +6,10 @@ import torch
 
 from minimuse.autoregressive import ARTransformer, KVCache, generate
 from minimuse.checkpoint import CheckpointError
+from minimuse.config import SampleConfig
+from minimuse.editing import edit as edit_images
 from minimuse.presets import get_config
 from minimuse.pipeline import load_pipeline
-from minimuse.sampler import sample
 from minimuse.transformer import MaskedTransformer
 from tests.tiny import make_tiny_pipeline
 
@@ -60,8 +61,9 @@ def test_decode_step_with_cache_equals_teacher_forcing(model):
 def test_cached_and_uncached_decoding_draw_identical_tokens(model, guidance, ramp):
     text, mask = _text(3)
     uncond = torch.randn(1, 2, CFG.text.text_dim, generator=torch.Generator().manual_seed(4))
-    draws = [generate(model, text, mask, uncond, None, guidance_scale=guidance, guidance_schedule=ramp, top_k=5,
-                      use_cache=c, generator=torch.Generator().manual_seed(5)) for c in (True, False)]
+    s = SampleConfig(guidance_scale=guidance, guidance_schedule=ramp, top_k=5)
+    draws = [generate(model, (text, mask), s, uncond=(uncond, None), use_cache=c,
+                      generator=torch.Generator().manual_seed(5)) for c in (True, False)]
     assert torch.equal(draws[0], draws[1])
     assert draws[0].shape == (3, *model.grid) and int(draws[0].max()) < model.codebook_size
 
@@ -69,8 +71,8 @@ def test_cached_and_uncached_decoding_draw_identical_tokens(model, guidance, ram
 def test_guidance_changes_the_draw(model):
     text, mask = _text(2)
     uncond = torch.randn(1, 2, CFG.text.text_dim, generator=torch.Generator().manual_seed(4))
-    a, b = (generate(model, text, mask, uncond, None, guidance_scale=w, generator=torch.Generator().manual_seed(5))
-            for w in (0.0, 3.0))
+    a, b = (generate(model, (text, mask), SampleConfig(guidance_scale=w), uncond=(uncond, None),
+                     generator=torch.Generator().manual_seed(5)) for w in (0.0, 3.0))
     assert not torch.equal(a, b)
 
 
@@ -82,7 +84,7 @@ def test_kv_cache_refuses_to_overflow():
         cache.append(k[:, :, :1], k[:, :, :1])
 
 
-def test_pipeline_loads_the_autoregressive_class_and_samples_through_sample(tmp_path):
+def test_pipeline_loads_the_autoregressive_class_and_draws_with_its_loop(tmp_path):
     root = make_tiny_pipeline(tmp_path / "masked")
     torch.manual_seed(0)
     ar = ARTransformer.from_config(CFG)
@@ -92,12 +94,16 @@ def test_pipeline_loads_the_autoregressive_class_and_samples_through_sample(tmp_
     torch.testing.assert_close(pipe.transformer.state_dict()["head.weight"], ar.state_dict()["head.weight"])
     with pytest.raises(CheckpointError, match="'autoregressive' transformer"):
         MaskedTransformer.from_pretrained(root / "transformer")
-    text, mask = _text(2)
-    via_sample = sample(pipe.transformer, text, mask, generator=torch.Generator().manual_seed(6))
-    direct = generate(pipe.transformer, text, mask, generator=torch.Generator().manual_seed(6))
-    assert torch.equal(via_sample, direct)
+    assert pipe.autoregressive
+    s = pipe.settings(num_steps=4)
+    via_pipe = pipe(["a red circle", "two blue squares"], seed=6, num_steps=4, output_type="ids")
+    text = pipe.text_encoder(["a red circle", "two blue squares"])
+    direct = generate(pipe.transformer, text, s, uncond=pipe.text_encoder([""]), generator=torch.Generator().manual_seed(6))
+    assert torch.equal(via_pipe, direct)  # the pipeline picked the raster loop, with the same settings and draws
     with pytest.raises(ValueError, match="raster order"):
-        sample(pipe.transformer, text, mask, init_ids=via_sample)
+        pipe(["a red circle"], num_steps=4, return_history=True)
+    with pytest.raises(ValueError, match="raster order"):
+        edit_images(pipe, pipe(["a red circle"], num_steps=4), ["a blue circle"], num_iters=1)
 
 
 def test_masked_class_refuses_an_autoregressive_config():

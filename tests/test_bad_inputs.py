@@ -704,7 +704,7 @@ EDIT_API_CASES = [
 
 @pytest.mark.parametrize("call,error,fragment", EDIT_API_CASES)
 def test_bad_edit_arguments_are_named_before_sampling(pipe, monkeypatch, call, error, fragment):
-    for target in ("minimuse.pipeline.sample", "minimuse.editing._edit_ids"):
+    for target in ("minimuse.pipeline.sample", "minimuse.editing.mask_free_edit"):
         monkeypatch.setattr(target, lambda *a, **k: pytest.fail("sampled before refusing"))
     with pytest.raises(error) as e:
         call(pipe, _scene())

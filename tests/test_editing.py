@@ -111,7 +111,7 @@ def test_mask_free_editing_defaults_come_from_the_checkpoints_edit_settings(pipe
     import dataclasses
     from minimuse.config import EditConfig
     seen, real = [], sampler_mod.sample
-    monkeypatch.setattr(sampler_mod, "sample", lambda *a, **k: (seen.append((k["guidance_scale"], k["top_k"],
+    monkeypatch.setattr(sampler_mod, "sample", lambda *a, **k: (seen.append((a[2].guidance_scale, a[2].top_k,
                                                                              int(k["init_mask"].sum()))), real(*a, **k))[1])
     monkeypatch.setattr(pipe, "config", dataclasses.replace(pipe.config, edit=EditConfig(
         num_iters=3, resample_frac=0.2, guidance_scale=1.5, top_k=2)))

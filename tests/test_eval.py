@@ -90,7 +90,7 @@ def test_bench_reports_every_setting():
     assert by[(3, False)] > by[(2, False)]        # one more forward pass
     assert by[(2, True)] > by[(2, False)]         # the unconditional pass costs FLOPs
     (c,) = r["cascade"]  # ci has a super-res stage: base and super-res timed apart, the share is of their sum
-    assert c["batch"] == 2 and c["superres_steps"] == cfg.superres.num_steps and c["base_steps"] == cfg.sample.num_steps
+    assert c["batch"] == 2 and c["superres_steps"] == cfg.superres.sample.num_steps and c["base_steps"] == cfg.sample.num_steps
     assert c["cascade_ms_per_image"] == pytest.approx(c["base_ms_per_image"] + c["superres_ms_per_image"], abs=0.011)
     assert c["superres_share"] == pytest.approx(c["superres_ms_per_image"] / c["cascade_ms_per_image"], abs=2e-3)
 

@@ -35,13 +35,10 @@ def pipe(ckpt):
 def direct(pipe: MusePipeline, prompts, seed=0, negative_prompt=None, **overrides):
     """What the pipeline should do, written out: encode, sampler.sample with a fresh generator, decode."""
     s = pipe.settings(**overrides)
-    text, text_mask = pipe.text_encoder(prompts)
+    text = pipe.text_encoder(prompts)
     uncond = pipe.text_encoder([""] * len(prompts))
-    neg = pipe.text_encoder([negative_prompt] * len(prompts)) if negative_prompt else (None, None)
-    ids = sample(pipe.transformer, text, text_mask, *uncond, negative_emb=neg[0], negative_mask=neg[1],
-                 num_steps=s.num_steps, schedule=s.schedule, sampler=s.sampler, guidance_scale=s.guidance_scale,
-                 guidance_schedule=s.guidance_schedule, choice_temperature=s.choice_temperature,
-                 temperature=s.temperature, top_k=s.top_k, generator=torch.Generator(pipe.device).manual_seed(seed))
+    neg = pipe.text_encoder([negative_prompt] * len(prompts)) if negative_prompt else None
+    ids = sample(pipe.transformer, text, s, uncond=uncond, negative=neg, generator=torch.Generator(pipe.device).manual_seed(seed))
     return ids, to_uint8(pipe.tokenizer.decode(ids))
 
 

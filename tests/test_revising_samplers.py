@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from minimuse.config import SampleConfig
 from minimuse.presets import get_config
 from minimuse.critic import TokenCritic, critic_batch, critic_loss
 from minimuse.sampler import revisions, sample
@@ -28,8 +29,9 @@ def _text(B=3):
 
 def _draw(gen, sampler, steps=6, **kw):
     text, mask = _text()
-    return sample(gen, text, mask, num_steps=steps, sampler=sampler, generator=torch.Generator().manual_seed(2),
-                  return_history=True, **kw)
+    critic = kw.pop("critic", None)
+    return sample(gen, (text, mask), SampleConfig(num_steps=steps, sampler=sampler, guidance_scale=0.0, **kw),
+                  critic=critic, generator=torch.Generator().manual_seed(2), return_history=True)
 
 
 @pytest.mark.parametrize("sampler", ["remask", "critic"])
@@ -157,8 +159,9 @@ def test_revising_samplers_keep_the_tokens_outside_an_inpainting_region(models, 
     region = torch.zeros(3, h, w, dtype=torch.bool)
     region[:, 1:3, 1:3] = True
     text, mask = _text()
-    ids, hist = sample(gen, text, mask, num_steps=4, sampler=sampler, critic=critic, remask_prob=1.0, init_ids=init,
-                       init_mask=region, generator=torch.Generator().manual_seed(4), return_history=True)
+    s = SampleConfig(num_steps=4, sampler=sampler, remask_prob=1.0, guidance_scale=0.0)
+    ids, hist = sample(gen, (text, mask), s, critic=critic, init_ids=init, init_mask=region,
+                       generator=torch.Generator().manual_seed(4), return_history=True)
     assert torch.equal(ids[~region], init[~region]) and not hist[-1]["mask"].any()
     assert all(not (hs["mask"] & ~region).any() for hs in hist)
 

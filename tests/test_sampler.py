@@ -10,9 +10,9 @@ import torch
 import torch.nn as nn
 
 import minimuse.sampler as sampler_mod
-from minimuse.config import SAMPLER_NAMES, SCHEDULE_NAMES, TransformerConfig
+from minimuse.config import SAMPLER_NAMES, SCHEDULE_NAMES, SampleConfig, TransformerConfig
 from minimuse.decoding import Guided, guidance_weight, guided_logits
-from minimuse.sampler import edit, halton_order, sample
+from minimuse.sampler import halton_order, mask_free_edit, sample
 from minimuse.scheduler import mask_counts
 
 K, GRID, E = 16, (4, 4), 8
@@ -73,11 +73,19 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+def settings(**kw):
+    """The sampler's settings with guidance off unless asked (SampleConfig's default is Muse-like, 1.5)."""
+    return SampleConfig(**{"guidance_scale": 0.0, **kw})
+
+
+CALL_ARGS = ("init_ids", "init_mask", "lowres_ids", "critic", "return_history", "negative")  # not settings
+
+
 def run(model=None, B=2, seed=0, **kw):
-    model = model or StandIn()
-    emb, mask = texts(B)
-    u, um = texts(1, seed=99)
-    return sample(model, emb, mask, u, um, generator=gen(seed), **_with_critic(kw))
+    """sample() on B stand-in prompts with "" as texts(1, 99); kw are SampleConfig fields and sample()'s keywords."""
+    kw = _with_critic(kw)
+    call = {k: kw.pop(k) for k in CALL_ARGS if k in kw}
+    return sample(model or StandIn(), texts(B), settings(**kw), uncond=texts(1, seed=99), generator=gen(seed), **call)
 
 
 # --- the loop: counts, commits, history ------------------------------------------------------------------------------
@@ -174,9 +182,8 @@ def test_bad_arguments_say_what_to_do():
         run(sampler="greedy")
     with pytest.raises(ValueError, match="choose one of"):
         run(schedule="cosin")
-    emb, mask = texts(2)
-    with pytest.raises(ValueError, match="uncond_emb"):
-        sample(StandIn(), emb, mask, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="needs uncond"):
+        sample(StandIn(), texts(2), settings(guidance_scale=2.0))
     with pytest.raises(ValueError, match="constant, linear"):
         run(guidance_scale=1.0, guidance_schedule="cosine")
     with pytest.raises(ValueError, match=r"\(B, h, w\) = \(2, 4, 4\)"):
@@ -216,11 +223,13 @@ class GuidedByHand(nn.Module):
 def test_guided_sample_equals_sampling_the_guided_logits(sampler):
     emb, mask = texts(2)
     u, um = texts(1, seed=99)
-    kw = _with_critic({"sampler": sampler, "num_steps": 5})
-    guided = sample(StandIn(), emb, mask, u, um, guidance_scale=2.5, generator=gen(5), **kw)
-    by_hand = sample(GuidedByHand(StandIn(), u, um, 2.5), emb, mask, generator=gen(5), **kw)
+    critic = {"critic": CriticStandIn()} if sampler == "critic" else {}
+    s = settings(sampler=sampler, num_steps=5)
+    guided = sample(StandIn(), (emb, mask), settings(sampler=sampler, num_steps=5, guidance_scale=2.5), uncond=(u, um),
+                    generator=gen(5), **critic)
+    by_hand = sample(GuidedByHand(StandIn(), u, um, 2.5), (emb, mask), s, generator=gen(5), **critic)
     assert torch.equal(guided, by_hand)
-    assert not torch.equal(guided, sample(StandIn(), emb, mask, generator=gen(5), **kw))
+    assert not torch.equal(guided, sample(StandIn(), (emb, mask), s, generator=gen(5), **critic))
 
 
 @pytest.mark.parametrize("T", [3, 8])
@@ -241,12 +250,13 @@ def test_negative_prompt_replaces_the_unconditional_logits_only():
     u, um = texts(1, seed=99)
     neg, nm = texts(2, seed=7, T=3)
     spy = StandIn()
-    with_neg = sample(spy, emb, mask, u, um, negative_emb=neg, negative_mask=nm, guidance_scale=2.0, generator=gen(1))
+    s = settings(guidance_scale=2.0)
+    with_neg = sample(spy, (emb, mask), s, uncond=(u, um), negative=(neg, nm), generator=gen(1))
     (cond, cond_mask), (negative, negative_mask) = spy.encoded
     assert torch.equal(cond, emb) and torch.equal(cond_mask, mask)              # the conditional half as given
     assert torch.equal(negative, neg) and torch.equal(negative_mask, nm)        # the negative, its own length, as l_u
-    assert torch.equal(with_neg, sample(StandIn(), emb, mask, neg, nm, guidance_scale=2.0, generator=gen(1)))
-    assert not torch.equal(with_neg, sample(StandIn(), emb, mask, u, um, guidance_scale=2.0, generator=gen(1)))
+    assert torch.equal(with_neg, sample(StandIn(), (emb, mask), s, uncond=(neg, nm), generator=gen(1)))
+    assert not torch.equal(with_neg, sample(StandIn(), (emb, mask), s, uncond=(u, um), generator=gen(1)))
 
 
 # --- inpainting, head_index, editing ---------------------------------------------------------------------------------
@@ -260,7 +270,7 @@ def test_inpainting_keeps_known_tokens_and_counts_per_region():
     region[2, 1:4, 1:4] = True  # 9 tokens
     model = StandIn()
     emb, mask = texts(B)
-    ids, hist = sample(model, emb, mask, init_ids=init, init_mask=region, num_steps=T, generator=gen(0),
+    ids, hist = sample(model, (emb, mask), settings(num_steps=T), init_ids=init, init_mask=region, generator=gen(0),
                        return_history=True)
     assert torch.equal(ids[~region], init[~region])
     assert all(h is None for h in model.heads)  # regions differ in size: full head
@@ -286,11 +296,12 @@ def test_edit_resamples_a_fraction():
     emb, mask = texts(2)
     u, um = texts(1, seed=99)
     ids = torch.randint(0, K, (2, *GRID), generator=gen(0))
-    assert torch.equal(edit(model, ids, emb, mask, u, um, num_iters=0, generator=gen(0)), ids)
-    one = edit(model, ids, emb, mask, u, um, num_iters=1, resample_frac=0.2, generator=gen(0))
+    s = settings(guidance_scale=4.0, top_k=3)  # Muse §3.3's
+    assert torch.equal(mask_free_edit(model, ids, (emb, mask), s, num_iters=0, uncond=(u, um), generator=gen(0)), ids)
+    one = mask_free_edit(model, ids, (emb, mask), s, num_iters=1, resample_frac=0.2, uncond=(u, um), generator=gen(0))
     assert ((one != ids).sum((1, 2)) <= math.ceil(0.2 * L)).all()
-    many = edit(model, ids, emb, mask, u, um, num_iters=30, generator=gen(0))
-    assert torch.equal(many, edit(model, ids, emb, mask, u, um, num_iters=30, generator=gen(0)))
+    many = mask_free_edit(model, ids, (emb, mask), s, num_iters=30, uncond=(u, um), generator=gen(0))
+    assert torch.equal(many, mask_free_edit(model, ids, (emb, mask), s, num_iters=30, uncond=(u, um), generator=gen(0)))
     assert many.shape == ids.shape and (many != ids).any()
     assert model.batches[-30:] == [4] * 30 and all(h.shape == (4, 2) for h in model.heads[-30:])  # ceil(8% of 16) = 2
 
@@ -326,7 +337,7 @@ def test_real_transformer_inpainting():
     region = torch.zeros(2, *GRID, dtype=torch.bool)
     region[:, 1:3, 1:3] = True
     emb, mask = texts(2)
-    ids = sample(model, emb, mask, init_ids=init, init_mask=region, num_steps=4, generator=gen(2))
+    ids = sample(model, (emb, mask), settings(num_steps=4), init_ids=init, init_mask=region, generator=gen(2))
     assert torch.equal(ids[~region], init[~region]) and int(ids.max()) < K
 
 
@@ -418,9 +429,9 @@ def test_fixed_seed_gives_the_tokens_of_notebook_06s_reference_loop(seed):
     model = _tiny_transformer().eval()
     emb, mask = texts(3, seed=seed)
     ref = _notebook_06_sample(model, emb, mask, 6, 1.0, gen(seed))
-    ids = sample(model, emb, mask, num_steps=6, choice_temperature=1.0, generator=gen(seed))
+    ids = sample(model, (emb, mask), settings(num_steps=6, choice_temperature=1.0), generator=gen(seed))
     assert torch.equal(ids, ref)
-    assert not torch.equal(ids, sample(model, emb, mask, num_steps=6, generator=gen(seed + 10)))  # the seed matters
+    assert not torch.equal(ids, sample(model, (emb, mask), settings(num_steps=6), generator=gen(seed + 10)))  # the seed matters
 
 
 def test_unpadded_unconditional_context_equals_the_padded_one():
@@ -446,10 +457,10 @@ def test_onednn_path_gives_the_tokens_of_torchs_default_path(monkeypatch):
     model = _tiny_transformer().eval()
     emb, mask = texts(3)
     u, um = texts(1, seed=99)
-    kw = dict(num_steps=6, guidance_scale=2.0, generator=None)
-    fast = sample(model, emb, mask, u, um, **{**kw, "generator": gen(3)})
+    s = settings(num_steps=6, guidance_scale=2.0)
+    fast = sample(model, (emb, mask), s, uncond=(u, um), generator=gen(3))
     monkeypatch.setattr(transformer_mod, "USE_ONEDNN", False)
-    assert torch.equal(fast, sample(model, emb, mask, u, um, **{**kw, "generator": gen(3)}))
+    assert torch.equal(fast, sample(model, (emb, mask), s, uncond=(u, um), generator=gen(3)))
 
 
 @pytest.mark.slow
@@ -459,10 +470,11 @@ def test_compiled_blocks_give_the_tokens_of_the_eager_ones():
     model = _tiny_transformer().eval()
     emb, mask = texts(2)
     u, um = texts(1, seed=99)
-    eager = sample(model, emb, mask, u, um, num_steps=5, guidance_scale=1.5, generator=gen(4))
+    s = settings(num_steps=5, guidance_scale=1.5)
+    eager = sample(model, (emb, mask), s, uncond=(u, um), generator=gen(4))
     model.run_blocks = torch.compile(model.run_blocks, dynamic=False)
     try:
-        compiled = sample(model, emb, mask, u, um, num_steps=5, guidance_scale=1.5, generator=gen(4))
+        compiled = sample(model, (emb, mask), s, uncond=(u, um), generator=gen(4))
     finally:
         del model.run_blocks
     assert torch.equal(compiled, eager)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from minimuse.checkpoint import load_tree, save_tree
 from minimuse.cli import main
-from minimuse.config import ConfigError
+from minimuse.config import Config, ConfigError, SampleConfig
 from minimuse.presets import get_config
 from minimuse.pipeline import DEFAULT_CHECKPOINT, load_pipeline
 from minimuse.pool import build_token_pool, train_step_inputs
@@ -118,12 +118,14 @@ def test_sampler_drives_the_superres_model_with_guidance_and_history():
     m = _model()
     _, lo, text, mask = _inputs(m)
     uncond = torch.randn(1, 2, m.text_dim)
-    run = lambda low, seed=0: sample(m, text, mask, uncond, None, num_steps=4, guidance_scale=2.0, lowres_ids=low,
+    guided = SampleConfig(num_steps=4, guidance_scale=2.0)
+    run = lambda low, seed=0: sample(m, (text, mask), guided, uncond=(uncond, None), lowres_ids=low,  # noqa: E731
                                      generator=torch.Generator().manual_seed(seed), return_history=True)
     ids, hist = run(lo)
     assert ids.shape == (3, *m.grid) and len(hist) == 4 and not bool(hist[-1]["mask"].any())
     assert torch.equal(run(lo)[0], ids)                          # same seed, same tokens
-    greedy = lambda low: sample(m, text, mask, num_steps=4, temperature=0.0, choice_temperature=0.0, lowres_ids=low)
+    argmax = SampleConfig(num_steps=4, temperature=0.0, choice_temperature=0.0, guidance_scale=0.0)
+    greedy = lambda low: sample(m, (text, mask), argmax, lowres_ids=low)  # noqa: E731
     assert not torch.equal(greedy(lo.flip(-1)), greedy(lo))      # the low-res grid steers the draw
 
 
@@ -212,13 +214,23 @@ def test_preset_without_superres_is_refused(tmp_path):
         train_superres(cfg, tmp_path)
 
 
-def test_superres_config_is_checked():
-    with pytest.raises(ConfigError, match="superres.temperature"):
-        get_config("ci", **{"superres.temperature": -1.0})
-    with pytest.raises(ConfigError, match="superres.num_steps"):
-        get_config("ci", **{"superres.num_steps": 0})
+def test_superres_config_is_checked(capsys):
+    with pytest.raises(ConfigError, match=r"'superres\.sample\.temperature'"):
+        get_config("ci", **{"superres.sample.temperature": -1.0})
+    with pytest.raises(ConfigError, match=r"'superres\.sample\.num_steps'"):
+        get_config("ci", **{"superres.num_steps": 0})  # the old spelling: the same check, after a one-line notice
+    assert "superres.num_steps is deprecated; use superres.sample.num_steps" in capsys.readouterr().err
+    assert get_config("ci", **{"superres.temperature": "0.5"}).superres.sample.temperature == 0.5
     with pytest.raises(ConfigError, match="superres.lowres_noise"):
         get_config("ci", **{"superres.lowres_noise": 1.5})
+
+
+def test_a_config_written_before_the_stage_held_its_own_sampling_settings_loads():
+    d = CI.to_dict()
+    d["superres"].pop("sample")
+    d["superres"].update(num_steps=6, guidance_scale=0.5, temperature=0.25)  # the old config.json's three fields
+    assert Config.from_dict(d).superres.sample == SampleConfig(num_steps=6, guidance_scale=0.5, temperature=0.25)
+    assert Config.from_dict(CI.to_dict()) == CI
 
 
 # ------------------------------------------------------------------------------------------------- the pipeline
@@ -229,7 +241,7 @@ def test_cascade_returns_high_res_and_superres_false_the_base(cascade):
     small = pipe(["a red circle", "two blue squares"], seed=3, superres=False)
     assert big.shape == (2, S2, S2, 3) and small.shape == (2, S, S, 3)
     stages = [h["stage"] for h in hist]  # the docstring's promise: every step of a cascade names its stage
-    assert stages == ["base"] * CI.sample.num_steps + ["superres"] * CI.superres.num_steps
+    assert stages == ["base"] * CI.sample.num_steps + ["superres"] * CI.superres.sample.num_steps
     # the cascade's base stage is the base output: its last base grid decodes to `small`
     np.testing.assert_array_equal(pipe.decode(hist[CI.sample.num_steps - 1]["ids"]), small)
     np.testing.assert_array_equal(pipe(["a red circle", "two blue squares"], seed=3), big)  # same seed, same image

@@ -258,6 +258,33 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     assert set(opt.state_dict()) == {"muon", "adamw"}  # the training state saves both
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_the_learning_rate_reaches_every_part_after_accelerates_prepare(optimizer):
+    """prepare() reloads the optimizer's state, which gives torch's optimizers new group dicts: the lr the loop sets
+    afterwards must still be the one every parameter steps with (a Muon run once trained at its first lr for ever)."""
+    from accelerate import Accelerator
+    from minimuse.pipeline import transformer_class
+    from minimuse.runs import set_lr
+    from minimuse.transformer_setup import make_optimizer
+    cfg = get_config("ci", **{"train.optimizer": optimizer})
+    torch.manual_seed(0)
+    model = transformer_class("masked").from_config(cfg)
+    model, opt = Accelerator(cpu=True).prepare(model, make_optimizer(model, cfg.train))
+
+    def step(lr):
+        set_lr(opt, lr)
+        opt.zero_grad()
+        model(torch.zeros(2, cfg.num_tokens, dtype=torch.long), torch.randn(2, 3, cfg.text.text_dim),
+              torch.ones(2, 3, dtype=torch.bool)).square().mean().backward()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt.step()
+        return {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+
+    assert step(0.0) == set()                               # lr 0: nothing moves, in either part
+    moved = step(1e-3)
+    assert "head.weight" in moved and "blocks.0.attn.qkv.weight" in moved
+
+
 def test_md4_weighting_is_refused_for_models_without_masks():
     from minimuse.limits import ConfigError
     with pytest.raises(ConfigError, match="loss_weighting"):

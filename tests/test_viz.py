@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from minimuse.config import TransformerConfig
+from minimuse.config import SampleConfig, TransformerConfig
 from minimuse.presets import get_config
 from minimuse.sampler import sample
 from minimuse.tokenizer import Tokenizer
@@ -34,7 +34,8 @@ def history(tokenizer):
     K = tokenizer.codebook_size
     model = MaskedTransformer(TransformerConfig(width=16, depth=1, heads=2), K, (4, 4), text_dim=8)
     text, mask = torch.randn(2, 3, 8), torch.ones(2, 3, dtype=torch.bool)
-    _, hist = sample(model, text, mask, num_steps=3, generator=torch.Generator().manual_seed(0), return_history=True)
+    s = SampleConfig(num_steps=3, guidance_scale=0.0)
+    _, hist = sample(model, (text, mask), s, generator=torch.Generator().manual_seed(0), return_history=True)
     return hist
 
 

@@ -7,7 +7,8 @@ base = pipe.config
 res = []
 for temp, gs, steps, ct in [(1.0, 0.0, 8, 1.0), (0.5, 0.0, 8, 1.0), (0.0, 0.0, 8, 1.0), (0.0, 0.0, 8, 0.0), (0.0, 1.0, 8, 1.0), (0.0, 0.0, 16, 1.0), (1.0, 2.0, 8, 1.0)]:
     pipe.config = dataclasses.replace(base, sample=dataclasses.replace(base.sample, temperature=temp, choice_temperature=ct),
-                                      superres=dataclasses.replace(base.superres, guidance_scale=gs, num_steps=steps))
+                                      superres=dataclasses.replace(base.superres, sample=dataclasses.replace(  # the stage's settings (moved since)
+                                          base.superres.sample, guidance_scale=gs, num_steps=steps)))
     t = time.time()
     r = eval_upscale(pipe, n)
     r.update(temperature=temp, guidance=gs, steps=steps, choice_temperature=ct, seconds=round(time.time() - t, 1))
