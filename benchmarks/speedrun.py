@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     kept.mkdir(parents=True, exist_ok=True)
     for name in ("log.jsonl", "report.json", "eval.json"):
         atomic_write_text(kept / name, (out / name).read_text())
-    shown = kept.resolve().relative_to(ROOT) if kept.resolve().is_relative_to(ROOT) else kept
+    repo = next((d for d in kept.resolve().parents if (d / ".git").exists()), None)  # the records' checkout, not this one
+    shown = kept.resolve().relative_to(repo) if repo else kept
     rec = record(args.name, args.change + (f" (seed {args.seed})" if args.seed is not None else ""), seconds, report, faith,
                  shown)
     prior = args.records.read_text() if args.records.exists() else ""
