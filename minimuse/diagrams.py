@@ -54,32 +54,38 @@ def _arrow(ax, start, end, label=None):
             ax.text(mx + 0.07, my, label, ha="left", va="center", fontsize=FONT, color=INK)
 
 
+def _chain(ax, y, h, boxes, labels=None):
+    """A row of boxes (cx, w, text, color), each joined to the next by an arrow from edge to edge (right to left when
+    the row runs that way): the arrows follow from the boxes, so moving a box moves its arrows. labels: {i: label} of
+    the arrow out of box i."""
+    for cx, w, text, color in boxes:
+        _box(ax, (cx, y), w, h, text, color)
+    for i, ((x0, w0, *_), (x1, w1, *_)) in enumerate(zip(boxes, boxes[1:])):
+        step = 1 if x1 > x0 else -1
+        _arrow(ax, (x0 + step * w0 / 2, y), (x1 - step * w1 / 2, y), (labels or {}).get(i))
+
+
 def pipeline_diagram(ax=None) -> Figure:
     """Muse end to end: the text path, the base stage (§2.3) and the super-res stage (§2.4), as run and as trained."""
     fig, ax = _canvas(ax, "Muse end to end: text encoder, base stage (32 px), super-res stage (64 px)")
     top, low = 2.45, 0.7
-    _box(ax, (0.6, top), 1.0, 0.8, "prompt\n\"a red circle\"", GRAY)
-    _box(ax, (2.1, top), 1.4, 0.8, "frozen text encoder\n(§2.1) MiniLM here;\nT5-XXL in Muse", BLUE)
-    _box(ax, (3.6, top), 1.1, 0.8, "text embeddings\n(B, T, E)", BLUE)
-    _box(ax, (5.2, top), 1.6, 0.8, "base transformer (§2.3)\n8x8 tokens, K = 256\n(Muse: 16x16, K = 8192)", GREEN)
-    _box(ax, (7.1, top), 1.7, 0.8, "parallel decoding in\nT steps with guidance:\n$(1+w)\\,\\ell_c - w\\,\\ell_u$",
-         GREEN)
-    _box(ax, (8.7, top), 0.95, 0.8, "VQ decoder\n(§2.2)", ORANGE)
-    _box(ax, (9.6, top), 0.6, 0.8, "32 px\nimage", GRAY)
-    for a, b in [(1.1, 1.4), (2.8, 3.05), (4.15, 4.4), (6.0, 6.25), (7.95, 8.225), (9.175, 9.3)]:
-        _arrow(ax, (a, top), (b, top))
+    _chain(ax, top, 0.8, [(0.6, 1.0, "prompt\n\"a red circle\"", GRAY),
+                          (2.1, 1.4, "frozen text encoder\n(§2.1) MiniLM here;\nT5-XXL in Muse", BLUE),
+                          (3.6, 1.1, "text embeddings\n(B, T, E)", BLUE),
+                          (5.2, 1.6, "base transformer (§2.3)\n8x8 tokens, K = 256\n(Muse: 16x16, K = 8192)", GREEN),
+                          (7.1, 1.7, "parallel decoding in\nT steps with guidance:\n$(1+w)\\,\\ell_c - w\\,\\ell_u$",
+                           GREEN),
+                          (8.7, 0.95, "VQ decoder\n(§2.2)", ORANGE), (9.6, 0.6, "32 px\nimage", GRAY)])
     # Text dropout happens to captions only in training; at inference the empty prompt gives the l_u of guidance.
     _box(ax, (1.35, low), 2.3, 0.6, "training: 10% of captions → ''\n(text dropout, for guidance, §2.7)", RED)
     _arrow(ax, (0.6, top - 0.4), (0.6, low + 0.3), "training")
     _arrow(ax, (2.1, low + 0.3), (2.1, top - 0.4))
     _box(ax, (5.0, low), 1.9, 0.8, "super-res transformer\n(§2.4), conditioned on\nbase tokens and text", PURPLE)
-    _box(ax, (6.95, low), 1.3, 0.6, "16x16 high-res\ntokens", PURPLE)
-    _box(ax, (8.45, low), 1.15, 0.6, "(finetuned)\ndecoder (§2.5)", ORANGE)
-    _box(ax, (9.6, low), 0.6, 0.6, "64 px\nimage", GRAY)
+    _chain(ax, low, 0.6, [(6.95, 1.3, "16x16 high-res\ntokens", PURPLE), (8.45, 1.15, "(finetuned)\ndecoder (§2.5)", ORANGE),
+                          (9.6, 0.6, "64 px\nimage", GRAY)])
     _arrow(ax, (3.6, top - 0.4), (4.4, low + 0.4), "text")
     _arrow(ax, (6.6, top - 0.4), (5.8, low + 0.4), "8x8 base tokens")
-    for a, b in [(5.95, 6.3), (7.6, 7.875), (9.025, 9.3)]:
-        _arrow(ax, (a, low), (b, low))
+    _arrow(ax, (5.95, low), (6.3, low))
     return fig
 
 
@@ -87,24 +93,17 @@ def tokenizer_diagram(ax=None) -> Figure:
     """The VQ tokenizer (Muse §2.2 uses a VQGAN): encode, snap to the nearest codebook entry, decode."""
     fig, ax = _canvas(ax, "The VQ tokenizer: 32 px image → 8x8 token ids → reconstruction")
     top, mid, low = 2.75, 1.6, 0.45
-    _box(ax, (0.8, top), 1.3, 0.6, "image\n(B, 3, 32, 32)", GRAY)
-    _box(ax, (2.65, top), 1.6, 0.6, "CNN encoder\ndownsampling by f = 4", ORANGE)
-    _box(ax, (4.5, top), 1.3, 0.6, "latents\n(B, 8, 8, d)", ORANGE)
-    _box(ax, (6.35, top), 1.6, 0.6, "nearest codebook\nentry (l2 distance)", GREEN)
-    _box(ax, (8.5, top), 1.4, 0.6, "token ids\n(B, 8, 8)", GREEN)
-    for a, b in [(1.45, 1.85), (3.45, 3.85), (5.15, 5.55), (7.15, 7.8)]:
-        _arrow(ax, (a, top), (b, top))
+    _chain(ax, top, 0.6, [(0.8, 1.3, "image\n(B, 3, 32, 32)", GRAY), (2.65, 1.6, "CNN encoder\ndownsampling by f = 4", ORANGE),
+                          (4.5, 1.3, "latents\n(B, 8, 8, d)", ORANGE),
+                          (6.35, 1.6, "nearest codebook\nentry (l2 distance)", GREEN), (8.5, 1.4, "token ids\n(B, 8, 8)", GREEN)])
     # One codebook serves both directions: the ids index the very vectors the latents were snapped to.
     _box(ax, (6.6, mid), 2.1, 0.7, "codebook of K = 256 vectors\nl2-normalised, EMA updates,\ndead-code restarts",
          GREEN)
     _arrow(ax, (6.35, mid + 0.35), (6.35, top - 0.3))
     _arrow(ax, (7.6, mid - 0.35), (7.6, low + 0.3))
     _arrow(ax, (8.5, top - 0.3), (8.5, low + 0.3))
-    _box(ax, (8.3, low), 1.6, 0.6, "codebook lookup\nids → vectors", GREEN)
-    _box(ax, (5.9, low), 1.6, 0.6, "CNN decoder\nupsampling by f = 4", ORANGE)
-    _box(ax, (3.6, low), 1.6, 0.6, "reconstruction\n(B, 3, 32, 32)", GRAY)
-    _arrow(ax, (7.5, low), (6.7, low))
-    _arrow(ax, (5.1, low), (4.4, low))
+    _chain(ax, low, 0.6, [(8.3, 1.6, "codebook lookup\nids → vectors", GREEN), (5.9, 1.6, "CNN decoder\nupsampling by f = 4", ORANGE),
+                          (3.6, 1.6, "reconstruction\n(B, 3, 32, 32)", GRAY)])
     # The losses compare the image with its reconstruction; the codebook terms keep encoder and codes close.
     _box(ax, (2.0, mid), 3.4, 0.7, "losses: reconstruction (MSE) + commitment;\noptional perceptual and adversarial\n"
          "(Muse §2.2 uses VQGAN with both)", RED)
@@ -162,13 +161,10 @@ def superres_diagram(ax=None) -> Figure:
     _arrow(ax, (3.9, top), (4.375, top))
     _arrow(ax, (6.55, top), (6.125, top))
     _arrow(ax, (5.25, top - 0.35), (5.25, low + 0.35), "keys, values of cross-attention")
-    _box(ax, (2.5, low), 1.9, 0.7, "high-res tokens\n(B, 16, 16), some\nreplaced by [MASK]", GREEN)
-    _box(ax, (5.25, low), 1.9, 0.7, "masked high-res\ntransformer (super-res)", PURPLE)
-    _box(ax, (7.25, low), 1.4, 0.7, "logits over the\n64 px tokenizer's\ncodes", PURPLE)
-    _box(ax, (9.05, low), 1.5, 0.7, "finetuned decoder\n(§2.5): same tokens,\nmore capacity", ORANGE)
-    _arrow(ax, (3.45, low), (4.3, low), "queries")
-    _arrow(ax, (6.2, low), (6.55, low))
-    _arrow(ax, (7.95, low), (8.3, low))
+    _chain(ax, low, 0.7, [(2.5, 1.9, "high-res tokens\n(B, 16, 16), some\nreplaced by [MASK]", GREEN),
+                          (5.25, 1.9, "masked high-res\ntransformer (super-res)", PURPLE),
+                          (7.25, 1.4, "logits over the\n64 px tokenizer's\ncodes", PURPLE),
+                          (9.05, 1.5, "finetuned decoder\n(§2.5): same tokens,\nmore capacity", ORANGE)], {0: "queries"})
     _arrow(ax, (9.25, low + 0.35), (9.25, top - 0.35))
     # Trained on clean tokens, the stage would trust them blindly; the noise teaches it to repair the base model's.
     _box(ax, (5.0, 0.35), 8.2, 0.5, "training: the low-res tokens come from the base tokenizer on the downsampled "
