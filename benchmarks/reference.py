@@ -63,7 +63,8 @@ def trainers(tmp: Path) -> dict:
     from minimuse.presets import get_config
     from minimuse.features import train_features
     from minimuse.tokenizer import Tokenizer
-    from minimuse.train import train_critic, train_superres, train_transformer, train_tokenizer
+    from minimuse.train import train_critic, train_superres, train_transformer
+    from minimuse.train_tokenizer import train_tokenizer
     from minimuse.train_tokenizer import finetune_decoder
     from safetensors.torch import load_file
 

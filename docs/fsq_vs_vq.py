@@ -11,8 +11,8 @@ import tempfile
 import time
 
 from minimuse.presets import get_config
-from minimuse.eval import eval_tokenizer
-from minimuse.train import train_tokenizer
+from minimuse.measures import eval_tokenizer
+from minimuse.train_tokenizer import train_tokenizer
 
 steps = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
 for quantizer in ("vq", "fsq"):

@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-from minimuse.eval import eval_faithfulness
+from minimuse.measures import eval_faithfulness
 from minimuse.metrics import wilson
 from minimuse.pipeline import load_pipeline
 

@@ -14,7 +14,7 @@ import time
 import torch
 
 import minimuse
-from minimuse.eval import faithfulness_at
+from minimuse.measures import faithfulness_at
 
 n, out_path = int(sys.argv[1]), sys.argv[2]
 pipe = minimuse.load_pipeline(sys.argv[3] if len(sys.argv) > 3 else "data/checkpoints/laptop", device="cpu")

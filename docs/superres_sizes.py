@@ -11,7 +11,7 @@ import torch
 
 from minimuse.presets import get_config
 from minimuse.superres import SuperResTransformer
-from minimuse.train import keep_freed_memory
+from minimuse.runs import keep_freed_memory
 from minimuse.scheduler import masked_ce
 keep_freed_memory()
 torch.manual_seed(0)

@@ -94,7 +94,7 @@ def one_process(keep: bool, n: int) -> float:
     """In a fresh process: the final variant's ms per step, with or without keep_freed_memory."""
     root = str(Path(__file__).resolve().parent.parent)
     code = (f"import sys; sys.path.insert(0, {root!r}); import docs.train_ablation as a, torch; torch.set_num_threads(2)\n"
-            f"from minimuse.train import keep_freed_memory\n{'keep_freed_memory()' if keep else ''}\n"
+            f"from minimuse.runs import keep_freed_memory\n{'keep_freed_memory()' if keep else ''}\n"
             "cfg=a.get_config('laptop'); s=a.make_step(a._explicit, True, True, cfg); a.timed(s, 3)\n"
             f"print(a.timed(s, {n}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -33,8 +33,8 @@ from .shards import pretokenize
 from .sweep import parse_grid, run_sweep
 from .text_encoder import TextEncoder
 from .tokenizer import Tokenizer
-from .train import train_critic, train_superres, train_tokenizer, train_transformer
-from .train_tokenizer import finetune_decoder
+from .train import train_critic, train_superres, train_transformer
+from .train_tokenizer import finetune_decoder, train_tokenizer
 
 # SampleConfig field -> the argparse dest of its flag, so an error names what the user typed
 SAMPLING_FLAGS = {"num_steps": "steps", "guidance_scale": "guidance", "guidance_schedule": "guidance_schedule",

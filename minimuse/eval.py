@@ -18,7 +18,7 @@ from .nouns import load as load_nouns
 from .eval_edits import evaluate_edits
 from .judge import find_objects
 from .measures import eval_faithfulness, eval_tokenizer, eval_upscale, faithfulness_at
-from .metrics import fid, wilson  # noqa: F401 (fid: minimuse.eval.fid, as notebook 09 calls it)
+from .metrics import fid
 from .pipeline import load_pipeline
 
 

@@ -29,18 +29,18 @@ def _scenes(pipe, n: int, seed: int, kinds) -> list[dict]:
     return [make_sample(seed, i, pipe.config.data.image_size, kinds) for i in range(n)]
 
 
-def _other(value: str, taken, options) -> str:
+def another_value(value: str, taken, options) -> str:
     """The first option after `value` (in a fixed cyclic order) that nothing in the scene already has."""
     options = list(options)
     i = options.index(value)
     return next(o for o in options[i + 1:] + options[:i] if o not in taken)
 
 
-def _recolor(spec: Spec, j: int, attr: str) -> tuple[Spec, tuple[str, str]]:
+def edit_spec(spec: Spec, j: int, attr: str) -> tuple[Spec, tuple[str, str]]:
     """`spec` with object j's colour (attr "color") or shape ("shape") changed to one no object has; the new (c, s)."""
     objs = [list(o) for o in spec.objects]
     k = 1 if attr == "color" else 2
-    objs[j][k] = _other(objs[j][k], {o[k] for o in objs}, PALETTE if attr == "color" else SHAPES)
+    objs[j][k] = another_value(objs[j][k], {o[k] for o in objs}, PALETTE if attr == "color" else SHAPES)
     return Spec(tuple(tuple(o) for o in objs), spec.relation), (objs[j][1], objs[j][2])
 
 
@@ -66,7 +66,7 @@ def eval_inpaint(pipe, n: int = 256, seed: int | None = None, batch_size: int = 
     for start in range(0, n, batch_size):
         chunk = scenes[start:start + batch_size]
         images = np.stack([s["image"] for s in chunk])                                     # (b, S, S, 3)
-        specs = [_recolor(s["spec"], 0, "color")[0] for s in chunk]
+        specs = [edit_spec(s["spec"], 0, "color")[0] for s in chunk]
         masks = np.stack([object_box_mask(S, s["boxes"][0]) for s in chunk])                # (b, S, S)
         ids = pipe.inpaint(images, masks, [canonical_caption(sp) for sp in specs], seed=seed + start, output_type="ids")
         out = pipe.decode(ids)
@@ -99,7 +99,7 @@ def eval_edit(pipe, n: int = 128, seed: int | None = None, iters=(25, 50, 75, 10
     for start in range(0, n, batch_size):
         chunk = scenes[start:start + batch_size]
         attrs = ["color" if (start + i) % 2 == 0 else "shape" for i in range(len(chunk))]  # half colour, half shape
-        edits = [_recolor(s["spec"], 0, a) for s, a in zip(chunk, attrs)]
+        edits = [edit_spec(s["spec"], 0, a) for s, a in zip(chunk, attrs)]
         images = np.stack([s["image"] for s in chunk])
         _, hist = pipe.edit(images, [canonical_caption(sp) for sp, _ in edits], num_iters=max(iters),
                             guidance_scale=e.guidance_scale, top_k=e.top_k, seed=seed + start, return_history=True,
@@ -132,7 +132,7 @@ def eval_outpaint(pipe, n: int = 128, seed: int | None = None, batch_size: int =
         specs = []
         for s in chunk:  # the known object, then a new one of another colour and shape to its right
             (_, c, sh), = s["spec"].objects
-            specs.append(Spec(((1, c, sh), (1, _other(c, {c}, PALETTE), _other(sh, {sh}, SHAPES))), "left of"))
+            specs.append(Spec(((1, c, sh), (1, another_value(c, {c}, PALETTE), another_value(sh, {sh}, SHAPES))), "left of"))
         wide = pipe.outpaint(np.stack([s["image"] for s in chunk]), [canonical_caption(sp) for sp in specs],
                              extend=f"right:{S // 2}", seed=seed + start)
         for sp, img in zip(specs, wide):

@@ -4,7 +4,7 @@ and the super-res stage (§2.4), each a `Stage` of the one loop (loop.py).
 What is the transformer's own: a batch from the token pool (pool.py), pure in (seed, step); the masked cross-entropy
 over train.grad_accum micro-batches; AdamW or Adafactor; an optional weight EMA; a quick sample-and-score every
 eval_every steps; the export and its training state (runs.py: atomic, pickle-free, exact resume, FSDP gathered).
-train_tokenizer.py holds the tokenizer's stage, re-exported here.
+train_tokenizer.py holds the tokenizer's stage.
 Taught in notebooks/05_training.ipynb; the super-res stage in notebooks/07_superres.ipynb.
 """
 from __future__ import annotations
@@ -26,15 +26,13 @@ from .peak import write_train_report
 from .pipeline import DEFAULT_CHECKPOINT, transformer_class
 from .loop import Clock, Schedule, Stage, run_loop
 from .measures import quick_eval_fn, quick_superres_eval_fn
-from .pool import build_token_pool, text_table, train_step_inputs  # noqa: F401 (notebook 05 imports them from here)
-from .runs import cosine_lr  # noqa: F401 (notebook 05 imports it from here)
+from .pool import train_step_inputs
 from .runs import (CRITIC_STATE, LOG_NAME, SUPERRES_STATE, TRANSFORMER_STATE, TRANSFORMER_STATE_KEYS, JsonlLogger,
                    _saved, keep_freed_memory, load_full_state, load_training_state, make_accelerator, prepare_run_dir,
                    resolve_precision, seed_everything)
 from .scheduler import masked_ce, md4_weight, weighted_masked_ce
 from .superres import SuperResTransformer
 from .text_encoder import TextEncoder
-from .train_tokenizer import train_tokenizer  # noqa: F401 (notebooks and tests import it from here)
 from .transformer_setup import (TIMING, exporter, load_generator, load_tokenizers,
                                 make_optimizer, resume_state, token_data)
 from .vqmodel import is_diffusers_vq

@@ -10,7 +10,7 @@ from minimuse.peak import count_flops, honest_peak, model_gemms
 from minimuse.config import CAPTION_KINDS
 from minimuse.presets import get_config
 from minimuse.data import parse_caption, render
-from minimuse.eval import eval_faithfulness
+from minimuse.measures import eval_faithfulness
 
 
 class StubPipe:

@@ -6,16 +6,16 @@ import pytest
 
 from minimuse.cli import main
 from minimuse.data import Spec, make_sample
-from minimuse.eval_edits import _recolor, eval_edit, eval_inpaint, eval_outpaint, object_box_mask
+from minimuse.eval_edits import edit_spec, eval_edit, eval_inpaint, eval_outpaint, object_box_mask
 from minimuse.pipeline import load_pipeline
 
 
 def test_recolor_changes_one_attribute_to_one_nobody_has():
     spec = Spec(((1, "red", "circle"), (1, "blue", "square")), "left of")
-    new, target = _recolor(spec, 0, "color")
+    new, target = edit_spec(spec, 0, "color")
     assert new.objects[1] == spec.objects[1] and new.relation == "left of"
     assert new.objects[0][2] == "circle" and new.objects[0][1] not in ("red", "blue") and target == new.objects[0][1:]
-    new, target = _recolor(spec, 0, "shape")
+    new, target = edit_spec(spec, 0, "shape")
     assert new.objects[0][1] == "red" and new.objects[0][2] == "triangle" == target[1]
 
 

@@ -1,4 +1,4 @@
-"""The FID instrument (features.py, eval.fid, eval.diversity): the feature network loads strictly, FID is ~0 for
+"""The FID instrument (features.py, metrics.fid, eval.diversity): the feature network loads strictly, FID is ~0 for
 identical sets and symmetric, diversity is 0 for identical samples, and the shipped network reads held-out scenes."""
 from pathlib import Path
 

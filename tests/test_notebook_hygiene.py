@@ -193,7 +193,7 @@ NOT_QUANTITIES = [r"\$[^$]*\$", r"arXiv[ :]*\d+\.\d+", r"https?://\S+", r"doi:\S
 CAPTIONS = "2,214 canonical captions: len({canonical_caption(s) for k in CAPTION_KINDS for s in data.specs_of_kind(k)})"
 SOURCED = {
     "00_overview": {"7.88": "Muse, abstract (zero-shot COCO FID of Muse-3B)"},
-    "01_shapes_world": {"0.85": "read off Figure 6 (the box fill ratios)", "2,214": CAPTIONS},
+    "01_shapes_world": {"0.87": "read off Figure 4 (the fill-ratio histograms)", "2,214": CAPTIONS},
     "02_tokenizer": {"0.45": "read off Figure 4 (the tiny tokenizer's loss curve)", "32,768": "512 images x 64 tokens"},
     "03_text_encoder": {"30,522": "BERT's uncased WordPiece vocabulary (Devlin et al. 2019), which MiniLM keeps",
                         "0.85": "read off Figure 2 (cosine similarity of the token states)", "2,214": CAPTIONS},
@@ -258,3 +258,43 @@ def test_numbers_in_markdown_are_printed_cited_or_sourced(nb):
     assert not unsourced, f"{nb.name}: numbers in markdown (number, cells) with no output, citation or source: {unsourced}"
     stale = [n for n in listed if n not in _numbers_of(nb)]
     assert not stale, f"{nb.name}: SOURCED lists numbers its text no longer quotes: {stale}"
+
+
+MYMUSE = ROOT / "notebooks" / "mymuse"
+WRITEFILE = re.compile(r"%%writefile( -a)? (mymuse/\w+\.py)\n")
+
+
+def _written_by_lessons() -> tuple[dict, dict]:
+    """({path under notebooks/: the text the lessons' %%writefile cells leave there, run in order}, {path: its lesson})."""
+    files, lessons = {}, {}
+    for nb in NOTEBOOKS:
+        for cell in _cells(nb):
+            m = WRITEFILE.match(_text(cell))
+            if cell["cell_type"] == "code" and m:
+                body = _text(cell)[m.end():]
+                body += "" if body.endswith("\n") else "\n"  # IPython ends what it writes with one newline
+                files[m.group(2)] = (files.get(m.group(2), "") if m.group(1) else "") + body
+                lessons.setdefault(m.group(2), nb.name)
+    return files, lessons
+
+
+def test_mymuse_is_what_the_lessons_write():
+    """notebooks/mymuse/ is the learner's package: each file is exactly what its lesson's cells write (a rerun of the
+    lessons leaves the repository unchanged), and no file is there that no lesson writes."""
+    files, _ = _written_by_lessons()
+    assert files, "no lesson writes into mymuse/"
+    on_disk = {f"mymuse/{p.name}" for p in MYMUSE.glob("*.py")} - {"mymuse/__init__.py"}
+    assert on_disk == set(files), f"in mymuse/ but written by no lesson, or the other way: {on_disk ^ set(files)}"
+    for path, text in files.items():
+        assert (ROOT / "notebooks" / path).read_text() == text, f"notebooks/{path} differs from what its lesson writes"
+
+
+def test_every_mymuse_module_is_used_after_it_is_written():
+    """A learner's module is imported by a later cell of its lesson or a later lesson, not written and forgotten."""
+    files, lessons = _written_by_lessons()
+    for path, lesson in lessons.items():
+        name = path[len("mymuse/"):-3]
+        pattern = re.compile(rf"from mymuse(\.{name} import| import (\w+, )*{name}\b)")
+        users = [nb.name for nb in NOTEBOOKS if nb.name >= lesson
+                 for c in _cells(nb) if c["cell_type"] == "code" and not WRITEFILE.match(_text(c)) and pattern.search(_text(c))]
+        assert users, f"{path} (written in {lesson}) is never imported"

@@ -18,7 +18,7 @@ from minimuse.checkpoint import CheckpointError, load_tree, save_tree
 from minimuse.config import ConfigError
 from minimuse.presets import get_config
 from minimuse.tokenizer import Tokenizer
-from minimuse.train import train_tokenizer
+from minimuse.train_tokenizer import train_tokenizer
 from minimuse.transformer import MaskedTransformer
 
 CFG = get_config("ci")

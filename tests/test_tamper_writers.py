@@ -14,7 +14,7 @@ import pytest
 from clitools import run_cli
 from minimuse.checkpoint import load_tree
 from minimuse.presets import get_config
-from minimuse.train import train_tokenizer
+from minimuse.train_tokenizer import train_tokenizer
 
 TOK_SETS = {"tokenizer.steps": 2, "tokenizer.ckpt_every": 2, "tokenizer.log_every": 1}
 TOK_ARGV = [a for k, v in TOK_SETS.items() for a in ("--set", f"{k}={v}")]

@@ -171,7 +171,7 @@ def test_corrupt_or_missing_weights_raise_checkpoint_error(tmp_path):
 
 @pytest.mark.parametrize("name", ["tokenizer", "superres_tokenizer"])
 def test_shipped_tokenizers_load_strict_and_reconstruct(name):
-    from minimuse.eval import eval_tokenizer
+    from minimuse.measures import eval_tokenizer
     ckpt = SHIPPED / name
     if not (ckpt / "model.safetensors").is_file():
         pytest.fail(f"shipped checkpoint {ckpt} is missing")

@@ -194,7 +194,7 @@ def test_kind_weights_set_each_kinds_share_of_the_batch(tok_dir):
 
 
 def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
-    from minimuse.train import resolve_precision
+    from minimuse.runs import resolve_precision
     assert resolve_precision("no") == "no" and resolve_precision("bf16") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
@@ -207,7 +207,7 @@ def test_torch_compile_reaches_accelerate_and_resets_with_the_backend():
     """train.torch_compile=True asks Accelerate for inductor; the next run without it gets an eager model again."""
     from accelerate.utils import DynamoBackend
 
-    from minimuse.train import make_accelerator
+    from minimuse.runs import make_accelerator
     cfg = get_config("ci", **{"train.torch_compile": True})
     assert make_accelerator(cfg, compile=True).state.dynamo_plugin.backend == DynamoBackend.INDUCTOR
     plain = make_accelerator(get_config("ci"))

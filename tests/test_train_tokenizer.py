@@ -7,13 +7,13 @@ import torch
 from safetensors.torch import load_file
 
 from minimuse.presets import get_config
-from minimuse.eval import eval_tokenizer
+from minimuse.measures import eval_tokenizer
 from minimuse.tokenizer import Tokenizer
 from minimuse.checkpoint import load_tree
 from minimuse.runs import STATE_NAME
 from minimuse.metrics import psnr
 from minimuse.runs import JsonlLogger, batch_indices, cosine_lr
-from minimuse.train import train_tokenizer
+from minimuse.train_tokenizer import train_tokenizer
 
 # The ci preset with a checkpoint every 5 steps; 20 steps keep the whole file to seconds.
 CFG = get_config("ci", **{"tokenizer.steps": 20, "tokenizer.ckpt_every": 5, "tokenizer.log_every": 5})

@@ -65,6 +65,7 @@ def lab(tmp_path_factory):
         if cell["cell_type"] == "code":
             cell["outputs"], cell["execution_count"] = [], None
     (work / NOTEBOOK).write_text(json.dumps(nb))
+    shutil.copytree(ROOT / "notebooks" / "mymuse", work / "mymuse")  # the learner's package, which the lesson writes and imports
     port, token = _free_port(), secrets.token_hex(16)
     # JupyterLab 4 renders only the cells in view by default; draw them all, so every prompt and output can be read
     settings = work / "settings" / "@jupyterlab" / "notebook-extension"
