@@ -23,7 +23,6 @@ def draw_tokens(logits, g):
     return token, logp.gather(-1, token[..., None])[..., 0]
 
 
-
 def lowest(scores, n):
     """(B, L) bool, True at the n[b] lowest scores of row b (ties go to the earlier position); n (B,)."""
     order = scores.argsort(dim=1, stable=True)                    # positions from lowest to highest score
