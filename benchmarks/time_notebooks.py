@@ -1,4 +1,5 @@
-"""Run the lesson notebooks top to bottom, one at a time, and record how long each takes (notebooks/timings.json).
+"""Run the lesson notebooks and the appendices top to bottom, one at a time, and record how long each takes
+(notebooks/timings.json).
 
 This is how the stored outputs are made and how each notebook's "Runtime on a 2-core CPU" header is measured, in
 one run: every notebook is executed in a fresh kernel under one preset (the README's `laptop`), with the shipped
@@ -8,6 +9,8 @@ checkpoints, and its wall time is recorded. With --inplace the executed notebook
     python benchmarks/time_notebooks.py --preset laptop --inplace
 
 tests/test_notebook_hygiene.py checks that every header states the runtime this file records (`runtime_phrase`).
+A run of some notebooks keeps the others' times; `measured_on` says which day measured each, since this machine's
+speed drifts from day to day. `total_s` is the lesson sequence (00 to 10), without the appendices.
 """
 from __future__ import annotations
 
@@ -25,6 +28,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 TIMINGS = NOTEBOOKS / "timings.json"
+
+
+def name_of(path: Path) -> str:
+    """A lesson's stem ("05_training"), or an appendix's path under notebooks/ ("appendix/A2_engineering")."""
+    return path.stem if path.parent == NOTEBOOKS else f"{path.parent.name}/{path.stem}"
 
 
 def runtime_phrase(seconds: float) -> str:
@@ -55,34 +63,36 @@ def execute(path: Path, timeout: int) -> tuple[float, object]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("names", nargs="*", help="notebook stems (default: every lesson, 00 to 09)")
+    ap.add_argument("names", nargs="*", help="notebook stems or appendix/NAME (default: every lesson and appendix)")
     ap.add_argument("--preset", default="laptop")
     ap.add_argument("--inplace", action="store_true", help="store the executed notebooks (the course's outputs)")
     ap.add_argument("--timeout", type=int, default=2400, help="seconds per cell")
     ap.add_argument("--out", type=Path, default=TIMINGS)
     args = ap.parse_args(argv)
     from minimuse.checkpoint import atomic_write_json, atomic_write_text
-    paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")) + sorted((NOTEBOOKS / "appendix").glob("A[0-9]_*.ipynb"))
     if args.names:
-        unknown = set(args.names) - {p.stem for p in paths}
+        unknown = set(args.names) - {name_of(p) for p in paths}
         if unknown:
-            ap.error(f"unknown notebook(s) {sorted(unknown)}; choose from: {', '.join(p.stem for p in paths)}")
-        paths = [p for p in paths if p.stem in args.names]
+            ap.error(f"unknown notebook(s) {sorted(unknown)}; choose from: {', '.join(name_of(p) for p in paths)}")
+        paths = [p for p in paths if name_of(p) in args.names]
     os.environ.update(MINIMUSE_PRESET=args.preset, HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
     os.environ.pop("MPLBACKEND", None)  # the inline backend, as in a learner's Jupyter
     import nbformat
     record = json.loads(args.out.read_text()) if args.out.exists() else {"notebooks": {}}  # other notebooks keep theirs
     for path in paths:
         seconds, nb = execute(path, args.timeout)
-        print(f"{path.stem:<18} {seconds:7.1f} s  ({runtime_phrase(seconds)})", flush=True)
-        record["notebooks"][path.stem] = round(seconds, 1)
+        print(f"{name_of(path):<26} {seconds:7.1f} s  ({runtime_phrase(seconds)})", flush=True)
+        times = record.setdefault("notebooks" if path.parent == NOTEBOOKS else "appendix", {})
+        times[path.stem] = round(seconds, 1)
+        record.setdefault("measured_on", {})[name_of(path)] = datetime.date.today().isoformat()
         if args.inplace:
             atomic_write_text(path, nbformat.writes(nb) + "\n")
             subprocess.run([shutil.which("nbstripout") or str(Path(sys.executable).parent / "nbstripout"),
                             "--keep-output", "--keep-count", str(path)], check=True)
         _stamp(record, args)
         atomic_write_json(args.out, record)  # after every notebook: a failure later keeps what was measured
-    print(f"total {record['total_s'] / 60:.1f} minutes over {len(record['notebooks'])} notebooks -> {args.out.name}")
+    print(f"lessons: {record['total_s'] / 60:.1f} minutes over {len(record['notebooks'])} notebooks -> {args.out.name}")
     return 0
 
 

@@ -6,7 +6,7 @@ One process builds one model and optimizer per variant and times them in interle
 so machine drift hits every variant alike; each round times `steps` consecutive full steps (forward, masked
 cross-entropy, backward, clipping, AdamW) at the laptop preset's sizes: batch 64, 8x8 tokens, 14 text tokens. The
 allocator setting is process-wide, so it is measured apart: the final variant in fresh processes with and without
-train.keep_freed_memory, alternating. Reported: median ms per step, and the speed-up over the first variant with the
+runs.keep_freed_memory, alternating. Reported: median ms per step, and the speed-up over the first variant with the
 range over rounds of the per-round ratio.
 """
 import argparse

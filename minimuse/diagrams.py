@@ -94,7 +94,7 @@ def tokenizer_diagram(ax=None) -> Figure:
     fig, ax = _canvas(ax, "The VQ tokenizer: 32 px image → 8x8 token ids → reconstruction")
     top, mid, low = 2.75, 1.6, 0.45
     _chain(ax, top, 0.6, [(0.8, 1.3, "image\n(B, 3, 32, 32)", GRAY), (2.65, 1.6, "CNN encoder\ndownsampling by f = 4", ORANGE),
-                          (4.5, 1.3, "latents\n(B, 8, 8, d)", ORANGE),
+                          (4.5, 1.3, "latents\n(B, C, 8, 8)", ORANGE),
                           (6.35, 1.6, "nearest codebook\nentry (l2 distance)", GREEN), (8.5, 1.4, "token ids\n(B, 8, 8)", GREEN)])
     # One codebook serves both directions: the ids index the very vectors the latents were snapped to.
     _box(ax, (6.6, mid), 2.1, 0.7, "codebook of K = 256 vectors\nl2-normalised, EMA updates,\ndead-code restarts",
@@ -105,8 +105,8 @@ def tokenizer_diagram(ax=None) -> Figure:
     _chain(ax, low, 0.6, [(8.3, 1.6, "codebook lookup\nids → vectors", GREEN), (5.9, 1.6, "CNN decoder\nupsampling by f = 4", ORANGE),
                           (3.6, 1.6, "reconstruction\n(B, 3, 32, 32)", GRAY)])
     # The losses compare the image with its reconstruction; the codebook terms keep encoder and codes close.
-    _box(ax, (2.0, mid), 3.4, 0.7, "losses: reconstruction (MSE) + commitment;\noptional perceptual and adversarial\n"
-         "(Muse §2.2 uses VQGAN with both)", RED)
+    _box(ax, (2.0, mid), 3.4, 0.7, "losses: reconstruction + commitment,\noptional adversarial; Muse's VQGAN\n"
+         "(§2.2) adds a perceptual loss too", RED)
     _arrow(ax, (0.8, top - 0.3), (0.8, mid + 0.35))
     _arrow(ax, (3.0, low + 0.3), (2.6, mid - 0.35), "compare")
     return fig
@@ -154,7 +154,7 @@ def superres_diagram(ax=None) -> Figure:
     top, low = 2.6, 1.35
     _box(ax, (0.95, top), 1.6, 0.7, "low-res base tokens\n(B, 8, 8)", GREEN)
     _box(ax, (3.0, top), 1.8, 0.7, "embedding + low-res\nself-attention encoder\n(a few layers)", PURPLE)
-    _box(ax, (5.25, top), 1.75, 0.7, "concatenate:\n[low-res features ;\nprojected text]", PURPLE)
+    _box(ax, (5.25, top), 1.75, 0.7, "concatenate:\n[projected text ;\nlow-res features]", PURPLE)
     _box(ax, (7.25, top), 1.4, 0.7, "projected text\n(B, T, D)", BLUE)
     _box(ax, (9.25, top), 1.0, 0.7, "64 px\nimage", GRAY)
     _arrow(ax, (1.75, top), (2.1, top))

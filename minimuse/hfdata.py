@@ -8,7 +8,7 @@ Muse trains on image-text pairs (§3, Imagen's 460M-pair set); a user brings the
 Images are decoded here, not by `datasets`, so a corrupt file is named; they are resized (shorter side to S) and
 center-cropped, as aMUSEd's training does. `write_imagefolder` writes the shapes world, or the handwritten digits that
 ship inside scikit-learn, in the same layout, so the path is exercised every day. Pre-tokenized shards are shards.py.
-Taught in notebooks/01_shapes_world.ipynb; the commands are in docs/REAL_DATA.md.
+Taught in notebooks/appendix/A2_engineering.ipynb; the commands are in docs/REAL_DATA.md.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Muse reports CLIP score and FID; the shapes world can be judged exactly instead 
 segments the non-black pixels into 4-connected blobs, names each blob's palette color and its shape from three
 coverage-weighted moments, then compares the multiset of (color, shape) with the spec and, for a relation, the
 centroids. `judge_agreement` measures how often it accepts real dataset images (docs/JUDGE.md: 100% at 32 px).
-Taught in notebooks/01_shapes_world.ipynb.
+Taught in notebooks/01_shapes_world.ipynb (what it does) and notebooks/appendix/A1_judge.ipynb (how).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The learner's package (notebooks/mymuse/, written by lessons 02 to 08) still equals minimuse: the codebook update
-(02), the loss and counts (04), the same logits and initial weights (05), the same losses as train_transformer and
+(02), the text encoding (03), the loss and counts (04), the same logits and initial weights (05), the same losses as train_transformer and
 train_superres step for step (05, 07), the decoder-finetuning loss (07), the same tokens as the sampler (06), and
 inpainting, mask-free editing and outpainting (08). The lessons assert the same under nbval; this is the fast tier's
 guard when minimuse changes."""
@@ -29,6 +29,7 @@ from mymuse import masking, quantizer  # noqa: E402
 from mymuse.superres import decoder_loss  # noqa: E402
 from mymuse.edit import my_edit, my_outpaint_right  # noqa: E402
 from mymuse.sample import my_sample  # noqa: E402
+from mymuse.text import encode  # noqa: E402
 from mymuse.train import my_train  # noqa: E402
 from mymuse.transformer import MyTransformer  # noqa: E402
 
@@ -55,6 +56,15 @@ def test_the_same_seed_gives_the_same_weights_and_the_same_logits():
             assert torch.allclose(mine(ids, text, text_mask), theirs(ids, text, text_mask), atol=1e-5)
     theirs.head.bias.data += 1.0  # a different model gives different logits: the check can fail
     assert not torch.allclose(mine(ids, text, text_mask), theirs(ids, text, text_mask), atol=1e-5)
+
+
+def test_encode_gives_the_text_encoders_states_and_mask():
+    enc = TextEncoder(CFG.text)
+    prompts = ["", "a red circle", "two blue squares", "a red circle to the left of a blue square"]
+    emb, mask = encode(prompts, enc.tokenizer, enc.model, CFG.text.max_length)  # (B, T, E), (B, T)
+    pkg_emb, pkg_mask = enc(prompts)
+    assert torch.equal(mask, pkg_mask) and torch.equal(emb, pkg_emb)
+    assert mask[0].sum() == 2 and emb[0, 2:].abs().sum() == 0  # "" is [CLS] [SEP]; its padding rows are zeros
 
 
 def test_the_lessons_loss_and_counts_are_the_packages():

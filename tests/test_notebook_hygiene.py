@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+# The appendices (engineering that is not Muse, and the judge's internals) are not lessons: no roadmap, no solutions,
+# outside the 30-minute sequence; every other rule holds for them.
+APPENDICES = sorted((Path(__file__).resolve().parent.parent / "notebooks" / "appendix").glob("*.ipynb"))
 HEADER_FIELDS = ("**Aim:**", "**You will build:**", "**Prerequisites:**", "**Runtime on a 2-core CPU:**")
 FOOTER_FIELDS = ("## Summary", "## Exercises", "## Where this lives in the package")
 ABS_PATH = re.compile(r"(/work/|/home/|/root/|/tmp/|/Users/|[A-Z]:\\\\)")
@@ -26,22 +29,23 @@ def test_there_are_notebooks():
     stages = ["00_overview", "01_shapes_world", "02_tokenizer", "03_text_encoder", "04_masking", "05_training", "06_sampling"]
     assert [n for n in names if n[:-6] in stages] == [s + ".ipynb" for s in stages], names
     assert all(re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", n) for n in names), names
+    assert [nb.name for nb in APPENDICES] == ["A1_judge.ipynb", "A2_engineering.ipynb"]
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("nb", NOTEBOOKS + APPENDICES, ids=lambda p: p.name)
 def test_execution_counts_are_one_to_n(nb):
     counts = [c.get("execution_count") for c in _cells(nb) if c["cell_type"] == "code" and _text(c).strip()]
     assert counts == list(range(1, len(counts) + 1)), f"{nb.name}: re-run top to bottom, then nbstripout --keep-output --keep-count"
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("nb", NOTEBOOKS + APPENDICES, ids=lambda p: p.name)
 def test_no_widget_state_and_small(nb):
     meta = json.loads(nb.read_text()).get("metadata", {})
     assert "widgets" not in meta, f"{nb.name} stores ipywidgets state"
     assert nb.stat().st_size < 2_000_000
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("nb", NOTEBOOKS + APPENDICES, ids=lambda p: p.name)
 def test_no_absolute_paths_in_outputs(nb):
     for cell in _cells(nb):
         for out in cell.get("outputs", []):
@@ -50,7 +54,7 @@ def test_no_absolute_paths_in_outputs(nb):
             assert not m, f"{nb.name}: absolute path {m.group(0)!r} in an output"
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("nb", NOTEBOOKS + APPENDICES, ids=lambda p: p.name)
 def test_standard_header_and_footer(nb):
     cells = _cells(nb)
     first, last = cells[0], cells[-1]
@@ -62,7 +66,7 @@ def test_standard_header_and_footer(nb):
         assert field in _text(last), f"{nb.name}: last cell lacks {field}"
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("nb", NOTEBOOKS + APPENDICES, ids=lambda p: p.name)
 def test_plots_end_with_show_not_semicolon(nb):
     for cell in _cells(nb):
         if cell["cell_type"] == "code":
@@ -96,7 +100,7 @@ def test_second_cell_draws_the_roadmap_at_this_notebook(nb):
     assert cell["cell_type"] == "code" and f'roadmap("{nb.stem}")' in _text(cell), f"{nb.name}: cell 1 must call roadmap"
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("nb", NOTEBOOKS + APPENDICES, ids=lambda p: p.name)
 def test_every_figure_has_a_numbered_caption_under_it(nb):
     cells, n = _cells(nb), 0
     for i, cell in enumerate(cells[2:], start=2):  # cell 1 is the roadmap, which is navigation, not a figure
@@ -109,7 +113,7 @@ def test_every_figure_has_a_numbered_caption_under_it(nb):
     assert len(captions) == n, f"{nb.name}: {len(captions)} captions for {n} figures"
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("nb", NOTEBOOKS + APPENDICES, ids=lambda p: p.name)
 def test_footer_has_discussion_and_references_with_links(nb):
     last = _text(_cells(nb)[-1])
     assert last.index("## Where this lives in the package") < last.index("## Discussion") < last.index("## References")
@@ -117,13 +121,15 @@ def test_footer_has_discussion_and_references_with_links(nb):
     assert re.search(r"arxiv\.org/abs/\d{4}\.\d{4,5}", refs) or "github.com/" in refs, f"{nb.name}: references need links"
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("nb", NOTEBOOKS + APPENDICES, ids=lambda p: p.name)
 def test_header_runtime_is_the_recorded_measurement(nb):
     record = json.loads((ROOT / "notebooks" / "timings.json").read_text())
-    assert nb.stem in record["notebooks"], f"{nb.name} has no timing: run benchmarks/time_notebooks.py"
+    times = record["appendix"] if nb in APPENDICES else record["notebooks"]
+    assert nb.stem in times, f"{nb.name} has no timing: run benchmarks/time_notebooks.py"
+    assert time_notebooks.name_of(nb) in record["measured_on"], f"{nb.name}: timings.json does not say on which day"
     header = _text(_cells(nb)[0])
     line = next(l for l in header.splitlines() if l.startswith("**Runtime on a 2-core CPU:**"))
-    phrase = time_notebooks.runtime_phrase(record["notebooks"][nb.stem])
+    phrase = time_notebooks.runtime_phrase(times[nb.stem])
     assert phrase in line, f"{nb.name}: header says {line!r}, timings.json says {phrase!r}"
 
 
@@ -193,16 +199,18 @@ NOT_QUANTITIES = [r"\$[^$]*\$", r"arXiv[ :]*\d+\.\d+", r"https?://\S+", r"doi:\S
 CAPTIONS = "2,214 canonical captions: len({canonical_caption(s) for k in CAPTION_KINDS for s in data.specs_of_kind(k)})"
 SOURCED = {
     "00_overview": {"7.88": "Muse, abstract (zero-shot COCO FID of Muse-3B)"},
-    "01_shapes_world": {"0.87": "read off Figure 4 (the fill-ratio histograms)", "2,214": CAPTIONS},
+    "01_shapes_world": {"2,214": CAPTIONS},
+    "A1_judge": {"0.83": "read off Figure 1 (the fill-ratio histograms)", "0.87": "read off Figure 1"},
+    "A2_engineering": {"2,214": CAPTIONS},
     "02_tokenizer": {"0.45": "read off Figure 4 (the tiny tokenizer's loss curve)", "32,768": "512 images x 64 tokens"},
     "03_text_encoder": {"30,522": "BERT's uncased WordPiece vocabulary (Devlin et al. 2019), which MiniLM keeps",
                         "0.85": "read off Figure 2 (cosine similarity of the token states)", "2,214": CAPTIONS},
-    "05_training": {"0.24": "read off Figure 1 (the accuracy's moving average)"},
+    "05_training": {"0.24": "read off Figure 2 (the accuracy's moving average)"},
     "06_sampling": {"61.9": "notebook 09's guidance sweep (w = 4), which the sentence cites",
                     "0.17": "read off Figure 9 (attention shares per text token)", "0.18": "read off Figure 9",
                     "0.055": "read off Figure 9", "0.06": "read off Figure 9", "0.12": "read off Figure 9"},
-    "07_superres": {"2.88": "read off Figure 2 (the inline run's loss)", "2.29": "read off Figure 2",
-                    "6.3": "read off Figure 3 (per-scene PSNR under the images)", "4.8": "read off Figure 6 (per-scene PSNR)",
+    "07_superres": {"2.88": "read off Figure 3 (the inline run's loss)", "2.29": "read off Figure 3",
+                    "6.3": "read off Figure 4 (per-scene PSNR under the images)", "4.8": "read off Figure 7 (per-scene PSNR)",
                     "0.35": "the 64 px tokenizer's decoder, 0.35M parameters (data/checkpoints/README.md)"},
     "09_experiments": {"6.06": "Muse, Table 1 (CC3M FID of Muse-3B)", "7.88": "Muse, abstract", "0.32": "Muse, abstract (CLIP score)"},
     "01_solutions": {"1.15": "read off the exercise's printed bounding box (width over height)"},
@@ -244,7 +252,7 @@ def _evidence(path) -> tuple[str, list[float]]:
     return text, [float(x) for x in re.findall(r"\d+\.\d+", text)]
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS + SOLUTION_NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("nb", NOTEBOOKS + APPENDICES + SOLUTION_NOTEBOOKS, ids=lambda p: p.stem)
 def test_numbers_in_markdown_are_printed_cited_or_sourced(nb):
     text, decimals = _evidence(nb)
     listed = SOURCED.get(nb.stem, {})
