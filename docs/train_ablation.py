@@ -4,10 +4,10 @@ Usage: python docs/train_ablation.py [--rounds 5] [--steps 8] [--out docs/result
 
 One process builds one model and optimizer per variant and times them in interleaved rounds (A B C D, A B C D, ...),
 so machine drift hits every variant alike; each round times `steps` consecutive full steps (forward, masked
-cross-entropy, backward, clipping, AdamW) at the laptop preset's sizes: batch 64, 8x8 tokens, 14 text tokens. The
-allocator setting is process-wide, so it is measured apart: the final variant in fresh processes with and without
-runs.keep_freed_memory, alternating. Reported: median ms per step, and the speed-up over the first variant with the
-range over rounds of the per-round ratio.
+cross-entropy, backward, clipping, AdamW) at the laptop-adamw preset's sizes (the AdamW laptop recipe; `laptop` itself
+now trains with Muon): batch 64, 8x8 tokens, 14 text tokens. The allocator setting is process-wide, so it is measured
+apart: the final variant in fresh processes with and without runs.keep_freed_memory, alternating. Reported: median
+ms per step, and the speed-up over the first variant with the range over rounds of the per-round ratio.
 """
 import argparse
 import json
@@ -95,7 +95,7 @@ def one_process(keep: bool, n: int) -> float:
     root = str(Path(__file__).resolve().parent.parent)
     code = (f"import sys; sys.path.insert(0, {root!r}); import docs.train_ablation as a, torch; torch.set_num_threads(2)\n"
             f"from minimuse.runs import keep_freed_memory\n{'keep_freed_memory()' if keep else ''}\n"
-            "cfg=a.get_config('laptop'); s=a.make_step(a._explicit, True, True, cfg); a.timed(s, 3)\n"
+            "cfg=a.get_config('laptop-adamw'); s=a.make_step(a._explicit, True, True, cfg); a.timed(s, 3)\n"
             f"print(a.timed(s, {n}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -111,7 +111,7 @@ def main():
     if args.out and Path(args.out).exists() and not args.overwrite:
         sys.exit(f"{args.out} exists; pass --overwrite to replace it")
     torch.set_num_threads(2)
-    cfg = get_config("laptop")
+    cfg = get_config("laptop-adamw")
     steps = {k: make_step(*v, cfg) for k, v in VARIANTS.items()}
     rows = summarise(interleaved(steps, args.rounds, args.steps))
     alloc = {"default allocator": [], "+ keep_freed_memory": []}

@@ -48,6 +48,12 @@ _LAPTOP_SR = SuperResConfig(
                       mixed_precision="auto", log_every=50, ckpt_every=500, eval_every=1000, eval_prompts=64),
     decoder=DecoderConfig(channels=64, res_blocks=2, steps=3000, batch_size=16, lr=1e-3))  # twice the width and blocks
 
+# The previous laptop recipe (AdamW, cosine decay, 9,000 steps: 15 minutes on 2 idle cores, docs/TRAINING.md): the
+# `laptop-adamw` preset. The shipped autoregressive baseline, critic, digits and Nouns models were trained with it.
+_LAPTOP_ADAMW = TrainConfig(steps=9_000, batch_size=64, lr=3e-3, warmup_steps=300, min_lr_ratio=0.05, label_smoothing=0.1,
+                            mixed_precision="auto", kind_weights=(1, 1, 1, 2, 1.5),
+                            log_every=50, ckpt_every=500, eval_every=1000, eval_prompts=160)
+
 PRESETS: dict[str, Config] = {
     "ci": Config(
         name="ci",
@@ -68,12 +74,11 @@ PRESETS: dict[str, Config] = {
         name="laptop",
         tokenizer=TokenizerConfig(channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, codebook_size=256, code_dim=32,
                                   recon_loss="mse", batch_size=16, steps=3500, lr=2e-3, log_every=50, ckpt_every=500),  # ~12 min on a 2-core CPU (docs/TOKENIZER.md)
-        # ~1.2M parameters: on 2 cores small and fast beats big and slow; the recipe fits 15 minutes with the token
-        # pool: bf16 where the CPU has it, pairs and mixed captions drawn more often (docs/TRAINING.md)
+        # ~1.2M parameters: on 2 cores small and fast beats big and slow. The speedrun's recipe (docs/SPEEDRUN.md):
+        # Muon on the blocks' matrices, warmup-stable-decay at twice the AdamW recipe's peak, 5,000 steps; bf16 where
+        # the CPU has it, pairs and mixed captions drawn more often
         transformer=TransformerConfig(width=128, depth=4, heads=4),
-        train=TrainConfig(steps=9_000, batch_size=64, lr=3e-3, warmup_steps=300, min_lr_ratio=0.05, label_smoothing=0.1,
-                          mixed_precision="auto", kind_weights=(1, 1, 1, 2, 1.5),
-                          log_every=50, ckpt_every=500, eval_every=1000, eval_prompts=160),
+        train=dataclasses.replace(_LAPTOP_ADAMW, steps=5_000, optimizer="muon", lr_schedule="wsd", lr=6e-3),
         sample=SampleConfig(num_steps=24, guidance_scale=1.0, choice_temperature=1.0),  # best of docs/SAMPLING.md (Muse: 24 steps)
         edit=EditConfig(guidance_scale=1.0),  # Muse's 4 (top-k 3) overshoots at this size: 30.5% success after 100 iterations (docs/EDITING.md)
         superres=_LAPTOP_SR),
@@ -119,13 +124,15 @@ PRESETS: dict[str, Config] = {
 }
 
 
+PRESETS["laptop-adamw"] = dataclasses.replace(PRESETS["laptop"], name="laptop-adamw", train=_LAPTOP_ADAMW)
+
 # The autoregressive baseline (autoregressive.py) at the laptop model's width and depth, trained by the same loop on
 # the same batches, steps and learning rate: equal compute (docs/AUTOREGRESSIVE.md). No super-res stage.
 # Its sampling defaults were chosen on a selection set of held-out prompts apart from the reported one (guidance 0/1/2 x
 # top-k 0..20 x temperature 1/0.7, docs/AUTOREGRESSIVE.md): at temperature 1 over the full softmax it draws 22%.
 PRESETS["laptop-ar"] = dataclasses.replace(
     PRESETS["laptop"], name="laptop-ar", superres=None,
-    transformer=dataclasses.replace(PRESETS["laptop"].transformer, kind="autoregressive"),
+    transformer=dataclasses.replace(PRESETS["laptop"].transformer, kind="autoregressive"), train=_LAPTOP_ADAMW,
     sample=SampleConfig(guidance_scale=2.0, top_k=5, temperature=0.7))
 
 # Token-Critic (critic.py) for the laptop model: half its depth; trained on the shipped generator's samples with the
@@ -133,7 +140,7 @@ PRESETS["laptop-ar"] = dataclasses.replace(
 PRESETS["laptop-critic"] = dataclasses.replace(
     PRESETS["laptop"], name="laptop-critic", superres=None,
     transformer=TransformerConfig(width=128, depth=2, heads=4, kind="critic"),
-    train=dataclasses.replace(PRESETS["laptop"].train, steps=3000, warmup_steps=200, label_smoothing=0.0, eval_every=0))
+    train=dataclasses.replace(_LAPTOP_ADAMW, steps=3000, warmup_steps=200, label_smoothing=0.0, eval_every=0))
 
 # Nouns pixel characters (nouns.py), trained from scratch through the real-data path: `dataset --source nouns`,
 # `train-tokenizer --data`, `pretokenize`, `train --data` (docs/NOUNS.md). 4x4 px per token loses the accessories
@@ -143,7 +150,7 @@ PRESETS["laptop-critic"] = dataclasses.replace(
 PRESETS["nouns"] = dataclasses.replace(
     PRESETS["laptop"], name="nouns", superres=None, text=TextConfig(max_length=40),
     tokenizer=dataclasses.replace(PRESETS["laptop"].tokenizer, channel_mult=(1, 2), codebook_size=1024),
-    train=dataclasses.replace(PRESETS["laptop"].train, steps=2000, kind_weights=(), eval_every=0))
+    train=dataclasses.replace(_LAPTOP_ADAMW, steps=2000, kind_weights=(), eval_every=0))
 
 
 def get_config(name: str | None = None, **overrides) -> Config:

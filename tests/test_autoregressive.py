@@ -114,7 +114,8 @@ def test_masked_class_refuses_an_autoregressive_config():
 
 
 def test_laptop_ar_preset_matches_laptop_budget():
-    ar, base = get_config("laptop-ar"), get_config("laptop")
+    # its equal-budget partner is the AdamW recipe it was trained beside (docs/AUTOREGRESSIVE.md), now laptop-adamw
+    ar, base = get_config("laptop-ar"), get_config("laptop-adamw")
     assert ar.transformer == dataclasses.replace(base.transformer, kind="autoregressive")
     assert ar.train == base.train and ar.tokenizer == base.tokenizer and ar.data == base.data and ar.text == base.text
 

@@ -6,7 +6,7 @@ date
 date
 /usr/bin/time -v $M pretokenize --preset laptop --data runs/digits-data --tokenizer runs/digits/tokenizer --out runs/digits-shards 2> runs/digits-pretok.time
 date
-$M train --preset laptop --data runs/digits-shards --tokenizer runs/digits/tokenizer --out runs/digits --set train.kind_weights= --report
+$M train --preset laptop-adamw --data runs/digits-shards --tokenizer runs/digits/tokenizer --out runs/digits --set train.kind_weights= --report
 date
 $M eval --checkpoint runs/digits --task digits --n 100 > runs/digits-eval.json
 date

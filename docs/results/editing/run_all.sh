@@ -1,7 +1,7 @@
 #!/bin/bash
 # Issue 12's measurements, one after the other on the idle 2-core machine (docs/EDITING.md):
 # (1) mask-free editing settings on the shipped model; (2) train.rect_mask_prob 0 against 0.15 with the 15-minute
-# laptop recipe, each arm evaluated on inpainting, outpainting and generation.
+# AdamW laptop recipe (now the laptop-adamw preset), each arm evaluated on inpainting, outpainting and generation.
 set -u
 cd "$(dirname "$0")/../../.."
 R=docs/results/editing
@@ -13,7 +13,7 @@ for g in 0 1 2 4; do for k in 1 3; do
 done; done
 for p in 0 0.15; do
   run=runs/rect-$p
-  .venv/bin/minimuse train --preset laptop --out $run --tokenizer data/checkpoints/laptop/tokenizer \
+  .venv/bin/minimuse train --preset laptop-adamw --out $run --tokenizer data/checkpoints/laptop/tokenizer \
     --set train.rect_mask_prob=$p --report $( [ -f $run/transformer_state.safetensors ] && echo --resume ) > $run.log 2>&1
   echo "train rect=$p exit $? $(date +%T)"
   mkdir -p $R/rect-$p && cp $run/log.jsonl $run/report.json $R/rect-$p/ 2>/dev/null
