@@ -3,12 +3,14 @@
 For n held-out characters (exact renders), encode and decode through the tokenizer at TOKENIZER_DIR and print one
 JSON line: the share whose every part the judge of parts still finds (eval_nouns.round_trip), with its Wilson
 interval, each part's share, and the PSNR. No model drawing through this tokenizer can score above that share.
+With --snap, each decoded pixel is first replaced by the nearest colour the artwork uses (pixel art has a palette).
 
-    .venv/bin/python docs/nouns_tokenizer.py TOKENIZER_DIR [n]
+    .venv/bin/python docs/nouns_tokenizer.py TOKENIZER_DIR [n] [--snap]
 """
 import json
 import sys
 
+import numpy as np
 import torch
 
 from minimuse.eval_nouns import round_trip
@@ -16,19 +18,24 @@ from minimuse.nouns import load
 from minimuse.tokenizer import Tokenizer
 
 
-def main(tok_dir: str, n: int = 256) -> dict:
+def main(tok_dir: str, n: int = 256, snap: bool = False) -> dict:
     nouns, tok = load(), Tokenizer.from_pretrained(tok_dir).eval()
+    palette = np.unique(np.concatenate([nouns.colors[p][nouns.masks[p]] for p in nouns.colors]), axis=0)  # (P, 3)
+    palette = torch.from_numpy(palette).float()
 
     def through(real):  # (n, 32, 32, 3) uint8 -> the same, after encode and decode
         x = torch.from_numpy(real).permute(0, 3, 1, 2).float().div(255)                 # (n, 3, 32, 32)
         with torch.inference_mode():
-            back = tok.decode(tok.encode(x)).clamp(0, 1)
-        return back.mul(255).round().byte().permute(0, 2, 3, 1).numpy()
+            back = tok.decode(tok.encode(x)).clamp(0, 1).mul(255).permute(0, 2, 3, 1)   # (n, 32, 32, 3)
+        if snap:
+            back = palette[torch.cdist(back.reshape(-1, 3), palette).argmin(1)].view(back.shape)
+        return back.round().byte().numpy()
 
     grid = list(tok.encode(torch.zeros(1, 3, 32, 32)).shape[1:])
-    return {"tokenizer": tok_dir, "codebook_size": tok.codebook_size, "grid": grid, "n": n,
+    return {"tokenizer": tok_dir, "codebook_size": tok.codebook_size, "grid": grid, "n": n, "snap": snap,
             **round_trip(nouns, nouns.sample(n, "heldout", seed=0), through)}
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 256)))
+    args = [a for a in sys.argv[1:] if a != "--snap"]
+    print(json.dumps(main(args[0], int(args[1]) if len(args) > 1 else 256, "--snap" in sys.argv)))

@@ -193,5 +193,8 @@ def test_laptop_is_the_speedrun_recipe_and_laptop_adamw_the_previous_one():
     assert changed == {"optimizer", "lr_schedule", "lr", "steps"}
     assert (new.train.optimizer, new.train.lr_schedule, new.train.lr, new.train.steps) == ("muon", "wsd", 6e-3, 5000)
     assert (old.train.optimizer, old.train.lr_schedule, old.train.lr, old.train.steps) == ("adamw", "cosine", 3e-3, 9000)
-    for name in ("laptop-ar", "laptop-critic", "nouns"):  # their shipped models were trained with AdamW
+    for name in ("laptop-ar", "laptop-critic"):  # their shipped models were trained with AdamW
         assert get_config(name).train.optimizer == "adamw" and get_config(name).train.lr_schedule == "cosine"
+    nouns = get_config("nouns").train  # the shipped Nouns model was trained with laptop's recipe, cut to 2,000 steps
+    assert dataclasses.replace(nouns, steps=5000, kind_weights=new.train.kind_weights, eval_every=new.train.eval_every) \
+        == new.train and nouns.steps == 2000
