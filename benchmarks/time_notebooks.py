@@ -1,5 +1,5 @@
-"""Run the lesson notebooks and the appendices top to bottom, one at a time, and record how long each takes
-(notebooks/timings.json).
+"""Run the lesson notebooks and the appendices (and, when named, the solutions) top to bottom, one at a time, and
+record how long each takes (notebooks/timings.json).
 
 This is how the stored outputs are made and how each notebook's "Runtime on a 2-core CPU" header is measured, in
 one run: every notebook is executed in a fresh kernel under one preset (the README's `laptop`), with the shipped
@@ -7,6 +7,7 @@ checkpoints, and its wall time is recorded. With --inplace the executed notebook
 (atomically) and is cleaned with `nbstripout --keep-output --keep-count`. Run it on an idle machine, alone:
 
     python benchmarks/time_notebooks.py --preset laptop --inplace
+    python benchmarks/time_notebooks.py solutions/05_solutions ... --preset laptop --inplace   # solutions, by name
 
 tests/test_notebook_hygiene.py checks that every header states the runtime this file records (`runtime_phrase`).
 A run of some notebooks keeps the others' times; `measured_on` says which day measured each, since this machine's
@@ -31,7 +32,8 @@ TIMINGS = NOTEBOOKS / "timings.json"
 
 
 def name_of(path: Path) -> str:
-    """A lesson's stem ("05_training"), or an appendix's path under notebooks/ ("appendix/A2_engineering")."""
+    """A lesson's stem ("05_training"), or an appendix's or a solution's path under notebooks/
+    ("appendix/A2_engineering", "solutions/05_solutions")."""
     return path.stem if path.parent == NOTEBOOKS else f"{path.parent.name}/{path.stem}"
 
 
@@ -63,7 +65,8 @@ def execute(path: Path, timeout: int) -> tuple[float, object]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("names", nargs="*", help="notebook stems or appendix/NAME (default: every lesson and appendix)")
+    ap.add_argument("names", nargs="*", help="notebook stems, appendix/NAME or solutions/NAME "
+                                              "(default: every lesson and appendix)")
     ap.add_argument("--preset", default="laptop")
     ap.add_argument("--inplace", action="store_true", help="store the executed notebooks (the course's outputs)")
     ap.add_argument("--timeout", type=int, default=2400, help="seconds per cell")
@@ -72,10 +75,11 @@ def main(argv=None) -> int:
     from minimuse.checkpoint import atomic_write_json, atomic_write_text
     paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")) + sorted((NOTEBOOKS / "appendix").glob("A[0-9]_*.ipynb"))
     if args.names:
-        unknown = set(args.names) - {name_of(p) for p in paths}
+        known = paths + sorted((NOTEBOOKS / "solutions").glob("[0-9][0-9]_solutions.ipynb"))
+        unknown = set(args.names) - {name_of(p) for p in known}
         if unknown:
-            ap.error(f"unknown notebook(s) {sorted(unknown)}; choose from: {', '.join(name_of(p) for p in paths)}")
-        paths = [p for p in paths if name_of(p) in args.names]
+            ap.error(f"unknown notebook(s) {sorted(unknown)}; choose from: {', '.join(name_of(p) for p in known)}")
+        paths = [p for p in known if name_of(p) in args.names]
     os.environ.update(MINIMUSE_PRESET=args.preset, HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
     os.environ.pop("MPLBACKEND", None)  # the inline backend, as in a learner's Jupyter
     import nbformat
@@ -83,7 +87,7 @@ def main(argv=None) -> int:
     for path in paths:
         seconds, nb = execute(path, args.timeout)
         print(f"{name_of(path):<26} {seconds:7.1f} s  ({runtime_phrase(seconds)})", flush=True)
-        times = record.setdefault("notebooks" if path.parent == NOTEBOOKS else "appendix", {})
+        times = record.setdefault("notebooks" if path.parent == NOTEBOOKS else path.parent.name, {})  # or appendix, solutions
         times[path.stem] = round(seconds, 1)
         record.setdefault("measured_on", {})[name_of(path)] = datetime.date.today().isoformat()
         if args.inplace:

@@ -157,7 +157,7 @@ def mask_counts(N: int, T: int, schedule: str = "cosine") -> list[int]:
             n = 0
         else:
             g = min(max(gamma((t + 1) / T, N), 0.0), 1.0)  # MaskGIT clips the ratio into [1e-6, 1]
-            # The 1e-9 keeps an exact integer such as 64 * (1 - 3/4) = 16 from flooring to 15 after float round-off.
+            # The 1e-9 keeps an exact integer from flooring one lower: 5 * (1 - 4/5) is 0.9999999999999998 in floats.
             n = max(1, min(remaining - 1, math.floor(N * g + 1e-9)))
         counts.append(n)
         remaining = n

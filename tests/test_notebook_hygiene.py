@@ -164,6 +164,17 @@ SOLUTION_NOTEBOOKS = sorted(SOLUTIONS.glob("*.ipynb"))
 
 
 @pytest.mark.parametrize("nb", SOLUTION_NOTEBOOKS, ids=lambda p: p.name)
+def test_solution_header_runtime_is_the_recorded_measurement(nb):
+    record = json.loads((ROOT / "notebooks" / "timings.json").read_text())
+    seconds = record.get("solutions", {}).get(nb.stem)
+    assert seconds is not None, f"{nb.name} has no timing: run benchmarks/time_notebooks.py solutions/{nb.stem}"
+    assert time_notebooks.name_of(nb) in record["measured_on"], f"{nb.name}: timings.json does not say on which day"
+    line = next(l for l in _text(_cells(nb)[0]).splitlines() if l.startswith("**Runtime on a 2-core CPU:**"))
+    phrase = time_notebooks.runtime_phrase(seconds)
+    assert phrase in line and "timings.json" in line, f"{nb.name}: header says {line!r}, timings.json says {phrase!r}"
+
+
+@pytest.mark.parametrize("nb", SOLUTION_NOTEBOOKS, ids=lambda p: p.name)
 def test_solutions_are_clean_executed_and_banded(nb):
     cells = _cells(nb)
     counts = [c.get("execution_count") for c in cells if c["cell_type"] == "code" and _text(c).strip()]
@@ -213,9 +224,8 @@ SOURCED = {
                     "6.3": "read off Figure 4 (per-scene PSNR under the images)", "4.8": "read off Figure 7 (per-scene PSNR)",
                     "0.35": "the 64 px tokenizer's decoder, 0.35M parameters (data/checkpoints/README.md)"},
     "09_experiments": {"6.06": "Muse, Table 1 (CC3M FID of Muse-3B)", "7.88": "Muse, abstract", "0.32": "Muse, abstract (CLIP score)"},
-    "01_solutions": {"1.15": "read off the exercise's printed bounding box (width over height)"},
     "04_solutions": {"0.156": "1 - arccos(0.9) / (pi / 2), the arccos law's tail P(r > 0.9)"},
-    "05_solutions": {"0.045": "read off the exercise's loss figure", "2,500": "read off the stored log's steps (about)"},
+    "05_solutions": {"0.044": "2.036 minus 1.992, the two held-out cross-entropies printed above", "2,500": "read off the stored log's steps (about)"},
     "06_solutions": {"4.1": "read off the exercise's figure (log p of the likeliest codes)", "1.1": "read off the same figure"},
     "07_solutions": {"3.3": "32.3 - 29.0 dB, both printed", "95.5": "read off the exercise's attention figure",
                      "87.4": "read off the same figure"},
