@@ -1,7 +1,7 @@
-"""The learner's package (notebooks/mymuse/, written by lessons 02 to 08) still equals minimuse: the codebook update
+"""The learner's package (notebooks/mymuse/, written by lessons 02 to 09) still equals minimuse: the codebook update
 (02), the text encoding (03), the loss and counts (04), the same logits and initial weights (05), the same losses as train_transformer and
-train_superres step for step (05, 07), the decoder-finetuning loss (07), the same tokens as the sampler (06), and
-inpainting, mask-free editing and outpainting (08). The lessons assert the same under nbval; this is the fast tier's
+train_superres step for step (05, 07), the decoder-finetuning loss (07), the same tokens as the sampler (06),
+inpainting, mask-free editing and outpainting (08), and the Wilson interval (09). The lessons assert the same under nbval; this is the fast tier's
 guard when minimuse changes."""
 import dataclasses
 import sys
@@ -29,6 +29,7 @@ from mymuse import masking, quantizer  # noqa: E402
 from mymuse.superres import decoder_loss  # noqa: E402
 from mymuse.edit import my_edit, my_outpaint_right  # noqa: E402
 from mymuse.sample import my_sample  # noqa: E402
+from mymuse.stats import wilson  # noqa: E402
 from mymuse.text import encode  # noqa: E402
 from mymuse.train import my_train  # noqa: E402
 from mymuse.transformer import MyTransformer  # noqa: E402
@@ -183,3 +184,9 @@ def test_my_train_follows_train_superres_step_for_step(tmp_path):
     losses, _ = my_train(SuperResTransformer.from_config(sr_cfg), sr_cfg, pool, table, sr_cfg.train.steps)
     every = sr_cfg.train.log_every
     assert [sum(losses[r["step"] - every:r["step"]]) / every for r in log] == pytest.approx([r["loss"] for r in log], abs=1e-5)
+
+
+def test_wilson_is_the_packages():
+    from minimuse.metrics import wilson as package_wilson
+    for p, n in ((0.0, 1), (1.0, 7), (0.5, 10), (0.9313, 320), (0.03, 1280), (0.999, 64)):
+        assert wilson(p, n) == pytest.approx(package_wilson(p, n), abs=1e-12)
