@@ -5,8 +5,9 @@ like Parti that draw the image tokens in raster order, each conditioned on all b
 equal size: the width, depth, text cross-attention and 2-D positions of `MaskedTransformer`, with a causal mask on
 self-attention and the input shifted right by one (a [BOS] that reuses the [MASK] embedding row). Trained by the same
 loop on the same batches (`minimuse train --preset laptop-ar`), every token a target. Decoding keeps a KV cache, so
-each of the L sequential passes runs one new token through the blocks: fewer FLOPs than T parallel steps over all L
-tokens, but L passes against T. Taught in notebooks/09_experiments.ipynb; `minimuse bench --compare-ar` times it.
+each of the L sequential passes runs one new token through the blocks: fewer FLOPs than num_steps parallel steps over
+all L tokens, but L passes against num_steps. Taught in notebooks/09_experiments.ipynb; `minimuse bench --compare-ar`
+times it.
 """
 from __future__ import annotations
 

@@ -164,7 +164,7 @@ def _draw_commands(sub):
     g.add_argument("--out-dir")
     _add_sampling(g)
     g.add_argument("--negative-prompt", default=None)
-    g.add_argument("--history", help="write a per-step strip (image, mask, confidence) to this PNG")
+    g.add_argument("--history", help="write the decoding step by step (about six steps: image, mask, commits, confidence, entropy) to this PNG")
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--enlarge", type=int, default=None, help="nearest-neighbour enlargement of the written PNGs (1 to 32)")
     g.add_argument("--upscale", type=int, default=None, help=argparse.SUPPRESS)  # --enlarge's old spelling, deprecated

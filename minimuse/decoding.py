@@ -16,12 +16,12 @@ def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.T
     return uncond + (1.0 + w) * (cond - uncond)
 
 
-def guidance_weight(t: int, T: int, scale: float, schedule: str = "constant") -> float:
+def guidance_weight(t: int, num_steps: int, scale: float, schedule: str = "constant") -> float:
     """The weight w at step t: constant, or Muse's ramp rising linearly from 0 at the first step to `scale` at the last."""
     if schedule == "constant":
         return float(scale)
     if schedule == "linear":
-        return float(scale) * t / (T - 1) if T > 1 else float(scale)
+        return float(scale) * t / (num_steps - 1) if num_steps > 1 else float(scale)
     raise ValueError(f"unknown guidance_schedule {schedule!r}; choose one of: constant, linear")
 
 

@@ -73,7 +73,7 @@ def pipeline_diagram(ax=None) -> Figure:
                           (2.1, 1.4, "frozen text encoder\n(§2.1) MiniLM here;\nT5-XXL in Muse", BLUE),
                           (3.6, 1.1, "text embeddings\n(B, T, E)", BLUE),
                           (5.2, 1.6, "base transformer (§2.3)\n8x8 tokens, K = 256\n(Muse: 16x16, K = 8192)", GREEN),
-                          (7.1, 1.7, "parallel decoding in\nT steps with guidance:\n$(1+w)\\,\\ell_c - w\\,\\ell_u$",
+                          (7.1, 1.7, "parallel decoding in\nnum_steps steps, guided:\n$(1+w)\\,\\ell_c - w\\,\\ell_u$",
                            GREEN),
                           (8.7, 0.95, "VQ decoder\n(§2.2)", ORANGE), (9.6, 0.6, "32 px\nimage", GRAY)])
     # Text dropout happens to captions only in training; at inference the empty prompt gives the l_u of guidance.

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import viz
-from .checkpoint import atomic_save_image
+from .checkpoint import atomic_save_image, atomic_write_bytes
 from .editing import check_images, check_masks, edit_settings, parse_extend
 from .inputs import MAX_CAPTIONS_BYTES, MAX_SEED, check_batch_seeds, check_outputs, read_image, read_jsonl
 from .limits import MAX_ENLARGE
@@ -24,7 +24,7 @@ from .pipeline import load_pipeline
 def generate_cli(prompts: list[str], checkpoint, out=None, out_dir=None, history=None, batch_size: int = 64,
                  enlarge: int = 1, overwrite: bool = False, device=None, superres: bool | None = None,
                  **sampling) -> list[Path]:
-    """What `minimuse generate` does: one PNG per prompt, in order, plus an optional per-step strip.
+    """What `minimuse generate` does: one PNG per prompt, in order, plus an optional per-step figure (--history).
 
     Everything is checked before the first image is drawn (output paths, checkpoint, prompts, settings), and each
     file is written atomically, so a mistake costs no sampling time and a kill leaves no half-written PNG."""
@@ -63,7 +63,7 @@ def generate_cli(prompts: list[str], checkpoint, out=None, out_dir=None, history
         for img, path in zip(images, paths[start:start + len(chunk)]):
             atomic_save_image(path, viz.enlarge(img, enlarge))
         if want:
-            atomic_save_image(history, viz.history_strip(hist, *pipe.stage_parts(), index=0))
+            atomic_write_bytes(history, viz.history_png(hist, *pipe.stage_parts(), index=0))
     for p in paths[:3]:
         print(f"wrote {p}")
     if len(paths) > 3:

@@ -1,7 +1,8 @@
-"""The decoding loop: from an all-[MASK] grid to image tokens in T parallel steps (MaskGIT §3.2, Muse §2.7-2.8).
+"""The decoding loop: from an all-[MASK] grid to image tokens in num_steps parallel steps (MaskGIT §3.2, where
+the number of steps is T; Muse §2.7-2.8).
 
 Each step predicts every masked token at once, samples one token per masked position, commits the most confident
-and re-masks the rest, so that floor(N gamma((t+1)/T)) stay masked (scheduler.py). Commit rules: `confidence`
+and re-masks the rest, so that floor(N gamma((t+1)/num_steps)) stay masked (scheduler.py). Commit rules: `confidence`
 (MaskGIT/Muse: log p + annealed Gumbel noise), `halton` (a fixed 2-D low-discrepancy order, Besnier et al. 2025),
 `random`, and two that may mask committed tokens again: `remask` (after ReMDM) and `critic` (Token-Critic, critic.py);
 they are plain functions in one table, COMMIT_RULES. The contract, `sample(model, text, settings)`, is the one the
@@ -129,7 +130,7 @@ def sample(transformer, text, settings: SampleConfig, *, uncond=None, negative=N
     (autoregressive.generate); the pipeline picks which one runs.
 
     The commit rule (`settings.sampler`, one of COMMIT_RULES) scores the candidates; the count rule is the same for
-    all five: after step t exactly floor(N gamma((t+1)/T)) positions of the region are masked, the least confident
+    all five: after step t exactly floor(N gamma((t+1)/num_steps)) positions of the region are masked, the least confident
     candidates; the last step leaves none.
     """
     s = settings

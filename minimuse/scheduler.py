@@ -140,23 +140,24 @@ def get_schedule(name: str):
     return SCHEDULES[name]
 
 
-def mask_counts(N: int, T: int, schedule: str = "cosine") -> list[int]:
-    """Positions still masked after each of the T steps, starting from N masked: MaskGIT's rule with its clamps.
+def mask_counts(N: int, num_steps: int, schedule: str = "cosine") -> list[int]:
+    """Positions still masked after each of the num_steps steps (MaskGIT's T), starting from N masked: MaskGIT's rule
+    with its clamps.
 
     n_t = floor(N gamma((t+1)/T)), then max(1, min(n_{t-1} - 1, n_t)) as in MaskGIT's parallel_decode and diffusers'
     AmusedScheduler: commit at least one position per step, keep at least one masked until the last step, which
     commits everything (n = 0). When the two clamps collide (one position left before the last step, only possible
-    when N < T) the second wins, as in MaskGIT, and that step commits nothing.
+    when N < num_steps) the second wins, as in MaskGIT, and that step commits nothing.
     """
-    if T < 1:
-        raise ValueError(f"the number of steps must be at least 1, got {T}")
+    if num_steps < 1:
+        raise ValueError(f"the number of steps must be at least 1, got {num_steps}")
     gamma = get_schedule(schedule)
     counts, remaining = [], int(N)
-    for t in range(T):
-        if t == T - 1 or remaining == 0:
+    for t in range(num_steps):
+        if t == num_steps - 1 or remaining == 0:
             n = 0
         else:
-            g = min(max(gamma((t + 1) / T, N), 0.0), 1.0)  # MaskGIT clips the ratio into [1e-6, 1]
+            g = min(max(gamma((t + 1) / num_steps, N), 0.0), 1.0)  # MaskGIT clips the ratio into [1e-6, 1]
             # The 1e-9 keeps an exact integer from flooring one lower: 5 * (1 - 4/5) is 0.9999999999999998 in floats.
             n = max(1, min(remaining - 1, math.floor(N * g + 1e-9)))
         counts.append(n)
@@ -164,11 +165,11 @@ def mask_counts(N: int, T: int, schedule: str = "cosine") -> list[int]:
     return counts
 
 
-def num_masked_after(N: int, t: int, T: int, schedule: str = "cosine") -> int:
-    """How many of the N initially masked positions are still masked after step t (0-based) of T."""
-    if not 0 <= t < T:
-        raise ValueError(f"step t={t} is outside 0..{T - 1}")
-    return mask_counts(N, T, schedule)[t]
+def num_masked_after(N: int, t: int, num_steps: int, schedule: str = "cosine") -> int:
+    """How many of the N initially masked positions are still masked after step t (0-based) of num_steps."""
+    if not 0 <= t < num_steps:
+        raise ValueError(f"step t={t} is outside 0..{num_steps - 1}")
+    return mask_counts(N, num_steps, schedule)[t]
 
 
 def remask_least_confident(confidence: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
@@ -180,10 +181,11 @@ def remask_least_confident(confidence: torch.Tensor, n: torch.Tensor) -> torch.T
 
 
 class MaskScheduler:
-    """diffusers-style wrapper (AmusedScheduler's names); step indices count up 0..T-1 where diffusers counts down.
+    """diffusers-style wrapper (AmusedScheduler's names); step indices count up 0..num_steps-1 where diffusers counts
+    down.
 
-    The count table of each distinct N is computed once after `set_timesteps` (O(T)) and reused by every step, so a
-    whole sampling call costs O(T) in schedule arithmetic, not O(T^2)."""
+    The count table of each distinct N is computed once after `set_timesteps` (O(num_steps)) and reused by every step,
+    so a whole sampling call costs O(num_steps) in schedule arithmetic, not O(num_steps^2)."""
 
     def __init__(self, schedule: str = "cosine"):
         get_schedule(schedule)  # fail early on a typo
@@ -196,13 +198,13 @@ class MaskScheduler:
             raise ValueError(f"num_steps must be at least 1, got {num_steps}")
         self.num_steps = num_steps
         self.timesteps = torch.arange(num_steps)
-        self._tables: dict[tuple[int, ...], torch.Tensor] = {}  # per-sample N -> (B, T) counts
+        self._tables: dict[tuple[int, ...], torch.Tensor] = {}  # per-sample N -> (B, num_steps) counts
         self._last_N = self._last_table = None
         if N is not None:
             self.count_table(N)
 
     def count_table(self, N: torch.Tensor) -> torch.Tensor:
-        """(B, T) positions still masked after each step, for per-sample N (inpainting regions differ in size)."""
+        """(B, num_steps) positions still masked after each step, for per-sample N (inpainting regions differ in size)."""
         if self.timesteps is None:
             raise ValueError("call set_timesteps(num_steps) before step()")
         if N is self._last_N:  # the sampler passes the same N every step: no host transfer in the loop

@@ -1,4 +1,4 @@
-"""Pictures: image grids, partly decoded grids, and per-step mask / confidence / entropy strips.
+"""Pictures: image grids, partly decoded grids, and per-step figures of the mask, commits, confidence and entropy.
 
 The sampler's history (docs/CONTRACTS.md: one dict per step with `ids`, `mask`, `committed`, `confidence`, `entropy`)
 is what makes Muse's parallel decoding watchable (MaskGIT Fig. 2). Plain numpy / PIL / matplotlib, no state;
@@ -61,19 +61,29 @@ def step_panels(history: list[dict], tokenizer, mask_id, step: int, index: int =
 MASKED_GREY = 96  # the one colour of a still-masked token, in decoded images and in mask panels alike
 
 
-def default_steps(T: int, n: int = 6) -> list[int]:
-    """About n steps spread over a history of T (first and last included): what a reader can take in at once."""
-    return sorted({round(i * (T - 1) / (n - 1)) for i in range(n)}) if T > n else list(range(T))
+def default_steps(num_steps: int, n: int = 6) -> list[int]:
+    """About n of a history's num_steps steps, first and last included: what a reader can take in at once."""
+    return sorted({round(i * (num_steps - 1) / (n - 1)) for i in range(n)}) if num_steps > n else list(range(num_steps))
+
+
+def history_steps(history: list[dict], n: int = 6) -> list[int]:
+    """The steps history_figure shows by default: about n spread over the base stage's steps; for a cascade, n - 2 of
+    those and the super-res stage's first and last (a cascade's history lists the base steps first)."""
+    n_base = sum(h.get("stage", "base") == "base" for h in history)
+    if n_base == len(history):
+        return default_steps(n_base, n)
+    return default_steps(n_base, n - 2) + [n_base + s for s in default_steps(len(history) - n_base, 2)]
 
 
 def history_figure(history: list[dict], tokenizer, mask_id, index: int = 0, steps=None):
-    """A matplotlib figure: one row per chosen step (default: about 6, default_steps) with the decoded image, the
+    """A matplotlib figure: one row per chosen step (default: about 6, history_steps) with the decoded image, the
     mask, the newly committed positions, the confidence and the entropy, each on a fixed scale with a colorbar
     under its column: mask and committed 0/1 (masked in the grey of the decoded image), confidence (the drawn
     token's probability) on [0, 1], entropy on [0, ln K] nats, K the codebook size."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
-    steps = default_steps(len(history)) if steps is None else list(steps)
+    steps = history_steps(history) if steps is None else list(steps)
+    n_base = sum(h.get("stage", "base") == "base" for h in history)
     K = max(int(_for_stage(mask_id, history[t])) for t in steps)  # mask_id = K, per stage
     grey = (MASKED_GREY / 255,) * 3
     cols = [("image", None, None, ""), ("mask", ListedColormap(["white", grey]), 1.0, "masked (1) or not (0)"),
@@ -92,7 +102,7 @@ def history_figure(history: list[dict], tokenizer, mask_id, index: int = 0, step
             if r == 0:
                 ax.set_title(key, fontsize=9)
             if c == 0:
-                ax.set_ylabel(f"step {t + 1}", fontsize=9)
+                ax.set_ylabel(f"step {t + 1}" if t < n_base else f"super-res step {t + 1 - n_base}", fontsize=9)
     axes[n][0].remove()  # the image column has no scale
     for c, (key, _, _, label) in enumerate(cols[1:], start=1):  # one fixed-scale colorbar under each heat column
         bar = fig.colorbar(shown[key], cax=axes[n][c], orientation="horizontal")
@@ -104,32 +114,17 @@ def history_figure(history: list[dict], tokenizer, mask_id, index: int = 0, step
     return fig
 
 
-def _heat(a: np.ndarray, size: int, vmax: float = 1.0) -> Image.Image:
-    """(h, w) in [0, vmax] -> an RGB heat tile (black -> yellow) of side `size`."""
-    v = np.clip(a / max(vmax, 1e-6), 0, 1)
-    rgb = np.stack([v, v ** 0.5 * 0.9, 0.15 * (1 - v)], axis=-1)
-    tile = Image.fromarray((rgb * 255).astype(np.uint8))
-    return tile.resize((size, size), Image.NEAREST)
+def history_png(history: list[dict], tokenizer, mask_id, index: int = 0) -> bytes:
+    """`minimuse generate --history`: history_figure at its default steps, as PNG bytes (the caller writes them
+    atomically). tokenizer and mask_id: one each, or dicts by stage for a cascade (MusePipeline.stage_parts())."""
+    import io
 
-
-def history_strip(history: list[dict], tokenizer, mask_id, index: int = 0, scale: int = 4) -> Image.Image:
-    """A PIL image for `minimuse generate --history`: columns are steps; rows are the decoded image,
-    the still-masked positions (yellow) and the confidence heatmap (black -> yellow). A cascade's steps are
-    labelled by stage ("sr 1" ...) and drawn at the largest stage's size."""
-    T = len(history)
-    panels = [step_panels(history, tokenizer, mask_id, t, index) for t in range(T)]
-    S = max(p["image"].shape[0] for p in panels) * scale
-    pad, label = 4, 14
-    sheet = Image.new("RGB", (T * (S + pad) + pad, 3 * (S + pad) + pad + label), "white")
-    draw = ImageDraw.Draw(sheet)
-    n_base = sum(h.get("stage", "base") == "base" for h in history)
-    for t, p in enumerate(panels):
-        x = pad + t * (S + pad)
-        draw.text((x, 1), f"step {t + 1}" if t < n_base else f"sr {t + 1 - n_base}", fill="black")
-        sheet.paste(Image.fromarray(enlarge(p["image"], S // p["image"].shape[0])), (x, label + pad))
-        sheet.paste(_heat(p["mask"], S), (x, label + 2 * pad + S))
-        sheet.paste(_heat(p["confidence"], S), (x, label + 3 * pad + 2 * S))
-    return sheet
+    import matplotlib.pyplot as plt
+    fig = history_figure(history, tokenizer, mask_id, index)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def image_grid(images: np.ndarray, captions: list[str] | None = None, ncol: int = 8, scale: int = 3) -> Image.Image:

@@ -1,5 +1,5 @@
-"""The learner's package (notebooks/mymuse/, written by lessons 02 to 09) still equals minimuse: the codebook update
-(02), the text encoding (03), the loss and counts (04), the same logits and initial weights (05), the same losses as train_transformer and
+"""The learner's package (notebooks/mymuse/, written by lessons 01 to 09) still equals minimuse: the renderer (01), the
+codebook update and nearest-code lookup (02), the text encoding (03), the loss and counts (04), the same logits and initial weights (05), the same losses as train_transformer and
 train_superres step for step (05, 07), the decoder-finetuning loss (07), the same tokens as the sampler (06),
 inpainting, mask-free editing and outpainting (08), and the Wilson interval (09). The lessons assert the same under nbval; this is the fast tier's
 guard when minimuse changes."""
@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import numpy as np
+
 from minimuse.config import SampleConfig
+from minimuse.data import make_sample, to_tensor
 from minimuse.pool import build_token_pool, text_table
 from minimuse.presets import get_config
 from minimuse.pipeline import load_pipeline
@@ -29,6 +32,7 @@ from mymuse import masking, quantizer  # noqa: E402
 from mymuse.superres import decoder_loss  # noqa: E402
 from mymuse.edit import my_edit, my_outpaint_right  # noqa: E402
 from mymuse.sample import my_sample  # noqa: E402
+from mymuse.shapes import draw_by_hand  # noqa: E402
 from mymuse.stats import wilson  # noqa: E402
 from mymuse.text import encode  # noqa: E402
 from mymuse.train import my_train  # noqa: E402
@@ -190,3 +194,22 @@ def test_wilson_is_the_packages():
     from minimuse.metrics import wilson as package_wilson
     for p, n in ((0.0, 1), (1.0, 7), (0.5, 10), (0.9313, 320), (0.03, 1280), (0.999, 64)):
         assert wilson(p, n) == pytest.approx(package_wilson(p, n), abs=1e-12)
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_draw_by_hand_draws_the_datasets_pixels(size):
+    for i in range(40):  # every kind, one to four objects, rims included
+        s = make_sample(0, i, size)
+        items = [(c, shape) for n, c, shape in s["spec"].objects for _ in range(n)]
+        assert np.array_equal(draw_by_hand(items, s["boxes"], size), s["image"]), (size, i, s["caption"])
+
+
+def test_nearest_code_over_the_encoder_is_the_tokenizers_encode(ckpt):
+    tok = Tokenizer.from_pretrained(ckpt / "tokenizer")
+    S = tok.full_config.data.image_size
+    images = torch.stack([to_tensor(make_sample(10_000, i, S)["image"]) for i in range(4)])  # (4, 3, S, S)
+    with torch.no_grad():
+        z = tok.encoder(images * 2 - 1)                                                        # (4, C, h, w)
+    flat = torch.nn.functional.normalize(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]), dim=-1)
+    ids = quantizer.nearest_code(flat, tok.quantizer.codebook()).view(4, *z.shape[2:])
+    assert torch.equal(ids, tok.encode(images))

@@ -21,7 +21,7 @@ from minimuse.sampler import halton_order, sample
 from minimuse.scheduler import mask_counts
 from minimuse.tokenizer import Tokenizer
 from minimuse.transformer import MaskedTransformer
-from minimuse.viz import history_strip, to_uint8
+from minimuse.viz import history_png, to_uint8
 
 PROMPTS = ["two red circles", "a blue square to the left of a green triangle", "a yellow triangle"]
 HISTORY_KEYS = {"ids", "mask", "committed", "confidence", "entropy", "remasked"}
@@ -244,15 +244,14 @@ def test_generate_prompts_file_writes_numbered_files_in_order(capsys, pipe, ckpt
             assert np.array_equal(read_png(out_dir / f"{start + i:03d}.png"), img), start + i
 
 
-def test_generate_history_strip(capsys, pipe, ckpt, tmp_path):
-    strip = tmp_path / "steps.png"
+def test_generate_history_writes_the_step_figure(capsys, pipe, ckpt, tmp_path):
+    steps = tmp_path / "steps.png"
     code, stdout, err = run_cli(capsys, "generate", "two red circles", "--checkpoint", ckpt, "--out",
-                                tmp_path / "x.png", "--history", strip, "--steps", 3)
+                                tmp_path / "x.png", "--history", steps, "--steps", 3)
     assert code == 0, err
     assert "steps.png" in stdout
     _, history = pipe(["two red circles"], num_steps=3, return_history=True)
-    expected = np.asarray(history_strip(history, pipe.tokenizer, pipe.mask_id))
-    assert np.array_equal(read_png(strip), expected)
+    assert steps.read_bytes() == history_png(history, pipe.tokenizer, pipe.mask_id)
 
 
 def test_long_prompt_warns_and_still_writes(capsys, pipe, ckpt, tmp_path):

@@ -14,7 +14,8 @@ from minimuse.presets import get_config
 from minimuse.sampler import sample
 from minimuse.tokenizer import Tokenizer
 from minimuse.transformer import MaskedTransformer
-from minimuse.viz import decode_partial, default_steps, history_figure, enlarge, history_strip, image_grid, step_panels, to_uint8
+from minimuse.viz import (decode_partial, default_steps, history_figure, enlarge, history_png, history_steps, image_grid,
+                          step_panels, to_uint8)
 
 matplotlib.use("Agg")
 
@@ -100,16 +101,17 @@ def test_step_panels_out_of_range(tokenizer, history, step):
         step_panels(history, tokenizer, tokenizer.codebook_size, step)
 
 
-@pytest.mark.parametrize("scale", [1, 4])
-def test_history_strip_size_and_tiles(tokenizer, history, scale):
-    K, T = tokenizer.codebook_size, len(history)
-    S, pad, label = 16 * scale, 4, 14  # tile side; gaps and the label row as documented in history_strip
-    sheet = np.asarray(history_strip(history, tokenizer, K, index=1, scale=scale))
-    assert sheet.shape == (3 * (S + pad) + pad + label, T * (S + pad) + pad, 3)
-    for t in range(T):
-        x, y = pad + t * (S + pad), label + pad
-        expected = enlarge(step_panels(history, tokenizer, K, t, 1)["image"], scale)
-        assert np.array_equal(sheet[y:y + S, x:x + S], expected)
+def test_history_png_is_the_figure_of_the_default_steps(tokenizer, history):
+    """What `minimuse generate --history` writes: a PNG of history_figure's default rows, one per chosen step."""
+    import io
+
+    from PIL import Image
+    png = history_png(history, tokenizer, tokenizer.codebook_size, index=1)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = history_figure(history, tokenizer, tokenizer.codebook_size, index=1)
+    w, h = (fig.get_size_inches() * 100).round().astype(int)  # saved at 100 dpi
+    assert Image.open(io.BytesIO(png)).size == (w, h)
+    assert history_png(history, tokenizer, tokenizer.codebook_size, index=1) == png  # deterministic
 
 
 @pytest.mark.parametrize("B,ncol,captions", [(5, 2, False), (5, 8, True), (1, 3, True)])
@@ -143,6 +145,17 @@ def test_history_figure_has_a_row_per_step(tokenizer, history):
 
 def test_default_steps_pick_about_six_including_both_ends():
     assert default_steps(24) == [0, 5, 9, 14, 18, 23] and default_steps(4) == [0, 1, 2, 3] and default_steps(7)[-1] == 6
+
+
+def test_history_steps_show_a_cascades_super_res_ends_and_label_them(tokenizer, history):
+    import matplotlib.pyplot as plt
+    assert history_steps([{}] * 24) == default_steps(24)  # one stage: about six, both ends
+    cascade = [{"stage": "base"}] * 24 + [{"stage": "superres"}] * 8
+    assert history_steps(cascade) == default_steps(24, 4) + [24, 31] == [0, 8, 15, 23, 24, 31]
+    staged = [dict(h, stage="base") for h in history[:2]] + [dict(history[2], stage="superres")]
+    fig = history_figure(staged, {"base": tokenizer, "superres": tokenizer}, {"base": 32, "superres": 32})
+    assert [fig.axes[5 * r].get_ylabel() for r in range(3)] == ["step 1", "step 2", "super-res step 1"]
+    plt.close(fig)
 
 
 def test_roadmap_fills_the_current_lesson_shades_the_earlier_ones_and_names_bad_input():

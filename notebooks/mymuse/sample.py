@@ -40,7 +40,7 @@ def my_sample(model, text, text_mask, num_steps, tau, generator, gamma=cosine, i
         ids, mask = torch.zeros(B, L, dtype=torch.long, device=device), torch.ones(B, L, dtype=torch.bool, device=device)
     mask = (ids == model.mask_id if mask is None else mask).reshape(B, L).bool()  # (B, L) True = still masked
     ids = torch.where(mask, model.mask_id, ids.reshape(B, L))     # (B, L) [MASK] where a token is to be drawn
-    counts = torch.tensor([mask_counts(int(N), num_steps, gamma) for N in mask.sum(1)], device=device)  # (B, T)
+    counts = torch.tensor([mask_counts(int(N), num_steps, gamma) for N in mask.sum(1)], device=device)  # (B, num_steps)
     masks = []
     for t in range(num_steps):
         logits = model(ids, text, text_mask)                      # (B, L, K): every position, masked or not
