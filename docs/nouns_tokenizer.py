@@ -2,7 +2,8 @@
 
 For n held-out characters (exact renders), encode and decode through the tokenizer at TOKENIZER_DIR and print one
 JSON line: the share whose every part the judge of parts still finds (eval_nouns.round_trip), with its Wilson
-interval, each part's share, and the PSNR. No model drawing through this tokenizer can score above that share.
+interval, each part's share, the PSNR, and the tokenizer's training steps, batch and loss. No model drawing through
+this tokenizer can score above that share.
 With --snap, each decoded pixel is first replaced by the nearest colour the artwork uses (pixel art has a palette).
 
     .venv/bin/python docs/nouns_tokenizer.py TOKENIZER_DIR [n] [--snap]
@@ -32,7 +33,9 @@ def main(tok_dir: str, n: int = 256, snap: bool = False) -> dict:
         return back.round().byte().numpy()
 
     grid = list(tok.encode(torch.zeros(1, 3, 32, 32)).shape[1:])
+    tc = tok.config  # how it was trained, so that a row says which run it measures
     return {"tokenizer": tok_dir, "codebook_size": tok.codebook_size, "grid": grid, "n": n, "snap": snap,
+            "steps": tc.steps, "batch_size": tc.batch_size, "recon_loss": tc.recon_loss,
             **round_trip(nouns, nouns.sample(n, "heldout", seed=0), through)}
 
 
