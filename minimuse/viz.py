@@ -66,10 +66,15 @@ def default_steps(num_steps: int, n: int = 6) -> list[int]:
     return sorted({round(i * (num_steps - 1) / (n - 1)) for i in range(n)}) if num_steps > n else list(range(num_steps))
 
 
+def _base_steps(history: list[dict]) -> int:
+    """How many of a history's steps are the base stage's; a cascade's history lists them first."""
+    return sum(h.get("stage", "base") == "base" for h in history)
+
+
 def history_steps(history: list[dict], n: int = 6) -> list[int]:
     """The steps history_figure shows by default: about n spread over the base stage's steps; for a cascade, n - 2 of
-    those and the super-res stage's first and last (a cascade's history lists the base steps first)."""
-    n_base = sum(h.get("stage", "base") == "base" for h in history)
+    those and the super-res stage's first and last."""
+    n_base = _base_steps(history)
     if n_base == len(history):
         return default_steps(n_base, n)
     return default_steps(n_base, n - 2) + [n_base + s for s in default_steps(len(history) - n_base, 2)]
@@ -83,7 +88,7 @@ def history_figure(history: list[dict], tokenizer, mask_id, index: int = 0, step
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
     steps = history_steps(history) if steps is None else list(steps)
-    n_base = sum(h.get("stage", "base") == "base" for h in history)
+    n_base = _base_steps(history)
     K = max(int(_for_stage(mask_id, history[t])) for t in steps)  # mask_id = K, per stage
     grey = (MASKED_GREY / 255,) * 3
     cols = [("image", None, None, ""), ("mask", ListedColormap(["white", grey]), 1.0, "masked (1) or not (0)"),
