@@ -1,7 +1,7 @@
 """The learner's package (notebooks/mymuse/, written by lessons 01 to 09) still equals minimuse: the renderer (01), the
 codebook update and nearest-code lookup (02), the text encoding (03), the loss and counts (04), the same logits and initial weights (05), the same losses as train_transformer and
 train_superres step for step (05, 07), the decoder-finetuning loss (07), the same tokens as the sampler (06),
-inpainting, mask-free editing and outpainting (08), and the Wilson interval (09). The lessons assert the same under nbval; this is the fast tier's
+the token mask, inpainting, mask-free editing and outpainting (08), and the Wilson interval (09). The lessons assert the same under nbval; this is the fast tier's
 guard when minimuse changes."""
 import dataclasses
 import sys
@@ -14,6 +14,7 @@ import numpy as np
 
 from minimuse.config import SampleConfig
 from minimuse.data import make_sample, to_tensor
+from minimuse.editing import cell_mask
 from minimuse.pool import build_token_pool, text_table
 from minimuse.presets import get_config
 from minimuse.pipeline import load_pipeline
@@ -30,7 +31,7 @@ from minimuse.transformer import MaskedTransformer
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "notebooks"))
 from mymuse import masking, quantizer  # noqa: E402
 from mymuse.superres import decoder_loss  # noqa: E402
-from mymuse.edit import my_edit, my_outpaint_right  # noqa: E402
+from mymuse.edit import my_edit, my_outpaint_right, my_token_mask  # noqa: E402
 from mymuse.sample import my_sample  # noqa: E402
 from mymuse.shapes import draw_by_hand  # noqa: E402
 from mymuse.stats import wilson  # noqa: E402
@@ -130,6 +131,16 @@ def test_inpainting_and_mask_free_editing_match_the_package():
     want = mask_free_edit(theirs, ids, (text, text_mask), SampleConfig(guidance_scale=0.0, top_k=0), num_iters=5,
                           resample_frac=0.25, generator=torch.Generator().manual_seed(1))
     assert torch.equal(got, want) and not torch.equal(got, ids)
+
+
+def test_my_token_mask_is_cell_mask():
+    masks = np.random.default_rng(0).random((3, 16, 16)) < 0.03                # a few scattered pixels
+    masks[2] = False
+    masks[2, 5, 9] = True                                                      # one pixel: exactly its own token
+    for f in (2, 4):
+        got = my_token_mask(masks, f)
+        assert got.shape == (3, 16 // f, 16 // f) and np.array_equal(got, cell_mask(masks, (16 // f, 16 // f)))
+    assert my_token_mask(masks, 4)[2].sum() == 1 and my_token_mask(masks, 4)[2, 1, 2]
 
 
 def test_my_outpaint_right_is_pipe_outpaint(ckpt):

@@ -297,9 +297,9 @@ def test_mymuse_is_what_the_lessons_write():
         assert (ROOT / "notebooks" / path).read_text() == text, f"notebooks/{path} differs from what its lesson writes"
 
 
-# The last applications of the chain: no later lesson trains a super-res stage or edits, so these are used only in
-# their own lesson (and by tests/test_mymuse.py).
-USED_IN_THEIR_LESSON_ONLY = {"mymuse/superres.py", "mymuse/edit.py"}
+# The chain's last application: no later lesson trains a super-res stage or finetunes a decoder, so 07's module is
+# used only in its own lesson (and by tests/test_mymuse.py). 08's editing is used again by 10 (new glasses).
+USED_IN_THEIR_LESSON_ONLY = {"mymuse/superres.py"}
 
 
 def test_every_mymuse_module_is_used_by_a_later_lesson():

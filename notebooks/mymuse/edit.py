@@ -1,11 +1,18 @@
-"""Editing, written in notebook 08 (Muse §3.3), on top of my_sample (notebook 06). Inpainting needs nothing new:
-my_sample from a start grid, with the region's tokens to generate. Mask-free editing redraws a few random tokens,
-many times, under the new caption; outpainting slides the model's window over a wider canvas."""
+"""Editing, written in notebook 08 (Muse §3.3), on top of my_sample (notebook 06). Inpainting needs nothing new
+but the mask: my_sample from a start grid, with the region's tokens to generate. Mask-free editing redraws a few
+random tokens, many times, under the new caption; outpainting slides the model's window over a wider canvas."""
 import math
 
 import torch
 
 from mymuse.sample import my_sample
+
+
+def my_token_mask(pixel_mask, f):
+    """Snap pixel masks (B, H, W) bool to the token grid (B, H // f, W // f): a token is regenerated when any pixel
+    of its f x f cell is masked, so nothing the user masked is kept by accident."""
+    B, H, W = pixel_mask.shape
+    return pixel_mask.reshape(B, H // f, f, W // f, f).any(axis=(2, 4))
 
 
 def my_edit(model, ids, text, text_mask, num_iters, resample_frac, generator):
