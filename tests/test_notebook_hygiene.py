@@ -201,7 +201,8 @@ CAPTIONS = "2,214 canonical captions: len({canonical_caption(s) for k in CAPTION
 SOURCED = {
     "00_overview": {"7.88": "Muse, abstract (zero-shot COCO FID of Muse-3B)"},
     "01_shapes_world": {"2,214": CAPTIONS},
-    "A1_judge": {"0.83": "read off Figure 1 (the fill-ratio histograms)", "0.87": "read off Figure 1"},
+    "A1_judge": {"0.83": "the fill ratios behind Figure 1 (the smallest square's, 0.826)",
+                 "0.91": "the fill ratios behind Figure 1 (the largest circle's, 0.906)"},
     "A2_engineering": {"2,214": CAPTIONS},
     "02_tokenizer": {"0.45": "read off Figure 4 (the tiny tokenizer's loss curve)", "32,768": "512 images x 64 tokens"},
     "03_text_encoder": {"30,522": "BERT's uncased WordPiece vocabulary (Devlin et al. 2019), which MiniLM keeps",
