@@ -298,14 +298,9 @@ def test_mymuse_is_what_the_lessons_write():
         assert (ROOT / "notebooks" / path).read_text() == text, f"notebooks/{path} differs from what its lesson writes"
 
 
-# The chain's last application: no later lesson trains a super-res stage or finetunes a decoder, so 07's module is
-# used only in its own lesson (and by tests/test_mymuse.py). 08's editing is used again by 10 (new glasses).
-USED_IN_THEIR_LESSON_ONLY = {"mymuse/superres.py"}
-
-
 def test_every_mymuse_module_is_used_by_a_later_lesson():
     """A learner's module is imported by a later lesson (d2l's and rasbt's pattern: what you write, you reuse), not
-    written and forgotten; the last applications of the chain by a later cell of their own lesson."""
+    written and forgotten."""
     files, lessons = _written_by_lessons()
     for path, lesson in lessons.items():
         name = path[len("mymuse/"):-3]
@@ -313,7 +308,4 @@ def test_every_mymuse_module_is_used_by_a_later_lesson():
         users = {nb.name for nb in NOTEBOOKS
                  for c in _cells(nb) if c["cell_type"] == "code" and not WRITEFILE.match(_text(c)) and pattern.search(_text(c))}
         later = {u for u in users if u > lesson}
-        if path in USED_IN_THEIR_LESSON_ONLY:
-            assert lesson in users and not later, f"{path}: now used after {lesson}; take it off the exceptions"
-        else:
-            assert later, f"{path} (written in {lesson}) is imported by no later lesson (only by {sorted(users)})"
+        assert later, f"{path} (written in {lesson}) is imported by no later lesson (only by {sorted(users)})"
