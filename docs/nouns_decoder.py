@@ -22,7 +22,7 @@ from minimuse.eval_nouns import eval_nouns, round_trip
 from minimuse.nouns import load
 
 SHIPPED = "data/checkpoints/nouns"
-LR, BATCH, WARMUP, SEED = 5e-4, 16, 100, 0      # Adam (0.9, 0.99) as the tokenizer; warmup, then cosine to zero
+LR, BATCH, WARMUP, SEED = 5e-4, 16, 100, 0      # Adam (0.9, 0.99) as the tokenizer; a linear warmup times a cosine decay
 
 
 def ceiling(nouns, tok, held) -> dict:
