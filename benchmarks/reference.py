@@ -28,17 +28,25 @@ REFERENCE_DIR = ROOT / "tests" / "reference"
 PROMPTS = ["two red circles", "a blue square to the left of a yellow triangle", "a green circle and a purple square"]
 
 
+# The widest matmul instructions the CPU has, which pick oneDNN's and MKL's kernels: a CPU model name alone does not
+# (two "AMD EPYC" machines here, one with AVX-512 bf16 and one with AVX2 only, train to different weights).
+ISA_TAGS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+
+
 def machine_key() -> str:
-    """The CPU model and torch version: outputs are bit-identical only for the same kernels."""
-    cpu = "unknown"
+    """The CPU model, its widest matmul instructions and the torch version: outputs are bit-identical only for the
+    same kernels."""
+    cpu, flags = "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown":
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         cpu = platform.processor() or cpu
-    name = f"{cpu} torch {torch.__version__} threads {torch.get_num_threads()}"
+    isa = next((tag for tag in ISA_TAGS if tag in flags), "other")
+    name = f"{cpu} {isa} torch {torch.__version__} threads {torch.get_num_threads()}"
     return "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
 
 

@@ -69,10 +69,18 @@ def _best_gflops(m: int, k: int, n: int, dtype, backend: str, repeats: int, min_
     return 2 * m * k * n / best / 1e9
 
 
-def backends(device="cpu") -> list[str]:
+def onednn_serves(dtype) -> bool:
+    """Whether oneDNN's fused linear can run in `dtype` here: its bf16 kernels need AVX-512 or AMX (a CPU with AVX2
+    only cannot create the primitive), while torch.mm emulates bf16 anywhere."""
+    if transformer_mod._ONEDNN_LINEAR is None:
+        return False
+    return dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def backends(device="cpu", dtype=torch.float32) -> list[str]:
     if torch.device(device).type == "cuda":
         return ["cuda"]
-    return ["torch.mm"] + (["onednn"] if transformer_mod._ONEDNN_LINEAR is not None else [])
+    return ["torch.mm"] + (["onednn"] if onednn_serves(dtype) else [])
 
 
 CUDA_SIZES = (1024, 2048, 4096, 8192)  # a GPU needs large products to reach its peak
@@ -84,7 +92,7 @@ def matmul_peak(dtype=torch.float32, sizes=(256, 512, 1024, 2048, 3072), repeats
     One short 2048^2 product is not a peak: it varies by 20% between calls, and on AMD CPUs MKL (torch.mm's fp32
     backend) runs its AVX2 path at half of what oneDNN reaches. Every candidate is returned as well as the best."""
     cands = [{"m": n, "k": n, "n": n, "backend": be, "gflops": round(_best_gflops(n, n, n, dtype, be, repeats), 1)}
-             for n in sizes for be in backends(device)]
+             for n in sizes for be in backends(device, dtype)]
     return {"gflops": max(c["gflops"] for c in cands), "candidates": cands}
 
 
@@ -101,7 +109,7 @@ def model_gemm_peak(transformer, rows: int, dtype=torch.float32, repeats: int = 
     forward pass, i.e. (total FLOPs) / (total time at the best rates). Small shapes reach less than square ones."""
     shapes = model_gemms(transformer, rows)
     device = next(transformer.parameters()).device
-    rate = {s: max((_best_gflops(*s, dtype, be, repeats), be) for be in backends(device)) for s in sorted(set(shapes))}
+    rate = {s: max((_best_gflops(*s, dtype, be, repeats), be) for be in backends(device, dtype)) for s in sorted(set(shapes))}
     flops = sum(2 * m * k * n for m, k, n in shapes)
     secs = sum(2 * m * k * n / (rate[(m, k, n)][0] * 1e9) for m, k, n in shapes)
     return {"gflops": round(flops / secs / 1e9, 1), "rows": rows,

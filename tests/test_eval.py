@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from minimuse.bench import run_bench
+from minimuse import peak, transformer as transformer_mod
 from minimuse.peak import count_flops, honest_peak, model_gemms
 from minimuse.config import CAPTION_KINDS
 from minimuse.presets import get_config
@@ -70,6 +71,16 @@ def test_flop_counter_counts_the_onednn_linear():
     with torch.inference_mode():
         assert count_flops(lambda: lin(x)) == 2 * 16 * 32 * 8    # the fused inference path
     assert count_flops(lambda: lin(x)) == 2 * 16 * 32 * 8        # F.linear under autograd
+
+
+def test_the_bf16_peak_skips_onednn_where_the_cpu_has_no_bf16_kernels(monkeypatch):
+    # a CPU with AVX2 only cannot create oneDNN's bf16 primitive (RuntimeError); torch.mm still emulates bf16 there
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    onednn = ["onednn"] if transformer_mod._ONEDNN_LINEAR is not None else []
+    assert peak.backends("cpu", torch.bfloat16) == ["torch.mm"]
+    assert peak.backends("cpu", torch.float32) == ["torch.mm"] + onednn  # fp32 keeps the transformer's fast path
+    r = peak.matmul_peak(torch.bfloat16, sizes=(64,), repeats=1)
+    assert [c["backend"] for c in r["candidates"]] == ["torch.mm"] and r["gflops"] > 0
 
 
 def test_bench_reports_every_setting():
