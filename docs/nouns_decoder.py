@@ -20,17 +20,14 @@ import torch
 import minimuse
 from minimuse.eval_nouns import eval_nouns, round_trip
 from minimuse.nouns import load
+from nouns_tokenizer import through  # docs/nouns_tokenizer.py: the same round trip
 
 SHIPPED = "data/checkpoints/nouns"
 LR, BATCH, WARMUP, SEED = 5e-4, 16, 100, 0      # Adam (0.9, 0.99) as the tokenizer; a linear warmup times a cosine decay
 
 
 def ceiling(nouns, tok, held) -> dict:
-    def through(real):  # (n, 32, 32, 3) uint8 -> the same, after encode and decode
-        x = torch.from_numpy(real).permute(0, 3, 1, 2).float().div(255)
-        with torch.inference_mode():
-            return tok.decode(tok.encode(x)).clamp(0, 1).mul(255).permute(0, 2, 3, 1).round().byte().numpy()
-    return round_trip(nouns, held, through)
+    return round_trip(nouns, held, through(tok))
 
 
 def finetune(nouns, tok, steps: int) -> list[float]:
