@@ -2,6 +2,7 @@
 artwork's fetch and checks, and `minimuse dataset --source nouns`. The stand-in artwork (nouns_standin.py: the same
 format, drawn in code) is written per test (no npm, no network); the real artwork is checked only where it is cached.
 A stand-in part is drawn straight from its pixel array (`expected`), so a decoder that read the runs wrong fails."""
+import dataclasses
 import hashlib
 import io
 import json
@@ -14,6 +15,7 @@ import pytest
 
 from clitools import assert_one_line, run_cli, snapshot
 from minimuse import nouns as N
+from minimuse.config import SampleConfig
 from minimuse.nouns_judge import judge, judge_report
 from minimuse.nouns_standin import NAMES, PALETTE, part_ids, standin as synthetic
 
@@ -266,6 +268,9 @@ class FakePipe:
             p[4] = (p[4] + 1) % self.nouns.count("glasses") if self.swap else p[4]
         return np.stack([self.nouns.render(p) for p in parts])
 
+    def settings(self, **overrides):
+        return dataclasses.replace(SampleConfig(temperature=0.3), **{k: v for k, v in overrides.items() if v is not None})
+
     def encode_images(self, images):
         return images
 
@@ -281,7 +286,11 @@ def test_eval_nouns_reports_each_part_with_its_interval(nouns):
     assert r["all_five"]["accuracy"] == 1.0 and r["all_five"]["interval"][1] == 1.0 and r["all_five"]["interval"][0] < 1
     assert r["confusions"] == {p: [] for p in N.PARTS}
     assert r["tokenizer_ceiling"]["accuracy"] == 1.0 and r["tokenizer_ceiling"]["per_part"] == {p: 1.0 for p in N.PARTS}
-    swapped = eval_nouns(FakePipe(nouns, swap_glasses=True), n=n, nouns=nouns)
+    # the report says what the images were drawn with: the pipeline's defaults, then each override
+    assert r["settings"]["temperature"] == 0.3 and r["settings"]["guidance_scale"] == SampleConfig().guidance_scale
+    swapped = eval_nouns(FakePipe(nouns, swap_glasses=True), n=n, nouns=nouns, guidance_scale=0.0, precision="bf16")
+    assert swapped["settings"]["guidance_scale"] == 0.0 and swapped["settings"]["temperature"] == 0.3
+    assert swapped["settings"]["precision"] == "bf16"
     assert swapped["parts"]["glasses"]["accuracy"] == 0.0 and swapped["all_five"]["accuracy"] == 0.0
     assert swapped["parts"]["head"]["accuracy"] >= 0.9  # the other parts are still found
     top = swapped["confusions"]["glasses"][0]

@@ -118,6 +118,7 @@ def test_shipped_nouns_model_loads_strictly_at_its_preset_and_follows_its_captio
     nouns_pipe = minimuse.load_pipeline(root)
     cfg = get_config("nouns")
     assert nouns_pipe.config.transformer == cfg.transformer and nouns_pipe.config.text == cfg.text
+    assert nouns_pipe.config.sample == cfg.sample  # the shipped sampling defaults are the preset's (docs/NOUNS.md)
     assert nouns_pipe.transformer.grid == (16, 16) and nouns_pipe.transformer.codebook_size == 1024
     weights, state = load_file(root / "transformer" / "model.safetensors"), nouns_pipe.transformer.state_dict()
     assert {w.dtype for w in weights.values()} == {torch.float16}
