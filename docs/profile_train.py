@@ -15,6 +15,7 @@ import argparse
 import json
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -26,6 +27,12 @@ from minimuse.train import train_transformer
 
 def part(name: str) -> str:
     return "optimizer" if name.startswith("Optimizer.step") else "backward" if name.startswith("autograd::") else "rest"
+
+
+def cpu_has(flag: str):
+    """Whether /proc/cpuinfo lists `flag`; None where there is no /proc/cpuinfo (not Linux)."""
+    info = Path("/proc/cpuinfo")
+    return flag in info.read_text().split() if info.exists() else None
 
 
 def newton_schulz_fp32(G, a, b, c, steps, eps=1e-7):
@@ -63,12 +70,12 @@ def main():
     ap.add_argument("--pool", type=int, default=4000)
     args = ap.parse_args()
     cfg = get_config(args.preset, **{"train.steps": args.steps, "train.eval_every": 0, "data.pool_size": args.pool})
-    prof, stamps = profile(activities=[ProfilerActivity.CPU]), {}
+    prof, stamps, shapes = profile(activities=[ProfilerActivity.CPU]), {}, []
 
     def on_step(step, record, model=None):
         stamps[step] = time.perf_counter()
-        if model is not None and "shapes" not in stamps:
-            stamps["shapes"] = [tuple(p.shape) for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2]
+        if model is not None and not shapes:  # the matrices make_optimizer gives Muon
+            shapes.extend(tuple(p.shape) for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2)
         if step == args.skip:
             prof.start()
         if step == args.steps:
@@ -91,8 +98,8 @@ def main():
         "ms_per_step_unprofiled": round((stamps[args.skip] - stamps[half]) / (args.skip - half) * 1e3, 1),
         "ms_per_step_profiled": round((stamps[args.steps] - stamps[args.skip]) / n * 1e3, 1),
         "profiled_steps": n,
-        "newton_schulz_ms_per_step": time_newton_schulz(stamps["shapes"]),
-        "muon_matrices": len(stamps["shapes"]), "cpu_has_avx512_bf16": "avx512_bf16" in open("/proc/cpuinfo").read(),
+        "newton_schulz_ms_per_step": time_newton_schulz(shapes),
+        "muon_matrices": len(shapes), "cpu_has_avx512_bf16": cpu_has("avx512_bf16"),
         "share_of_profiled_time": {k: round(v / whole, 3) for k, v in sorted(totals.items())},
         "ms_per_step_by_part": {k: round(v / n, 1) for k, v in sorted(totals.items())},
         "top_ops_by_self_time": [{"op": a.key, "calls_per_step": round(a.count / n, 1),

@@ -9,11 +9,11 @@ Taught in notebook 10.
 """
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 
 import numpy as np
 
+from .measures import sampling_record
 from .metrics import psnr_from_mse, wilson
 from .nouns import PARTS, Nouns, load
 from .nouns_judge import fit, judge
@@ -46,14 +46,8 @@ def eval_nouns(pipe, n: int = 256, seed: int = 0, batch_size: int = 64, nouns: N
             "confusions": {p: [{"prompted": a, "drawn": b, "count": k} for (a, b), k in c.most_common(top_confusions)]
                            for p, c in confused.items()},
             "tokenizer_ceiling": tokenizer_ceiling(pipe, nouns, combos),
-            "settings": {"seed": seed, "split": "heldout", **_settings(pipe, sampling)}}
+            "settings": {"seed": seed, "split": "heldout", **sampling_record(pipe, sampling)}}
 
-
-def _settings(pipe, sampling: dict) -> dict:
-    """The sampling settings the images were drawn with: the checkpoint's defaults with the overrides applied, as
-    measures.eval_faithfulness records them."""
-    given = {k: v for k, v in sampling.items() if k not in ("precision", "superres")}
-    return {**dataclasses.asdict(pipe.settings(**given)), "precision": sampling.get("precision", "fp32")}
 
 
 def tokenizer_ceiling(pipe, nouns: Nouns, combos) -> dict:

@@ -48,6 +48,13 @@ def eval_tokenizer(ckpt_dir, n: int = 1000, seed: int | None = None, batch_size:
             "perplexity": perplexity(ids, tok.codebook_size), "n": n}
 
 
+def sampling_record(pipe, sampling: dict) -> dict:
+    """The settings images were drawn with, for an evaluation's report: the checkpoint's sampling defaults with the
+    call's overrides applied, and the precision."""
+    given = {k: v for k, v in sampling.items() if k not in ("precision", "superres")}
+    return {**dataclasses.asdict(pipe.settings(**given)), "precision": sampling.get("precision", "fp32")}
+
+
 def eval_faithfulness(pipe, n_per_kind: int = 256, seed: int | None = None, kinds=None, batch_size: int = 128,
                       judge_size: int | None = None, **sampling) -> dict:
     """Generate one image per held-out canonical prompt and judge it with judge.score (docs/JUDGE.md).
@@ -82,8 +89,7 @@ def faithfulness_at(pipe, n_per_kind: int, seed: int | None, kinds, batch_size: 
                 if not ok and len(fails) < 10:
                     fails.append({"caption": caption, "reason": reason})
     mean = lambda xs: round(sum(xs) / len(xs), 4)
-    settings = {**dataclasses.asdict(pipe.settings(**{k: v for k, v in sampling.items() if k not in ("precision", "superres")})),
-                "precision": sampling.get("precision", "fp32")}
+    settings = sampling_record(pipe, sampling)
     return [{"overall": mean([ok for oks in ok_by_kind.values() for ok in oks]),
              "by_kind": {k: mean(v) for k, v in ok_by_kind.items()},
              "by_count": {k: mean(v) for k, v in sorted(ok_by_count.items())}, "n_per_kind": n_per_kind,
