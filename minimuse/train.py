@@ -132,7 +132,7 @@ def train_transformer(cfg: Config, out_dir, resume: bool = False, tokenizer_dir=
         data_key = {"data": data_key, "generator": identity(gen.cfg.__dict__, gen)}
 
     model = cls.from_config(cfg)
-    optimizer = make_optimizer(model, tc)
+    optimizer = make_optimizer(model, tc, accelerator.mixed_precision)
     ema = [p.detach().clone() for p in model.parameters()] if tc.ema_decay > 0 else None
     # window: (loss, acc) of the steps since the last log line, saved with the state so that a resume between two
     # log steps logs the same average; elapsed: wall seconds of earlier runs of this training; timing: where the

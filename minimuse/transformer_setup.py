@@ -6,6 +6,7 @@ the loop itself is loop.py. Taught in notebooks/05_training.ipynb.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from .checkpoint import CheckpointError
 from .config import Config
 from .pipeline import transformer_class
 from .pool import build_token_pool, text_table
-from .runs import full_state, restore, restore_rng, rng_states, save_training_state
+from .runs import full_state, resolve_precision, restore, restore_rng, rng_states, save_training_state
 from .shards import load_shards
 from .tokenizer import Tokenizer
 
@@ -65,15 +66,55 @@ def load_generator(cfg: Config, generator, device):
     return gen
 
 
+def orthogonalize(G, steps: int = 5, dtype=torch.bfloat16, coefficients=(3.4445, -4.7750, 2.0315), eps: float = 1e-7):
+    """Muon's Newton-Schulz iterations: roughly U V^T for G = U S V^T. X = G / |G|_F, then `steps` times
+    X <- a X + b (X X^T) X + c (X X^T)^2 X, which maps each singular value x to a x + b x^3 + c x^5 and pushes it
+    towards 1 (Keller Jordan's coefficients stop near it, about 0.7 to 1.2, for speed). torch.optim.Muon runs them
+    in bf16; `dtype` chooses. Returns `dtype`."""
+    a, b, c = coefficients
+    tall = G.size(0) > G.size(1)
+    X = G.to(dtype).T if tall else G.to(dtype)             # (m, n) with m <= n: the Gram matrix is the small one
+    X = X / X.norm().clamp(min=eps)
+    for _ in range(steps):
+        A = X @ X.T                                        # (m, m)
+        X = torch.addmm(X, torch.addmm(A, A, A, beta=b, alpha=c), X, beta=a)
+    return X.T if tall else X
+
+
+class Muon(torch.optim.Optimizer):
+    """torch.optim.Muon's update with the Newton-Schulz precision a choice: Nesterov momentum, the orthogonalised
+    update, decoupled weight decay, and Moonshot's scale 0.2 sqrt(max(A, B)) that matches AdamW's update size
+    (adjust_lr_fn="match_rms_adamw"). torch's casts to bf16, which a CPU without bf16 instructions emulates at about
+    30 times the fp32 cost (docs/SPEEDRUN.md). With ns_dtype bf16 it steps exactly as torch's does, and its state
+    (a momentum_buffer per matrix) is torch's, so a run saved by either resumes in the other."""
+
+    def __init__(self, params, lr: float, weight_decay: float, momentum: float = 0.95, ns_dtype=torch.bfloat16):
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum})
+        self.ns_dtype = ns_dtype  # not a group key: loading a state replaces the groups with the saved ones
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                buf.lerp_(p.grad, 1 - momentum)
+                update = orthogonalize(p.grad.lerp(buf, momentum), dtype=self.ns_dtype)  # Nesterov: look one step ahead
+                p.mul_(1 - lr * decay)
+                p.add_(update, alpha=-lr * (0.2 * math.sqrt(max(p.shape))))
+
+
 class MuonAdamW(torch.optim.Optimizer):
-    """Muon (torch.optim.Muon) on the blocks' weight matrices and AdamW on the rest (embeddings, positions, the text
+    """Muon on the blocks' weight matrices and AdamW on the rest (embeddings, positions, the text
     projection, the head, norms and biases), the split of modded-nanogpt and Keller Jordan's Muon. Muon's step is
     scaled to AdamW's update size (`match_rms_adamw`), so one learning rate and one schedule serve both. To the loop
     it is one optimizer: it holds both parts' param groups (the same dicts, so setting a group's lr reaches its part),
     steps both, and saves both states."""
 
-    def __init__(self, matrices, rest, lr: float, weight_decay: float, betas):
-        self.muon = torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+    def __init__(self, matrices, rest, lr: float, weight_decay: float, betas, ns_dtype=torch.bfloat16):
+        self.muon = Muon(matrices, lr=lr, weight_decay=weight_decay, ns_dtype=ns_dtype)
         self.adamw = torch.optim.AdamW(rest, lr=lr, betas=betas, fused=True)
         super().__init__(self.muon.param_groups + self.adamw.param_groups, {})
 
@@ -93,9 +134,11 @@ class MuonAdamW(torch.optim.Optimizer):
         self.param_groups = self.muon.param_groups + self.adamw.param_groups
 
 
-def make_optimizer(model, tc):
+def make_optimizer(model, tc, precision: str | None = None):
     """AdamW (or Adafactor) with weight decay on the matrices only: not on biases, norms or embeddings; with
-    train.optimizer "muon", the blocks' matrices go to Muon instead (MuonAdamW)."""
+    train.optimizer "muon", the blocks' matrices go to Muon instead (MuonAdamW), whose Newton-Schulz runs in fp32
+    when the run's precision (default: train.mixed_precision, resolved) is "no" (a CPU without bf16, or fp32 asked
+    for) and in bf16 otherwise."""
     params = list(model.named_parameters())
     hidden = [p for n, p in params if tc.optimizer == "muon" and n.startswith("blocks.") and p.dim() == 2]
     ids = set(map(id, hidden))
@@ -104,7 +147,9 @@ def make_optimizer(model, tc):
     groups = [{"params": [p for (_, p), d in zip(rest, decays) if d], "weight_decay": tc.weight_decay},
               {"params": [p for (_, p), d in zip(rest, decays) if not d], "weight_decay": 0.0}]
     if hidden:
-        return MuonAdamW([{"params": hidden, "weight_decay": tc.weight_decay}], groups, tc.lr, tc.weight_decay, tc.betas)
+        return MuonAdamW([{"params": hidden, "weight_decay": tc.weight_decay}], groups, tc.lr, tc.weight_decay, tc.betas,
+                         ns_dtype=torch.float32 if (precision or resolve_precision(tc.mixed_precision)) == "no"
+                         else torch.bfloat16)
     if tc.optimizer == "adafactor":
         from transformers.optimization import Adafactor
         return Adafactor(groups, lr=tc.lr, relative_step=False, scale_parameter=False, warmup_init=False)

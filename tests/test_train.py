@@ -1,4 +1,5 @@
 """Transformer training: batches, text dropout, exact resume, and Accelerate DDP with 2 CPU processes."""
+import copy
 import json
 import os
 import subprocess
@@ -242,6 +243,8 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     model = transformer_class("masked").from_config(cfg)
     opt = make_optimizer(model, cfg.train)
     assert isinstance(opt, MuonAdamW)
+    # Newton-Schulz in the run's precision: fp32 for ci's "no" (a CPU without bf16 would emulate bf16 products)
+    assert opt.muon.ns_dtype == torch.float32 and make_optimizer(model, cfg.train, "bf16").muon.ns_dtype == torch.bfloat16
     muon = {id(p) for g in opt.muon.param_groups for p in g["params"]}
     names = {n for n, p in model.named_parameters() if id(p) in muon}
     assert names == {n for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2}
@@ -256,6 +259,49 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     assert names <= moved and "head.weight" in moved  # both parts stepped
     assert all("momentum_buffer" in opt.muon.state[p] for g in opt.muon.param_groups for p in g["params"])
     assert set(opt.state_dict()) == {"muon", "adamw"}  # the training state saves both
+
+
+def test_newton_schulz_maps_each_singular_value_by_the_quintic():
+    """G = U diag(3, 4) V^T is normalised to singular values 0.6 and 0.8, and each iteration maps every singular value
+    x to a x + b x^3 + c x^5 on its own (a, b, c = 3.4445, -4.7750, 2.0315). By hand, five times:
+    0.6 -> 1.193269 -> 0.911918 -> 0.801138 -> 0.974702 -> 0.722876 and
+    0.8 -> 0.976482 -> 0.721118 -> 1.089457 -> 0.696045 -> 1.119204: near 1, not at it, as Muon intends."""
+    from minimuse.transformer_setup import orthogonalize
+    r = torch.tensor([[3 ** 0.5 / 2, -0.5], [0.5, 3 ** 0.5 / 2]])              # U: a rotation by 30 degrees
+    v = torch.tensor([[1.0, 2.0], [2.0, 1.0], [2.0, -2.0]]) / 3                  # V: two orthonormal columns of R^3
+    G = r @ torch.diag(torch.tensor([3.0, 4.0])) @ v.T                          # (2, 3), |G|_F = 5
+    want = r @ torch.diag(torch.tensor([0.722876, 1.119204])) @ v.T
+    assert torch.allclose(orthogonalize(G, dtype=torch.float32), want, atol=1e-5)
+    assert torch.allclose(orthogonalize(G.T, dtype=torch.float32), want.T, atol=1e-5)  # tall: the same, transposed
+    assert orthogonalize(G).dtype == torch.bfloat16 and torch.allclose(orthogonalize(G).float(), want, atol=5e-2)
+
+
+def test_muon_steps_exactly_as_torchs_in_bf16_and_resumes_from_its_state():
+    from minimuse.transformer_setup import Muon
+    torch.manual_seed(0)
+    shapes = [(8, 5), (5, 8), (6, 6)]
+    start = [torch.randn(s) for s in shapes]
+    ours, theirs, fp32 = ([w.clone().requires_grad_() for w in start] for _ in range(3))
+    opts = [Muon(ours, lr=0.02, weight_decay=0.1), torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1,
+            adjust_lr_fn="match_rms_adamw"), Muon(fp32, lr=0.02, weight_decay=0.1, ns_dtype=torch.float32)]
+
+    def step(opts, params):
+        grads = [torch.randn(s) for s in shapes]
+        for opt, ps in zip(opts, params):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            opt.step()
+    for _ in range(3):
+        step(opts, (ours, theirs, fp32))
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    assert not all(torch.equal(a, b) for a, b in zip(ours, fp32))    # fp32 iterations: another (close) update
+    assert all(torch.allclose(a, b, atol=1e-2) for a, b in zip(ours, fp32))
+    # a run saved by torch's Muon resumes in this one, step for step
+    resumed = [w.detach().clone().requires_grad_() for w in theirs]
+    again = Muon(resumed, lr=0.02, weight_decay=0.1)
+    again.load_state_dict(copy.deepcopy(opts[1].state_dict()))  # a copy, as a saved file gives: loading shares tensors
+    step([again, opts[1]], (resumed, theirs))
+    assert all(torch.equal(a, b) for a, b in zip(resumed, theirs))
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
