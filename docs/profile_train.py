@@ -7,9 +7,10 @@ into a temporary folder, times every step by the wall clock, and profiles steps 
 steps' top-level events are split into the optimizer's step (Optimizer.step#..., Muon's Newton-Schulz iterations
 included), the backward pass (autograd::engine...) and the rest (the forward pass, the batch, the loop); the
 operators with the most self time are listed too. The profiler's own cost slows the profiled steps, so the shares
-are the thing to read, and the unprofiled step time is printed beside them. Last, it times torch.optim.Muon's
-Newton-Schulz orthogonalisation, which runs in bf16, against the same iterations in fp32 on every Muon matrix of the
-model, interleaved in one loop: where the CPU has no bf16 instructions, bf16 matrix products are emulated.
+are the thing to read, and the unprofiled step time is printed beside them. Last, it times Muon's Newton-Schulz
+orthogonalisation (transformer_setup.orthogonalize) in bf16, torch.optim.Muon's precision, against fp32, on every
+Muon matrix of the model, interleaved in one loop: where the CPU has no bf16 instructions, bf16 products are
+emulated. `--set FIELD=VALUE` overrides the preset as `minimuse train --set` does (train.mixed_precision=no: fp32).
 """
 import argparse
 import json
@@ -23,6 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 from minimuse import get_config
 from minimuse.runs import resolve_precision
 from minimuse.train import train_transformer
+from minimuse.transformer_setup import orthogonalize
 
 
 def part(name: str) -> str:
@@ -35,28 +37,15 @@ def cpu_has(flag: str):
     return flag in info.read_text().split() if info.exists() else None
 
 
-def newton_schulz_fp32(G, a, b, c, steps, eps=1e-7):
-    """torch.optim._muon._zeropower_via_newtonschulz with the bf16 cast left out: the same iterations in fp32."""
-    X = G.T if G.size(0) > G.size(1) else G
-    X = X / X.norm().clamp(min=eps)
-    for _ in range(steps):
-        A = X @ X.T
-        X = torch.addmm(X, torch.addmm(A, A, A, beta=b, alpha=c), X, beta=a)
-    return X.T if G.size(0) > G.size(1) else X
-
-
 def time_newton_schulz(shapes, reps=10):
-    """ms per optimizer step for all `shapes`, bf16 (torch's) and fp32, timed interleaved."""
-    from torch.optim import _muon
-    abc, steps = (_muon.DEFAULT_A, _muon.DEFAULT_B, _muon.DEFAULT_C), _muon.DEFAULT_NS_STEPS
+    """ms per optimizer step for all `shapes`, bf16 (torch.optim.Muon's precision) and fp32, timed interleaved."""
     gs = [torch.randn(s, generator=torch.Generator().manual_seed(i)) for i, s in enumerate(shapes)]
     ms = {"bf16": 0.0, "fp32": 0.0}
     for _ in range(reps + 1):  # the first round warms up and is not counted
-        for name, fn in (("bf16", lambda g: _muon._zeropower_via_newtonschulz(g, abc, steps, 1e-7)),
-                         ("fp32", lambda g: newton_schulz_fp32(g, *abc, steps))):
+        for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
             t = time.perf_counter()
             for g in gs:
-                fn(g)
+                orthogonalize(g, dtype=dtype)
             ms[name] += (time.perf_counter() - t) * 1e3 if _ else 0.0
     return {k: round(v / reps, 1) for k, v in ms.items()}
 
@@ -68,8 +57,11 @@ def main():
     ap.add_argument("--skip", type=int, default=20, help="steps left unprofiled first (warmup, allocator)")
     ap.add_argument("--tokenizer", default="data/checkpoints/laptop/tokenizer")
     ap.add_argument("--pool", type=int, default=4000)
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a config override, as for train")
     args = ap.parse_args()
-    cfg = get_config(args.preset, **{"train.steps": args.steps, "train.eval_every": 0, "data.pool_size": args.pool})
+    sets = dict(item.split("=", 1) for item in args.set)
+    cfg = get_config(args.preset, **{"train.eval_every": 0, "data.pool_size": args.pool, **sets,
+                                     "train.steps": args.steps})
     prof, stamps, shapes = profile(activities=[ProfilerActivity.CPU]), {}, []
 
     def on_step(step, record, model=None):
@@ -89,11 +81,14 @@ def main():
     for e in top:
         totals[part(e.name)] = totals.get(part(e.name), 0.0) + e.cpu_time_total / 1e3  # ms
     whole = sum(totals.values())
+    precision = resolve_precision(cfg.train.mixed_precision)
     ops = sorted(prof.key_averages(), key=lambda a: a.self_cpu_time_total, reverse=True)[:15]
     print(json.dumps({
-        "command": f"python docs/profile_train.py --preset {args.preset} --steps {args.steps} --skip {args.skip}",
+        "command": f"python docs/profile_train.py --preset {args.preset} --steps {args.steps} --skip {args.skip}"
+                   + "".join(f" --set {item}" for item in args.set),
         "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "precision": resolve_precision(cfg.train.mixed_precision), "optimizer": cfg.train.optimizer,
+        "precision": precision, "optimizer": cfg.train.optimizer,
+        "newton_schulz_dtype": ("fp32" if precision == "no" else "bf16") if cfg.train.optimizer == "muon" else None,
         "batch_size": cfg.train.batch_size, "width": cfg.transformer.width, "depth": cfg.transformer.depth,
         "ms_per_step_unprofiled": round((stamps[args.skip] - stamps[half]) / (args.skip - half) * 1e3, 1),
         "ms_per_step_profiled": round((stamps[args.steps] - stamps[args.skip]) / n * 1e3, 1),
