@@ -9,7 +9,8 @@ Runs, one after the other and alone on the machine (nothing else may run beside 
 Then it copies the run's log, report and evaluation to docs/results/speedrun/NAME/, appends one record to
 docs/results/speedrun/records.jsonl and prints it as a row of docs/SPEEDRUN.md's table:
 date, what changed, minutes, steps/s, achieved GFLOP/s and its share of the bf16 peak measured in the same run
-(train --report), faithfulness overall and per caption kind with 95% Wilson intervals, and the log's path. A record
+(train --report), faithfulness overall and per caption kind with 95% Wilson intervals, and the log's path; the
+record also names the commit that trained ("+dirty" where tracked files had changed). A record
 counts only when it holds on a second seed (`--seed`, which sets train.seed).
 """
 from __future__ import annotations
@@ -48,9 +49,20 @@ def rate(p: float, n: int) -> dict:
     return {"rate": round(p, 4), "interval": [round(lo, 4), round(hi, 4)], "n": n}
 
 
-def record(name: str, change: str, seconds: float, report: dict, faith: dict, out: Path) -> dict:
+def commit() -> str | None:
+    """The checked-out commit that trains, with "+dirty" if tracked files differ from it; None outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                               text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def record(name: str, change: str, seconds: float, report: dict, faith: dict, out: Path, code: str | None = None) -> dict:
     n = faith["n_per_kind"]
-    return {"date": datetime.date.today().isoformat(), "name": name, "change": change,
+    return {"date": datetime.date.today().isoformat(), "name": name, "change": change, "commit": code,
             "minutes": round(seconds / 60, 2), "steps_per_s": report["steps_per_s"],
             "achieved_gflops": report["achieved_gflops"], "peak_gflops": report["peak_gflops"],
             "fraction_of_peak": report["fraction_of_peak"], "precision": report["precision"],
@@ -86,6 +98,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     extra = [a for a in args.train_args if a != "--"] + (["--set", f"train.seed={args.seed}"] if args.seed is not None else [])
     logs = out.parent / args.name
+    code = commit()  # read before training: the code that trains, should the checkout change during the run
     seconds = run(["train", "--preset", args.preset, "--out", str(out), "--tokenizer", args.tokenizer, "--report", *extra],
                   Path(f"{logs}.train.out"), Path(f"{logs}.train.err"))
     run(["eval", "--checkpoint", str(out), "--n", str(args.n), "--tokenizer-n", "0"], out / "eval.json",
@@ -99,7 +112,7 @@ def main(argv=None) -> int:
     repo = next((d for d in kept.resolve().parents if (d / ".git").exists()), None)  # the records' checkout, not this one
     shown = kept.resolve().relative_to(repo) if repo else kept
     rec = record(args.name, args.change + (f" (seed {args.seed})" if args.seed is not None else ""), seconds, report, faith,
-                 shown)
+                 shown, code)
     prior = args.records.read_text() if args.records.exists() else ""
     atomic_write_text(args.records, prior + json.dumps(rec) + "\n")
     print(row(rec))

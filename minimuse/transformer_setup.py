@@ -66,7 +66,10 @@ def load_generator(cfg: Config, generator, device):
     return gen
 
 
-def orthogonalize(G, steps: int = 5, dtype=torch.bfloat16, coefficients=(3.4445, -4.7750, 2.0315), eps: float = 1e-7):
+NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic (a, b, c), torch.optim.Muon's default
+
+
+def orthogonalize(G, steps: int = 5, dtype=torch.bfloat16, coefficients=NEWTON_SCHULZ, eps: float = 1e-7):
     """Muon's Newton-Schulz iterations: roughly U V^T for G = U S V^T. X = G / |G|_F, then `steps` times
     X <- a X + b (X X^T) X + c (X X^T)^2 X, which maps each singular value x to a x + b x^3 + c x^5 and pushes it
     towards 1 (Keller Jordan's coefficients stop near it, about 0.7 to 1.2, for speed). torch.optim.Muon runs them
@@ -84,24 +87,34 @@ def orthogonalize(G, steps: int = 5, dtype=torch.bfloat16, coefficients=(3.4445,
 class Muon(torch.optim.Optimizer):
     """torch.optim.Muon's update with the Newton-Schulz precision a choice: Nesterov momentum, the orthogonalised
     update, decoupled weight decay, and Moonshot's scale 0.2 sqrt(max(A, B)) that matches AdamW's update size
-    (adjust_lr_fn="match_rms_adamw"). torch's casts to bf16, which a CPU without bf16 instructions emulates at about
-    30 times the fp32 cost (docs/SPEEDRUN.md). With ns_dtype bf16 it steps exactly as torch's does, and its state
-    (a momentum_buffer per matrix) is torch's, so a run saved by either resumes in the other."""
+    (adjust_lr_fn="match_rms_adamw"). torch's casts to bf16, which a CPU without bf16 instructions emulates, at 18 to
+    32 times the fp32 cost where docs/SPEEDRUN.md measured it. With ns_dtype bf16 it steps exactly as torch's does;
+    its state (a momentum_buffer per matrix) and group keys are torch's, so a run saved by either resumes in the other."""
 
     def __init__(self, params, lr: float, weight_decay: float, momentum: float = 0.95, ns_dtype=torch.bfloat16):
-        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum})
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "nesterov": True,
+                                  "ns_coefficients": NEWTON_SCHULZ, "eps": 1e-7, "ns_steps": 5,
+                                  "adjust_lr_fn": "match_rms_adamw"})
         self.ns_dtype = ns_dtype  # not a group key: loading a state replaces the groups with the saved ones
 
     @torch.no_grad()
     def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("Muon.step takes no closure")
         for group in self.param_groups:
+            if group["adjust_lr_fn"] != "match_rms_adamw":
+                raise ValueError(f"Muon scales its update as match_rms_adamw, not {group['adjust_lr_fn']!r}")
             lr, decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - momentum)
-                update = orthogonalize(p.grad.lerp(buf, momentum), dtype=self.ns_dtype)  # Nesterov: look one step ahead
+                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf  # Nesterov: look one step ahead
+                update = orthogonalize(update, group["ns_steps"], self.ns_dtype, group["ns_coefficients"], group["eps"])
                 p.mul_(1 - lr * decay)
                 p.add_(update, alpha=-lr * (0.2 * math.sqrt(max(p.shape))))
 

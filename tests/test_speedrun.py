@@ -26,6 +26,15 @@ def test_a_record_carries_the_rates_with_their_intervals_and_the_speed_of_its_ow
     line = speedrun.row(r)
     assert line.count("|") == 14 and "87.1% (82.5%–90.7%)" in line and "36% of 908" in line
     json.dumps(r, allow_nan=False)
+    assert speedrun.record("r0", "x", 1.0, REPORT, FAITH, tmp_path, "0123abcd+dirty")["commit"] == "0123abcd+dirty"
+
+
+def test_the_record_names_the_commit_that_trained():
+    import subprocess
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode:
+        pytest.skip("not a git checkout")
+    assert speedrun.commit().split("+")[0] == head.stdout.strip()
 
 
 def test_a_run_name_is_never_reused(tmp_path):

@@ -296,12 +296,14 @@ def test_muon_steps_exactly_as_torchs_in_bf16_and_resumes_from_its_state():
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
     assert not all(torch.equal(a, b) for a, b in zip(ours, fp32))    # fp32 iterations: another (close) update
     assert all(torch.allclose(a, b, atol=1e-2) for a, b in zip(ours, fp32))
-    # a run saved by torch's Muon resumes in this one, step for step
-    resumed = [w.detach().clone().requires_grad_() for w in theirs]
+    # a run saved by either resumes in the other, step for step (a copy, as a saved file gives: loading shares tensors)
+    resumed, back = ([w.detach().clone().requires_grad_() for w in theirs] for _ in range(2))
     again = Muon(resumed, lr=0.02, weight_decay=0.1)
-    again.load_state_dict(copy.deepcopy(opts[1].state_dict()))  # a copy, as a saved file gives: loading shares tensors
-    step([again, opts[1]], (resumed, theirs))
-    assert all(torch.equal(a, b) for a, b in zip(resumed, theirs))
+    again.load_state_dict(copy.deepcopy(opts[1].state_dict()))
+    torchs = torch.optim.Muon(back, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    torchs.load_state_dict(copy.deepcopy(opts[0].state_dict()))
+    step([again, opts[1], torchs], (resumed, theirs, back))
+    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(resumed, theirs, back))
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
