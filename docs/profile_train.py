@@ -24,7 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 from minimuse import get_config
 from minimuse.runs import resolve_precision
 from minimuse.train import train_transformer
-from minimuse.transformer_setup import orthogonalize
+from minimuse.transformer_setup import muon_matrices, newton_schulz_dtype, orthogonalize
 
 
 def part(name: str) -> str:
@@ -66,8 +66,8 @@ def main():
 
     def on_step(step, record, model=None):
         stamps[step] = time.perf_counter()
-        if model is not None and not shapes:  # the matrices make_optimizer gives Muon
-            shapes.extend(tuple(p.shape) for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2)
+        if model is not None and not shapes:
+            shapes.extend(tuple(p.shape) for _, p in muon_matrices(model))
         if step == args.skip:
             prof.start()
         if step == args.steps:
@@ -88,7 +88,8 @@ def main():
                    + "".join(f" --set {item}" for item in args.set),
         "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "precision": precision, "optimizer": cfg.train.optimizer,
-        "newton_schulz_dtype": ("fp32" if precision == "no" else "bf16") if cfg.train.optimizer == "muon" else None,
+        "newton_schulz_dtype": {torch.float32: "fp32", torch.bfloat16: "bf16"}[newton_schulz_dtype(precision)]
+                               if cfg.train.optimizer == "muon" else None,
         "batch_size": cfg.train.batch_size, "width": cfg.transformer.width, "depth": cfg.transformer.depth,
         "ms_per_step_unprofiled": round((stamps[args.skip] - stamps[half]) / (args.skip - half) * 1e3, 1),
         "ms_per_step_profiled": round((stamps[args.steps] - stamps[args.skip]) / n * 1e3, 1),

@@ -49,7 +49,6 @@ def eval_nouns(pipe, n: int = 256, seed: int = 0, batch_size: int = 64, nouns: N
             "settings": {"seed": seed, "split": "heldout", **sampling_record(pipe, sampling)}}
 
 
-
 def tokenizer_ceiling(pipe, nouns: Nouns, combos) -> dict:
     """The share of `combos`, rendered exactly, whose every part the judge finds after the base tokenizer's round
     trip (encode, decode): no model drawing through this tokenizer can do better."""

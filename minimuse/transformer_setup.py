@@ -147,13 +147,24 @@ class MuonAdamW(torch.optim.Optimizer):
         self.param_groups = self.muon.param_groups + self.adamw.param_groups
 
 
+def muon_matrices(model) -> list:
+    """(name, parameter) of the matrices Muon steps: the blocks' 2-D weights; embeddings, the text projection, the
+    head, norms and biases stay on AdamW."""
+    return [(n, p) for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2]
+
+
+def newton_schulz_dtype(precision: str):
+    """Muon's Newton-Schulz runs in the run's precision: fp32 for "no" (a CPU without bf16 would emulate bf16
+    products), bf16 otherwise, as torch.optim.Muon always does."""
+    return torch.float32 if precision == "no" else torch.bfloat16
+
+
 def make_optimizer(model, tc, precision: str | None = None):
     """AdamW (or Adafactor) with weight decay on the matrices only: not on biases, norms or embeddings; with
-    train.optimizer "muon", the blocks' matrices go to Muon instead (MuonAdamW), whose Newton-Schulz runs in fp32
-    when the run's precision (default: train.mixed_precision, resolved) is "no" (a CPU without bf16, or fp32 asked
-    for) and in bf16 otherwise."""
+    train.optimizer "muon", the blocks' matrices go to Muon instead (MuonAdamW), its Newton-Schulz in the run's
+    precision (default: train.mixed_precision, resolved; newton_schulz_dtype)."""
     params = list(model.named_parameters())
-    hidden = [p for n, p in params if tc.optimizer == "muon" and n.startswith("blocks.") and p.dim() == 2]
+    hidden = [p for _, p in muon_matrices(model)] if tc.optimizer == "muon" else []
     ids = set(map(id, hidden))
     rest = [(n, p) for n, p in params if id(p) not in ids]
     decays = [p.dim() >= 2 and "emb" not in n for n, p in rest]
@@ -161,8 +172,7 @@ def make_optimizer(model, tc, precision: str | None = None):
               {"params": [p for (_, p), d in zip(rest, decays) if not d], "weight_decay": 0.0}]
     if hidden:
         return MuonAdamW([{"params": hidden, "weight_decay": tc.weight_decay}], groups, tc.lr, tc.weight_decay, tc.betas,
-                         ns_dtype=torch.float32 if (precision or resolve_precision(tc.mixed_precision)) == "no"
-                         else torch.bfloat16)
+                         ns_dtype=newton_schulz_dtype(precision or resolve_precision(tc.mixed_precision)))
     if tc.optimizer == "adafactor":
         from transformers.optimization import Adafactor
         return Adafactor(groups, lr=tc.lr, relative_step=False, scale_parameter=False, warmup_init=False)
