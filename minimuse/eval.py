@@ -85,8 +85,8 @@ def eval_superres(pipe, n: int = 64, n_images: int = 256, seed: int | None = Non
 def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None = None, device=None,
              task: str = "generate", fid_features=None, assets=None, **sampling) -> dict:
     """What `minimuse eval` prints: tokenizer metrics for a tokenizer dir; for a pipeline dir (tokenizer/ and
-    transformer/), the tokenizer metrics plus faithfulness per caption kind and per count under the checkpoint's
-    sampling defaults, or the `sampling` overrides (num_steps, guidance_scale, sampler, ...). task="superres" is
+    transformer/), the tokenizer metrics plus faithfulness per caption kind and per count of the base stage (a
+    cascade's super-res stage is left out: task="superres" measures it) under the checkpoint's sampling defaults, or the `sampling` overrides (num_steps, guidance_scale, sampler, ...). task="superres" is
     eval_superres on a cascade checkpoint (n prompts per kind); "inpaint", "edit" and "outpaint" are eval_edits' (n
     held-out scenes); "digits" is digits.eval_digits (n images per digit); "counts" is eval_counts (n prompts for
     each partition of the object count into groups, under the sampling overrides); "nouns" is eval_nouns (n held-out
@@ -113,7 +113,8 @@ def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None
         return {"checkpoint": str(root), task: evaluate_edits(pipe, task, n, seed, **sampling)}
     if task != "generate":
         raise ValueError(f"unknown eval task {task!r}; choose one of: {', '.join(EVAL_TASKS)}")
-    out = {"checkpoint": str(root), "faithfulness": eval_faithfulness(pipe, n, seed, **sampling)}
+    # the base stage, as every documented faithfulness of a cascade checkpoint is (--task superres measures the cascade)
+    out = {"checkpoint": str(root), "faithfulness": eval_faithfulness(pipe, n, seed, superres=False, **sampling)}
     if fid_features is not None:  # --fid: FID and diversity in the shapes feature network's space (features.py)
         res = eval_fid(pipe, fid_features, n, seed, **{k: v for k, v in sampling.items() if k != "precision"})
         out.update(fid=res["fid"], fid_n=res["n"], fid_real_vs_real=res["fid_real_vs_real"], diversity=res["diversity"],

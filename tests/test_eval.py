@@ -57,6 +57,19 @@ def test_sampling_overrides_reach_the_pipeline_and_the_report():
     assert r["settings"]["guidance_scale"] == 0.0 and r["settings"]["num_steps"] == 3
 
 
+def test_eval_judges_the_base_stage_of_a_cascade_checkpoint(tmp_path, monkeypatch):
+    """`minimuse eval` on a checkpoint with a super-res stage judges the base stage's images, as the documented
+    faithfulness of the shipped model is (README, docs/SAMPLING.md); the cascade's own is --task superres."""
+    from minimuse import eval as eval_mod
+    pipe = StubPipe()
+    monkeypatch.setattr(eval_mod, "load_pipeline", lambda root, device=None: pipe)
+    (tmp_path / "transformer").mkdir()
+    r = eval_mod.evaluate(tmp_path, n=2, tokenizer_n=0, num_steps=3)
+    assert r["faithfulness"]["overall"] == 1.0 and pipe.calls
+    assert all(call[2] == {"superres": False, "num_steps": 3} for call in pipe.calls)
+    assert "superres" not in r["faithfulness"]["settings"] and r["faithfulness"]["settings"]["num_steps"] == 3
+
+
 def test_flop_counter_is_exact_for_a_matmul():
     a, b = torch.randn(16, 32), torch.randn(32, 8)
     assert count_flops(lambda: a @ b) == 2 * 16 * 32 * 8
