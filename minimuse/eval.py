@@ -86,7 +86,8 @@ def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None
              task: str = "generate", fid_features=None, assets=None, **sampling) -> dict:
     """What `minimuse eval` prints: tokenizer metrics for a tokenizer dir; for a pipeline dir (tokenizer/ and
     transformer/), the tokenizer metrics plus faithfulness per caption kind and per count of the base stage (a
-    cascade's super-res stage is left out: task="superres" measures it) under the checkpoint's sampling defaults, or the `sampling` overrides (num_steps, guidance_scale, sampler, ...). task="superres" is
+    cascade's super-res stage is left out: task="superres" measures it) under the checkpoint's sampling defaults,
+    or the `sampling` overrides (num_steps, guidance_scale, sampler, ...). task="superres" is
     eval_superres on a cascade checkpoint (n prompts per kind); "inpaint", "edit" and "outpaint" are eval_edits' (n
     held-out scenes); "digits" is digits.eval_digits (n images per digit); "counts" is eval_counts (n prompts for
     each partition of the object count into groups, under the sampling overrides); "nouns" is eval_nouns (n held-out
