@@ -114,8 +114,7 @@ def evaluate(checkpoint, n: int = 256, tokenizer_n: int = 1000, seed: int | None
         return {"checkpoint": str(root), task: evaluate_edits(pipe, task, n, seed, **sampling)}
     if task != "generate":
         raise ValueError(f"unknown eval task {task!r}; choose one of: {', '.join(EVAL_TASKS)}")
-    # the base stage, as every documented faithfulness of a cascade checkpoint is (--task superres measures the cascade)
-    out = {"checkpoint": str(root), "faithfulness": eval_faithfulness(pipe, n, seed, superres=False, **sampling)}
+    out = {"checkpoint": str(root), "faithfulness": eval_faithfulness(pipe, n, seed, **sampling)}
     if fid_features is not None:  # --fid: FID and diversity in the shapes feature network's space (features.py)
         res = eval_fid(pipe, fid_features, n, seed, **{k: v for k, v in sampling.items() if k != "precision"})
         out.update(fid=res["fid"], fid_n=res["n"], fid_real_vs_real=res["fid_real_vs_real"], diversity=res["diversity"],

@@ -69,7 +69,9 @@ def eval_faithfulness(pipe, n_per_kind: int = 256, seed: int | None = None, kind
 def faithfulness_at(pipe, n_per_kind: int, seed: int | None, kinds, batch_size: int, judge_sizes, keep: list | None = None,
                     **sampling) -> list:
     """eval_faithfulness judged at each of `judge_sizes` (None: as drawn) from one set of images, drawn once; the
-    images are appended, batch by batch, to `keep` when it is a list (sweep.py measures FID on them)."""
+    images are appended, batch by batch, to `keep` when it is a list (sweep.py measures FID on them). A cascade
+    pipeline is judged on its base stage unless superres=True is given (eval_superres measures the cascade)."""
+    sampling = {"superres": False, **sampling}
     cfg = pipe.config
     seed = cfg.data.eval_seed if seed is None else seed
     prompts = eval_prompts(n_per_kind, seed=seed, kinds=kinds or cfg.data.kinds)

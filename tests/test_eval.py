@@ -52,14 +52,15 @@ def test_per_kind_accounting():
 def test_sampling_overrides_reach_the_pipeline_and_the_report():
     pipe = StubPipe()
     r = eval_faithfulness(pipe, n_per_kind=2, guidance_scale=0.0, num_steps=3, batch_size=4)
-    assert all(call[2] == {"guidance_scale": 0.0, "num_steps": 3} for call in pipe.calls)
+    assert all(call[2] == {"superres": False, "guidance_scale": 0.0, "num_steps": 3} for call in pipe.calls)
     assert [c[0] for c in pipe.calls] == [4, 4, 2]                        # batches of 4 over 10 prompts
     assert r["settings"]["guidance_scale"] == 0.0 and r["settings"]["num_steps"] == 3
 
 
-def test_eval_judges_the_base_stage_of_a_cascade_checkpoint(tmp_path, monkeypatch):
+def test_faithfulness_judges_a_cascades_base_stage_unless_told(tmp_path, monkeypatch):
     """`minimuse eval` on a checkpoint with a super-res stage judges the base stage's images, as the documented
-    faithfulness of the shipped model is (README, docs/SAMPLING.md); the cascade's own is --task superres."""
+    faithfulness of the shipped model is (README, docs/SAMPLING.md); the cascade's is judged only when asked for
+    (superres=True, as eval_superres does)."""
     from minimuse import eval as eval_mod
     pipe = StubPipe()
     monkeypatch.setattr(eval_mod, "load_pipeline", lambda root, device=None: pipe)
@@ -68,6 +69,9 @@ def test_eval_judges_the_base_stage_of_a_cascade_checkpoint(tmp_path, monkeypatc
     assert r["faithfulness"]["overall"] == 1.0 and pipe.calls
     assert all(call[2] == {"superres": False, "num_steps": 3} for call in pipe.calls)
     assert "superres" not in r["faithfulness"]["settings"] and r["faithfulness"]["settings"]["num_steps"] == 3
+    told = StubPipe()
+    eval_faithfulness(told, n_per_kind=1, superres=True)
+    assert told.calls and all(call[2] == {"superres": True} for call in told.calls)
 
 
 def test_flop_counter_is_exact_for_a_matmul():

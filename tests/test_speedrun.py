@@ -29,12 +29,22 @@ def test_a_record_carries_the_rates_with_their_intervals_and_the_speed_of_its_ow
     assert speedrun.record("r0", "x", 1.0, REPORT, FAITH, tmp_path, "0123abcd+dirty")["commit"] == "0123abcd+dirty"
 
 
-def test_the_record_names_the_commit_that_trained():
+def test_the_record_names_the_commit_that_trained_and_whether_the_checkout_had_changed(tmp_path, monkeypatch):
     import subprocess
-    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    if head.returncode:
-        pytest.skip("not a git checkout")
-    assert speedrun.commit().split("+")[0] == head.stdout.strip()
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,
+                                    capture_output=True, text=True, check=True).stdout.strip()
+    git("init", "-q")
+    (tmp_path / "f.py").write_text("a = 1\n")
+    git("add", "f.py")
+    git("commit", "-q", "-m", "one")
+    monkeypatch.setattr(speedrun, "ROOT", tmp_path)
+    head = git("rev-parse", "--short=12", "HEAD")
+    (tmp_path / "notes.txt").write_text("untracked files are not the code that trains\n")
+    assert speedrun.commit() == head
+    (tmp_path / "f.py").write_text("a = 2\n")
+    assert speedrun.commit() == head + "+dirty"
+    monkeypatch.setattr(speedrun, "ROOT", tmp_path / "not-a-checkout")
+    assert speedrun.commit() is None
 
 
 def test_a_run_name_is_never_reused(tmp_path):
