@@ -5,7 +5,8 @@
 Runs, one after the other and alone on the machine (nothing else may run beside it, or the minutes mean nothing):
 1. `minimuse train --preset PRESET --out RUNS/NAME --tokenizer data/checkpoints/laptop/tokenizer --report [ARGS]`,
    timed as a whole: token pool, text table and quick evaluations included, as a learner would wait for it;
-2. `minimuse eval --checkpoint RUNS/NAME --n 256 --tokenizer-n 0` at the shipped sampling defaults.
+2. `minimuse eval --checkpoint RUNS/NAME --n 256 --tokenizer-n 0` at the checkpoint's own sampling defaults: the
+   shipped ones, unless the run's ARGS change `sample.*` (its record's change should say so).
 Then it copies the run's log, report and evaluation to docs/results/speedrun/NAME/, appends one record to
 docs/results/speedrun/records.jsonl and prints it as a row of docs/SPEEDRUN.md's table:
 date, what changed, minutes, steps/s, achieved GFLOP/s and its share of the bf16 peak measured in the same run
