@@ -71,7 +71,7 @@ def sweep_point(pipe, features, n: int, seeds: int, n_diversity: int = 4, **samp
     for s in range(seeds):
         seed = cfg.data.eval_seed + 1000 * s
         drawn = []
-        r = faithfulness_at(pipe, n, seed, cfg.data.kinds, 128, (None,), keep=drawn, superres=False, **sampling)[0]
+        r = faithfulness_at(pipe, n, seed, cfg.data.kinds, 128, (None,), keep=drawn, **sampling)[0]
         for kind, acc in r["by_kind"].items():  # rates rounded to 4 decimals: exact counts while n < 5,000
             by_kind[kind] = by_kind.get(kind, 0) + round(acc * n)
             oks += round(acc * n)
