@@ -111,17 +111,20 @@ def samplers() -> dict:
     """Images drawn by the shipped checkpoints for fixed seeds: every commit rule, the cascade and every edit."""
     from minimuse.pipeline import DEFAULT_CHECKPOINT, load_pipeline
     pipe = load_pipeline(DEFAULT_CHECKPOINT, device="cpu")
-    out = {}
+    # The settings the first references were recorded with, named, so that a change of the checkpoint's sampling
+    # defaults is not read as a change of the code; `sample_default` draws at whatever the checkpoint now holds.
+    pinned = dict(sampler="confidence", remask_prob=0.05)
+    out = {"sample_default": digest({"images": pipe(PROMPTS, seed=7, superres=False)})}
     for rule in ("confidence", "halton", "random", "remask", "critic"):
-        out[f"sample_{rule}"] = digest({"images": pipe(PROMPTS, seed=0, sampler=rule, num_steps=8, superres=False)})
-    out["sample_cascade"] = digest({"images": pipe(PROMPTS[:1], seed=1, superres=True)})
+        out[f"sample_{rule}"] = digest({"images": pipe(PROMPTS, seed=0, num_steps=8, superres=False, **{**pinned, "sampler": rule})})
+    out["sample_cascade"] = digest({"images": pipe(PROMPTS[:1], seed=1, superres=True, **pinned)})
     ar = load_pipeline(DEFAULT_CHECKPOINT.parent / "laptop-ar", device="cpu")
     out["sample_autoregressive"] = digest({"images": ar(PROMPTS, seed=6, superres=False)})
-    base = pipe(PROMPTS, seed=2, superres=False)
+    base = pipe(PROMPTS, seed=2, superres=False, **pinned)
     masks = np.zeros(base.shape[:3], dtype=bool)
     masks[:, :, base.shape[2] // 2:] = True  # regenerate the right half
-    out["inpaint"] = digest({"images": pipe.inpaint(base, masks, PROMPTS, seed=3)})
-    out["outpaint"] = digest({"images": pipe.outpaint(base[:1], PROMPTS[:1], extend="right:8", seed=4)})
+    out["inpaint"] = digest({"images": pipe.inpaint(base, masks, PROMPTS, seed=3, **pinned)})
+    out["outpaint"] = digest({"images": pipe.outpaint(base[:1], PROMPTS[:1], extend="right:8", seed=4, **pinned)})
     out["edit"] = digest({"images": pipe.edit(base[:1], PROMPTS[1:2], num_iters=4, seed=5)})
     return out
 

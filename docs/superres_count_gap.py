@@ -7,13 +7,13 @@ CASCADE_DIR (default: the shipped data/checkpoints/laptop) is any cascade checkp
 whose superres/ is replaced by a new train-superres run's.
 """
 import dataclasses
-import json
 import sys
 import time
 
 import torch
 
 import minimuse
+from minimuse.checkpoint import atomic_write_json
 from minimuse.measures import faithfulness_at
 
 n, out_path = int(sys.argv[1]), sys.argv[2]
@@ -25,11 +25,11 @@ with torch.inference_mode():
     print("base", out["base"]["by_kind"], out["base"]["by_count"], round(time.time() - t), "s", flush=True)
     cfg0 = pipe.config
     for name, kw in [("default", {}), ("sr_guidance_1", {"guidance_scale": 1.0}), ("sr_16_steps", {"num_steps": 16})]:
-        pipe.config = dataclasses.replace(cfg0, superres=dataclasses.replace(cfg0.superres, **kw))
+        sr = dataclasses.replace(cfg0.superres, sample=dataclasses.replace(cfg0.superres.sample, **kw))
+        pipe.config = dataclasses.replace(cfg0, superres=sr)
         t = time.time()
         at_64, at_32 = faithfulness_at(pipe, n, None, ("count",), 128, (None, cfg0.data.image_size), superres=True)
         out[name] = {"superres_settings": kw, "at_64": at_64, "at_32": at_32}
         print(name, "64 px", at_64["by_kind"], at_64["by_count"], "| at 32 px", at_32["by_kind"], round(time.time() - t), "s",
               flush=True)
-with open(out_path, "w") as f:
-    json.dump(out, f, indent=1)
+atomic_write_json(out_path, out)

@@ -34,6 +34,14 @@ def test_shipped_transformer_loads_strict_with_the_laptop_preset(pipe):
     assert (pipe.transformer.grid, pipe.transformer.codebook_size) == ((8, 8), 256)
 
 
+def test_shipped_sampling_defaults_are_the_laptop_presets(pipe):
+    """What `minimuse generate` draws with and what a `laptop` run saves agree: the remask rule at 0.35, 24 steps,
+    guidance 1.0 (docs/SAMPLING.md measured every figure at these)."""
+    assert pipe.config.sample == get_config("laptop").sample
+    s = pipe.config.sample
+    assert (s.sampler, s.remask_prob, s.num_steps, s.guidance_scale) == ("remask", 0.35, 24, 1.0)
+
+
 def test_shipped_training_log_is_complete():
     log = [json.loads(line) for line in (DEFAULT_CHECKPOINT / "log.jsonl").read_text().splitlines()]
     # the shipped model was trained by the previous recipe: the steps come from its own config, not today's preset
