@@ -145,6 +145,7 @@ class TrainConfig:
     betas: tuple = (0.9, 0.99)
     grad_clip: float = 1.0
     ema_decay: float = 0.0               # EMA of weights; 0 = off
+    ema_start: float = 0.0               # the share of the steps before the EMA starts averaging (it equals the weights until then)
     label_smoothing: float = 0.1         # MaskGIT uses 0.1
     loss_weighting: str = "uniform"      # masked tokens weighed alike, or "md4": the ELBO's weight for the cosine law (scheduler.md4_weight)
     min_mask_rate: float = 0.0           # floor on r ~ cos(pi u / 2); MaskGIT 0.5, aMUSEd 0
@@ -173,6 +174,7 @@ class TrainConfig:
                f"must be two numbers in [0, 1), got {self.betas}")
         check_within(self, "min_lr_ratio", 0.0, 1.0)
         check_within(self, "ema_decay", 0.0, 1.0, hi_open=True)
+        check_within(self, "ema_start", 0.0, 1.0)
         check_within(self, "label_smoothing", 0.0, 1.0, hi_open=True)
         check_within(self, "rect_mask_prob", 0.0, 1.0)
         check_within(self, "decay_fraction", 0.0, 1.0)

@@ -241,11 +241,17 @@ def _transformer_stage(model, raw, accelerator, scfg: Config, data: tuple, gen, 
             correct += (pred[masked[sl]] == labels[sl][masked[sl]]).sum()
         now.update(loss=loss, acc=correct / n_masked)
 
+    ema_from = round(tc.ema_start * tc.steps)  # an EMA over the last part of the run: before this step it follows the
+    # weights exactly, so no early weights (the random init included) are averaged into the model it exports
+
     def after(step: int, lr: float) -> dict:
         if ema is not None:
             with torch.no_grad():
                 for e, p in zip(ema, raw.parameters()):
-                    e.lerp_(p.detach(), 1 - tc.ema_decay)
+                    if step < ema_from:
+                        e.copy_(p.detach())
+                    else:
+                        e.lerp_(p.detach(), 1 - tc.ema_decay)
         loss, acc = now["loss"].item(), now["acc"].item()
         window.append([loss, acc])
         return {"step": step + 1, "loss": loss, "masked_acc": acc}

@@ -64,6 +64,8 @@ EVERY_OPTION = {"train.mixed_precision": "bf16", "train.ema_decay": 0.9, "train.
 # The speedrun's levers (docs/SPEEDRUN.md): Muon, the two other learning-rate shapes and the MD4 weighting, with the EMA
 SPEEDRUN_OPTIONS = {"train.optimizer": "muon", "train.lr_schedule": "wsd", "train.decay_fraction": 0.5,
                     "train.loss_weighting": "md4", "train.ema_decay": 0.9, "train.mixed_precision": "bf16"}
+# (train.ema_start depends on the run's length, which the 3-step stand-in for a kill changes: tests/test_faults.py
+# kills a real run with it instead)
 
 
 @pytest.mark.cuda  # on a GPU this trains on CUDA: resume must be exact there too
@@ -86,6 +88,18 @@ def test_resume_equals_uninterrupted_run(tmp_path, tok_dir, options):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     logs = [json.loads(l) for l in (half / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs] == list(range(1, 7))
+
+
+def test_an_ema_that_starts_at_the_end_exports_the_weights_themselves(tmp_path, tok_dir):
+    """train.ema_start: until that share of the steps the EMA equals the weights, so no early weights (the random init
+    included) are averaged in. Starting at the end, it exports the plain run's weights bit for bit; from the start, not."""
+    def export(name, **options):
+        train_transformer(get_config("ci", **{**_overrides(), **options}), tmp_path / name, tokenizer_dir=tok_dir)
+        return load_file(tmp_path / name / "transformer" / "model.safetensors")
+    plain = export("plain")
+    late, early = export("late", **{"train.ema_decay": 0.9, "train.ema_start": 1.0}), export("early", **{"train.ema_decay": 0.9})
+    assert plain.keys() == late.keys() and all(torch.equal(plain[k], late[k]) for k in plain)
+    assert not all(torch.equal(plain[k], early[k]) for k in plain)
 
 
 def test_resume_with_another_config_is_refused(tmp_path, tok_dir):
