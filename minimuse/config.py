@@ -172,12 +172,10 @@ class TrainConfig:
         check_field(self.weight_decay >= 0 and self.grad_clip >= 0, "train.weight_decay", "weight_decay and grad_clip must be 0 or more")
         check_field(len(self.betas) == 2 and all(is_finite_number(b) and 0 <= b < 1 for b in self.betas), "train.betas",
                f"must be two numbers in [0, 1), got {self.betas}")
-        check_within(self, "min_lr_ratio", 0.0, 1.0)
+        for name in ("min_lr_ratio", "ema_start", "rect_mask_prob", "decay_fraction"):
+            check_within(self, name, 0.0, 1.0)
         check_within(self, "ema_decay", 0.0, 1.0, hi_open=True)
-        check_within(self, "ema_start", 0.0, 1.0)
         check_within(self, "label_smoothing", 0.0, 1.0, hi_open=True)
-        check_within(self, "rect_mask_prob", 0.0, 1.0)
-        check_within(self, "decay_fraction", 0.0, 1.0)
         for name, allowed in (("optimizer", ("adamw", "adafactor", "muon")), ("lr_schedule", ("cosine", "linear", "wsd")),
                               ("loss_weighting", ("uniform", "md4")), ("mixed_precision", ("no", "bf16", "fp16", "auto"))):
             check_field(getattr(self, name) in allowed, f"train.{name}",

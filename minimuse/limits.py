@@ -64,7 +64,7 @@ FIELD_MAX = {
 # sampling strengths that cost no memory and draw (or report a non-finite overflow) at any finite value
 # (tests/test_properties.py holds guidance 1e300 and top_k 2**62 as valid).
 UNBOUNDED = {"data.paraphrase_prob", "tokenizer.ema_decay", "tokenizer.betas", "transformer.dropout", "train.min_lr_ratio", "train.decay_fraction",
-             "train.betas", "train.ema_decay", "train.label_smoothing", "train.min_mask_rate", "train.rect_mask_prob",
+             "train.betas", "train.ema_decay", "train.ema_start", "train.label_smoothing", "train.min_mask_rate", "train.rect_mask_prob",
              "train.cond_drop_prob", "sample.num_steps", "sample.guidance_scale", "sample.choice_temperature",
              "sample.temperature", "sample.top_k", "sample.remask_prob", "edit.resample_frac", "edit.guidance_scale",
              "edit.top_k", "superres.lowres_noise"}

@@ -49,9 +49,9 @@ _LAPTOP_SR = SuperResConfig(
     decoder=DecoderConfig(channels=64, res_blocks=2, steps=3000, batch_size=16, lr=1e-3))  # twice the width and blocks
 
 # The laptop model's sampling (docs/SAMPLING.md): 24 steps (Muse's), guidance 1.0, and the remask rule (ReMDM): each
-# step, a committed token competes with the masked ones with probability 0.35. Confidence decoding commits the
-# background first and never revisits it, so some single shapes came out empty (docs/SPEEDRUN.md); remask is ahead on
-# judged faithfulness and behind on FID. The presets whose shipped models and documented results used confidence
+# step, a committed token competes with the masked ones with probability 0.35. In the empty single shapes the speedrun
+# traced, confidence decoding had committed the background first and never revisited it (docs/SPEEDRUN.md); remask
+# is ahead on judged faithfulness and behind on FID. The presets whose shipped models and documented results used confidence
 # decoding keep it (_LAPTOP_CONFIDENCE).
 _LAPTOP_CONFIDENCE = SampleConfig(num_steps=24, guidance_scale=1.0, choice_temperature=1.0)
 _LAPTOP_SAMPLE = dataclasses.replace(_LAPTOP_CONFIDENCE, sampler="remask", remask_prob=0.35)
